@@ -1,0 +1,75 @@
+//! GeoIP: where a client address is. `GeoDb` (mmdb.rs) reads MaxMind DB files of several
+//! layouts; the policy engine sees only [`Location`] through the [`Locate`] trait, so it
+//! never touches maxminddb.
+
+mod mmdb;
+
+pub use mmdb::{GeoDb, GeoError};
+
+use std::net::IpAddr;
+
+use crate::model::Coords;
+
+/// What a GeoIP database says about one address. Codes are uppercase ASCII.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Location {
+    /// ISO 3166-1 alpha-2.
+    pub country: Option<[u8; 2]>,
+    /// The database's first subdivision code (`WA` in `US`); up to 3 characters.
+    pub subdivision: Option<Subdivision>,
+    /// AF AN AS EU NA OC SA.
+    pub continent: Option<[u8; 2]>,
+    /// From the record, else the country's centroid from `geoip/countries.csv`.
+    pub coords: Option<Coords>,
+    /// Prefix length of the database network that holds the address (ECS scope).
+    pub prefix_len: u8,
+    /// Autonomous system number, from the ASN database or a record that carries one.
+    pub asn: Option<u32>,
+}
+
+/// An ISO 3166-2 subdivision code without its country (`CA`, `ENG`), uppercase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Subdivision {
+    bytes: [u8; 3],
+    len: u8,
+}
+
+impl Subdivision {
+    /// `None` unless 1 to 3 ASCII alphanumerics.
+    pub fn new(code: &str) -> Option<Self> {
+        let b = code.as_bytes();
+        if b.is_empty() || b.len() > 3 || !b.iter().all(u8::is_ascii_alphanumeric) {
+            return None;
+        }
+        let mut bytes = [0; 3];
+        for (d, s) in bytes.iter_mut().zip(b) {
+            *d = s.to_ascii_uppercase();
+        }
+        Some(Subdivision {
+            bytes,
+            len: b.len() as u8,
+        })
+    }
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).expect("built from ASCII")
+    }
+}
+
+/// Anything that can locate a client: the real database, or a table in tests.
+pub trait Locate {
+    fn locate(&self, ip: IpAddr) -> Option<Location>;
+}
+
+/// No database: every client is unlocated and matches only `cidr` and `default`.
+pub struct NoGeo;
+
+impl Locate for NoGeo {
+    fn locate(&self, _ip: IpAddr) -> Option<Location> {
+        None
+    }
+}
+
+/// Render a two-letter code.
+pub fn code_str(code: &[u8; 2]) -> &str {
+    std::str::from_utf8(code).unwrap_or("??")
+}

@@ -1,0 +1,130 @@
+//! The health view the DNS path reads: one immutable value per probe and per pool, swapped
+//! as a whole by the probers and the overrides API. Pure: no tokio, no I/O.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::model::{Endpoint, Pool, PoolId, Snapshot};
+
+/// State of one (address, check) pair (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Health {
+    /// No result yet; counts as up.
+    #[default]
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn is_up(self) -> bool {
+        self != Health::Down
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// What the probers know of one probe, for the DNS path, explain and `/v1/status`.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeStatus {
+    pub health: Health,
+    /// Consecutive failures (0 after a pass).
+    pub failures: u32,
+    /// Consecutive passes (0 after a failure).
+    pub passes: u32,
+    /// Error of the last failed probe.
+    pub last_error: Option<Arc<str>>,
+    /// Duration of the last probe.
+    pub last_rtt: Option<Duration>,
+    /// When the last probe finished.
+    pub last_at: Option<SystemTime>,
+}
+
+/// An operator's override of a pool (SPEC §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Override {
+    /// Up whatever the probes say; every endpoint is answered.
+    Up,
+    /// Down for answers.
+    Down,
+    /// Down for new answers, reported apart from `down`.
+    Drain,
+}
+
+impl Override {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Override::Up => "up",
+            Override::Down => "down",
+            Override::Drain => "drain",
+        }
+    }
+}
+
+/// Health of every probe and override of every pool, indexed like the snapshot it was built
+/// for.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// By `ProbeId`.
+    pub probes: Vec<ProbeStatus>,
+    /// By `PoolId`.
+    pub overrides: Vec<Option<Override>>,
+}
+
+impl View {
+    /// Every probe unknown (so up), no overrides: `explain` offline, and the first view.
+    pub fn unknown(snap: &Snapshot) -> View {
+        View {
+            probes: vec![ProbeStatus::default(); snap.probes.len()],
+            overrides: vec![None; snap.pools.len()],
+        }
+    }
+
+    pub fn override_of(&self, pool: PoolId) -> Option<Override> {
+        self.overrides.get(pool.0 as usize).copied().flatten()
+    }
+
+    /// The probe state behind an endpoint; an endpoint without a check is always up.
+    pub fn endpoint_health(&self, endpoint: &Endpoint) -> Health {
+        match endpoint.probe {
+            None => Health::Up,
+            Some(id) => self
+                .probes
+                .get(id.0 as usize)
+                .map_or(Health::Unknown, |p| p.health),
+        }
+    }
+
+    /// Whether an endpoint may be answered, overrides of its pool included.
+    pub fn endpoint_up(&self, pool: PoolId, endpoint: &Endpoint) -> bool {
+        match self.override_of(pool) {
+            Some(Override::Up) => true,
+            Some(Override::Down | Override::Drain) => false,
+            None => self.endpoint_health(endpoint).is_up(),
+        }
+    }
+
+    /// SPEC §3: up when the overrides allow it and at least `min_healthy` endpoints are up.
+    pub fn pool_up(&self, snap: &Snapshot, pool: PoolId) -> bool {
+        let p: &Pool = snap.pool(pool);
+        match self.override_of(pool) {
+            Some(Override::Up) => true,
+            Some(Override::Down | Override::Drain) => false,
+            None => {
+                let up = p
+                    .endpoints
+                    .iter()
+                    .filter(|e| self.endpoint_health(e).is_up())
+                    .count();
+                up as u64 >= u64::from(p.min_healthy.max(1)).min(p.endpoints.len() as u64)
+                    && !p.endpoints.is_empty()
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Meridian: an authoritative DNS server that steers traffic between regions.
+//!
+//! ```text
+//!  zones/*.toml ──► config (check/compile) ──► Snapshot (immutable, swapped on reload)
+//!  geoip/*.mmdb ──► geo::GeoDb ────────────────────┘                    │
+//!  health::prober (HTTP/HTTPS/TCP tasks) ──► health::View ─────────────┤
+//!                                                                       ▼
+//!  UDP/TCP :5353 ─► dns (parse) ─► policy::answer (pure) ─► dns (encode) ─► response
+//!  admin HTTP :8053 ─► /healthz /metrics /v1/status /v1/explain /v1/reload /v1/overrides
+//! ```
+//!
+//! Module dependencies point one way:
+//! `cli → app → {dns, admin, reload, health::prober} → policy → {model, geo, health::View}`.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod dns;
+pub mod explain;
+pub mod geo;
+pub mod health;
+pub mod model;
+pub mod policy;
+pub mod reload;
+pub mod world;
