@@ -1,0 +1,181 @@
+//! `geo`: the most specific rule wins: cidr, subdivision, country, continent, default.
+
+use super::Trace;
+use super::walk::Walker;
+use crate::geo::{Locate, Location, code_str};
+use crate::model::{Fallback, GeoRules, PoolId, Snapshot, Target};
+
+/// One matched level of the chain, most specific first.
+struct Matched<'r> {
+    level: &'static str,
+    key: MatchKey,
+    targets: &'r [Target],
+}
+
+#[derive(Clone, Copy)]
+enum MatchKey {
+    Cidr(ipnet::IpNet),
+    Code([u8; 2]),
+    Subdivision([u8; 2], crate::geo::Subdivision),
+    None,
+}
+
+/// Walk the matched levels; with `fallback = "next"` go on down the chain.
+pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
+    w: &mut Walker<'_, '_, L, T>,
+    rules: &GeoRules,
+    fallback: Fallback,
+) -> Option<PoolId> {
+    let chain = matches(w, rules, fallback == Fallback::Next);
+    if chain.iter().all(Option::is_none) {
+        w.note("rule", || "no rule matches".into());
+    }
+    let snap = w.ctx.snap;
+    for m in chain.iter().flatten() {
+        w.note("rule", || format!("{} {} -> {}", m.level, key_text(m.key), targets_text(snap, m.targets)));
+        if let Some(pool) = w.first_up(m.targets) {
+            return Some(pool);
+        }
+        if fallback != Fallback::Next {
+            break;
+        }
+        w.note("fallback", || "fallback next".into());
+    }
+    None
+}
+
+/// The first target of the most specific matched value, for the all-down rule.
+pub(super) fn first_matched_target<L: Locate + ?Sized, T: Trace>(
+    w: &mut Walker<'_, '_, L, T>,
+    rules: &GeoRules,
+) -> Target {
+    let chain = matches(w, rules, false);
+    chain
+        .iter()
+        .flatten()
+        .next()
+        .map(|m| m.targets[0])
+        .or_else(|| rules.default.as_ref().map(|d| d[0]))
+        .or_else(|| rules.cidr.first().map(|c| c.1[0]))
+        .or_else(|| rules.country.values().next().map(|v| v[0]))
+        .or_else(|| rules.continent.values().next().map(|v| v[0]))
+        .or_else(|| rules.subdivision.values().next().map(|v| v[0]))
+        .expect("check rejects a geo policy without rules")
+}
+
+/// The chain of matches: [cidr, subdivision, country, continent, default].
+fn matches<'r, L: Locate + ?Sized, T: Trace>(
+    w: &mut Walker<'_, '_, L, T>,
+    rules: &'r GeoRules,
+    go_on: bool,
+) -> [Option<Matched<'r>>; 5] {
+    let addr = w.client.addr.to_canonical();
+    let cidr = rules.cidr.iter().find(|(net, _)| net.contains(&addr));
+    let mut chain: [Option<Matched<'r>>; 5] = [None, None, None, None, None];
+    if let Some((net, targets)) = cidr {
+        w.scope.widen(net.prefix_len());
+        chain[0] = Some(Matched {
+            level: "cidr",
+            key: MatchKey::Cidr(*net),
+            targets,
+        });
+    }
+    // A matched cidr rule decides alone unless the walk may go on down the chain.
+    let loc = if cidr.is_none() || go_on {
+        located(w, rules)
+    } else {
+        None
+    };
+    if let Some(loc) = loc {
+        level_matches(rules, &loc, &mut chain);
+    }
+    if let Some(d) = &rules.default {
+        chain[4] = Some(Matched {
+            level: "default",
+            key: MatchKey::None,
+            targets: d,
+        });
+    }
+    chain
+}
+
+/// Look the client up. The answer then depends on the GeoIP network, and on any longer cidr
+/// rule inside that network (its other addresses may match it).
+fn located<L: Locate + ?Sized, T: Trace>(
+    w: &mut Walker<'_, '_, L, T>,
+    rules: &GeoRules,
+) -> Option<Location> {
+    let loc = w.location();
+    w.widen_by_location(loc);
+    let prefix = loc.map_or(super::client_prefix(w.client.addr), |l| l.prefix_len);
+    if let Ok(net) = ipnet::IpNet::new(w.client.addr.to_canonical(), prefix) {
+        let net = net.trunc();
+        for (rule, _) in &rules.cidr {
+            if rule.prefix_len() > prefix && net.contains(&rule.network()) {
+                w.scope.widen(rule.prefix_len());
+            }
+        }
+    }
+    loc
+}
+
+fn level_matches<'r>(rules: &'r GeoRules, loc: &Location, chain: &mut [Option<Matched<'r>>; 5]) {
+    if let (Some(cc), Some(sub)) = (loc.country, loc.subdivision) {
+        let mut buf = [0u8; 6];
+        let key = subdivision_key(&mut buf, cc, sub);
+        if let Some(t) = rules.subdivision.get(key) {
+            chain[1] = Some(Matched {
+                level: "subdivision",
+                key: MatchKey::Subdivision(cc, sub),
+                targets: t,
+            });
+        }
+    }
+    if let Some(cc) = loc.country
+        && let Some(t) = rules.country.get(&cc)
+    {
+        chain[2] = Some(Matched {
+            level: "country",
+            key: MatchKey::Code(cc),
+            targets: t,
+        });
+    }
+    if let Some(ct) = loc.continent
+        && let Some(t) = rules.continent.get(&ct)
+    {
+        chain[3] = Some(Matched {
+            level: "continent",
+            key: MatchKey::Code(ct),
+            targets: t,
+        });
+    }
+}
+
+/// `CC-XX` without allocating.
+fn subdivision_key<'b>(buf: &'b mut [u8; 6], cc: [u8; 2], sub: crate::geo::Subdivision) -> &'b str {
+    buf[..2].copy_from_slice(&cc);
+    buf[2] = b'-';
+    let s = sub.as_str().as_bytes();
+    buf[3..3 + s.len()].copy_from_slice(s);
+    std::str::from_utf8(&buf[..3 + s.len()]).expect("ASCII codes")
+}
+
+fn key_text(key: MatchKey) -> String {
+    match key {
+        MatchKey::Cidr(net) => net.to_string(),
+        MatchKey::Code(c) => code_str(&c).to_string(),
+        MatchKey::Subdivision(cc, sub) => format!("{}-{}", code_str(&cc), sub.as_str()),
+        MatchKey::None => String::new(),
+    }
+}
+
+fn targets_text(snap: &Snapshot, targets: &[Target]) -> String {
+    let names: Vec<&str> = targets
+        .iter()
+        .map(|t| match *t {
+            Target::Pool(p) => snap.pool(p).name.as_str(),
+            Target::Policy(p) => snap.policy(p).name.as_str(),
+        })
+        .collect();
+    format!("[{}]", names.join(", "))
+}

@@ -1,0 +1,279 @@
+//! The walk from a policy to a pool: evaluate targets (pools, or nested policies), apply the
+//! policy's fallback, and fail open when nothing at all is up (SPEC §3).
+
+use std::time::SystemTime;
+
+use super::scope::{Scope, client_prefix};
+use super::{Client, Ctx, Outcome, Trace, geo, latency, locate, weighted};
+use crate::geo::{Locate, Location};
+use crate::health::Health;
+use crate::model::{Coords, Fallback, PolicyId, PolicyKind, PoolId, Target, ZoneId};
+
+/// Nested policies deeper than this are cut off (cycles are rejected by `check`; this only
+/// bounds the damage of a bug).
+const MAX_DEPTH: usize = 16;
+
+/// Mean Earth radius in km (IUGG), for great-circle distances.
+const EARTH_RADIUS_KM: f64 = 6371.0;
+
+pub(super) struct Walker<'c, 'a, L: Locate + ?Sized, T: Trace> {
+    pub(super) ctx: &'c Ctx<'a, L>,
+    pub(super) client: Client,
+    pub(super) seed: u64,
+    pub(super) trace: &'c mut T,
+    location: Option<Option<Location>>,
+    pub(super) scope: Scope,
+    pub(super) order_seed: u64,
+    pub(super) depth: usize,
+}
+
+impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
+    pub(super) fn new(ctx: &'c Ctx<'a, L>, client: Client, seed: u64, trace: &'c mut T) -> Self {
+        Walker {
+            ctx,
+            client,
+            seed,
+            trace,
+            location: None,
+            scope: Scope::default(),
+            order_seed: seed,
+            depth: 0,
+        }
+    }
+
+    /// The policy asked by name: its choice, else the all-down rule.
+    pub(super) fn top(&mut self, id: PolicyId) -> Outcome {
+        if let Some(pool) = self.choose_policy(id) {
+            return Outcome::Pool {
+                pool,
+                fail_open: false,
+            };
+        }
+        let policy = self.ctx.snap.policy(id);
+        if policy.fallback == Fallback::Servfail {
+            self.note("servfail", || "nothing is up: SERVFAIL (fallback = \"servfail\")".into());
+            return Outcome::Servfail;
+        }
+        let pool = self.fail_open_pool(Target::Policy(id), 0);
+        let name = &self.ctx.snap.pool(pool).name;
+        self.note("fail-open", || {
+            format!("nothing is up: failing open to {name} (every endpoint answered)")
+        });
+        Outcome::Pool {
+            pool,
+            fail_open: true,
+        }
+    }
+
+    /// The up pool a policy chooses, its fallback included; `None` when it is down.
+    pub(super) fn choose_policy(&mut self, id: PolicyId) -> Option<PoolId> {
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
+        let policy = self.ctx.snap.policy(id);
+        self.note("policy", || format!("policy {} ({})", policy.name, policy.kind.as_str()));
+        self.depth += 1;
+        let chosen = match &policy.kind {
+            PolicyKind::Failover(targets) => self.first_up(targets),
+            PolicyKind::Weighted { targets, sticky } => {
+                weighted::choose(self, &policy.name, targets, *sticky)
+            }
+            PolicyKind::Latency { targets, table } => {
+                latency::choose(self, targets, table.as_deref())
+            }
+            PolicyKind::Geo(rules) => geo::choose(self, rules, policy.fallback),
+        };
+        let chosen = match (chosen, policy.fallback) {
+            (None, Fallback::Nearest) => self.nearest(policy.zone),
+            (c, _) => c,
+        };
+        self.depth -= 1;
+        chosen
+    }
+
+    /// A target's up pool, or `None` when it is down.
+    pub(super) fn eval(&mut self, target: Target) -> Option<PoolId> {
+        match target {
+            Target::Pool(pool) => {
+                let up = self.ctx.health.pool_up(self.ctx.snap, pool);
+                self.note_pool(pool, up, false);
+                up.then_some(pool)
+            }
+            Target::Policy(id) => self.choose_policy(id),
+        }
+    }
+
+    /// Failover: the first target that is up.
+    pub(super) fn first_up(&mut self, targets: &[Target]) -> Option<PoolId> {
+        for &t in targets {
+            if let Some(pool) = self.eval(t) {
+                self.note_chosen(pool);
+                return Some(pool);
+            }
+        }
+        None
+    }
+
+    /// `fallback = "nearest"`: the up pool of the zone nearest the client.
+    fn nearest(&mut self, zone: ZoneId) -> Option<PoolId> {
+        let Some(from) = self.client_coords() else {
+            self.note("fallback", || "fallback nearest: client has no coordinates".into());
+            return None;
+        };
+        let snap = self.ctx.snap;
+        let best = snap
+            .zone(zone)
+            .pools
+            .iter()
+            .copied()
+            .filter_map(|p| Some((p, snap.pool(p).location?)))
+            .filter(|(p, _)| self.ctx.health.pool_up(snap, *p))
+            .map(|(p, at)| (p, distance_km(from, at)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        match best {
+            Some((pool, km)) => {
+                let name = &snap.pool(pool).name;
+                self.note("fallback", || format!("fallback nearest: {name} ({km:.0} km)"));
+                Some(pool)
+            }
+            None => {
+                self.note("fallback", || "fallback nearest: no up pool with a location".into());
+                None
+            }
+        }
+    }
+
+    /// The all-down rule: the first target's pool (following nested policies).
+    fn fail_open_pool(&mut self, target: Target, depth: usize) -> PoolId {
+        match target {
+            Target::Pool(p) => p,
+            Target::Policy(id) => {
+                let policy = self.ctx.snap.policy(id);
+                let first = match &policy.kind {
+                    PolicyKind::Failover(t) | PolicyKind::Latency { targets: t, .. } => t[0],
+                    PolicyKind::Weighted { targets, .. } => targets[0].0,
+                    PolicyKind::Geo(rules) => geo::first_matched_target(self, rules),
+                };
+                if depth >= MAX_DEPTH {
+                    if let Target::Pool(p) = first {
+                        return p;
+                    }
+                    return PoolId(0);
+                }
+                self.fail_open_pool(first, depth + 1)
+            }
+        }
+    }
+
+    /// The client's GeoIP record, looked up once per query.
+    pub(super) fn location(&mut self) -> Option<Location> {
+        if let Some(loc) = self.location {
+            return loc;
+        }
+        let loc = locate(self.ctx.geo, self.client.addr);
+        self.location = Some(loc);
+        loc
+    }
+
+    /// The client's coordinates; reading them makes the answer depend on the GeoIP network.
+    pub(super) fn client_coords(&mut self) -> Option<Coords> {
+        let loc = self.location();
+        self.widen_by_location(loc);
+        loc?.coords
+    }
+
+    /// The answer depends on the GeoIP network (or, unlocated, on the client's /24 or /56).
+    pub(super) fn widen_by_location(&mut self, loc: Option<Location>) {
+        let prefix = loc.map_or(client_prefix(self.client.addr), |l| l.prefix_len);
+        self.scope.widen(prefix);
+    }
+
+    pub(super) fn note(&mut self, kind: &'static str, text: impl FnOnce() -> String) {
+        if T::ON {
+            self.trace.step(self.depth, kind, text());
+        }
+    }
+
+    pub(super) fn note_chosen(&mut self, pool: PoolId) {
+        if T::ON {
+            let name = &self.ctx.snap.pool(pool).name;
+            self.trace.step(self.depth, "chosen", format!("{name}: chosen"));
+        }
+    }
+
+    /// A candidate pool with its state, as explain shows it.
+    pub(super) fn note_pool(&mut self, pool: PoolId, up: bool, _chosen: bool) {
+        if T::ON {
+            let text = pool_state(self.ctx, pool, up, self.trace.now());
+            self.trace.step(self.depth, "candidate", text);
+        }
+    }
+}
+
+/// `eu-west: down (2 failures, last: connection refused, 4s ago)`.
+fn pool_state<L: Locate + ?Sized>(ctx: &Ctx<'_, L>, pool: PoolId, up: bool, now: SystemTime) -> String {
+    let p = ctx.snap.pool(pool);
+    let mut text = format!("{}: {}", p.name, if up { "up" } else { "down" });
+    if let Some(o) = ctx.health.override_of(pool) {
+        text.push_str(&format!(" (override {})", o.as_str()));
+        return text;
+    }
+    let mut worst = None;
+    let (mut n_up, mut n_unknown) = (0, 0);
+    for e in &p.endpoints {
+        match ctx.health.endpoint_health(e) {
+            Health::Up => n_up += 1,
+            Health::Unknown => n_unknown += 1,
+            Health::Down => {}
+        }
+        if let Some(id) = e.probe {
+            let s = &ctx.health.probes[id.0 as usize];
+            if s.failures > 0 && worst.is_none_or(|(f, _)| s.failures > f) {
+                worst = Some((s.failures, s));
+            }
+        }
+    }
+    let total = p.endpoints.len();
+    text.push_str(&format!(
+        " ({n_up}/{total} endpoints up{}",
+        if n_unknown > 0 {
+            format!(", {n_unknown} unknown")
+        } else {
+            String::new()
+        }
+    ));
+    if let Some((failures, s)) = worst {
+        text.push_str(&format!(", {failures} failures"));
+        if let Some(err) = &s.last_error {
+            text.push_str(&format!(", last: {err}"));
+        }
+        if let Some(ago) = s.last_at.and_then(|at| now.duration_since(at).ok()) {
+            text.push_str(&format!(", {}s ago", ago.as_secs()));
+        }
+    }
+    text.push(')');
+    text
+}
+
+/// Great-circle distance (haversine).
+pub(super) fn distance_km(a: Coords, b: Coords) -> f64 {
+    let (la1, la2) = (a.lat.to_radians(), b.lat.to_radians());
+    let dlat = la2 - la1;
+    let dlon = (b.lon - a.lon).to_radians();
+    let h = (dlat / 2.0).sin().powi(2) + la1.cos() * la2.cos() * (dlon / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distances_are_great_circle() {
+        let dublin = Coords { lat: 53.35, lon: -6.26 };
+        let ashburn = Coords { lat: 39.04, lon: -77.49 };
+        let km = distance_km(dublin, ashburn);
+        assert!((5400.0..5600.0).contains(&km), "{km}");
+        assert_eq!(distance_km(dublin, dublin), 0.0);
+    }
+}
