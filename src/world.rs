@@ -18,3 +18,10 @@ pub struct World {
 
 /// The current world, read lock-free by every DNS worker.
 pub type SharedWorld = Arc<ArcSwap<World>>;
+
+/// The DNS path locates clients through the world's database, if one is loaded.
+impl crate::geo::Locate for Option<Arc<GeoDb>> {
+    fn locate(&self, ip: std::net::IpAddr) -> Option<crate::geo::Location> {
+        self.as_ref()?.locate(ip)
+    }
+}

@@ -1,1 +1,10 @@
-//! Placeholder.
+//! The DNS front end: wire parsing (wire.rs), the reject ladder and one world load per query
+//! (handler.rs), the authoritative lookup (lookup.rs), response writing with EDNS, ECS and
+//! truncation (response.rs), per-worker counters (stats.rs) and the sockets (listen.rs).
+
+pub mod handler;
+pub mod listen;
+pub mod lookup;
+pub mod response;
+pub mod stats;
+pub mod wire;

@@ -1,0 +1,91 @@
+//! One query in, one response out: the reject ladder (drop, NOTIMP, FORMERR, BADVERS,
+//! REFUSED), one world load per query, the lookup, and ECS/EDNS on the way out. Shared by
+//! the UDP workers and the TCP connections; a bad packet becomes an rcode, never a panic.
+
+use std::net::IpAddr;
+
+use super::lookup::{Lookup, Scratch};
+use super::response::{self, Meta, Writer, rcode};
+use super::stats::LocalStats;
+use super::wire::{self, Reject};
+use crate::model::rtype;
+use crate::policy::Client;
+use crate::world::World;
+
+/// RFC 1035: class IN; Meridian serves nothing else.
+const CLASS_IN: u16 = 1;
+/// RFC 5936 / RFC 1995: zone transfers are not offered.
+const AXFR: u16 = 252;
+const IXFR: u16 = 251;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Answer `packet` from `src` into `out`; false when nothing is to be sent.
+pub fn handle(
+    world: &World,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    seed: u64,
+    out: &mut Vec<u8>,
+    scratch: &mut Scratch,
+    stats: &mut LocalStats,
+) -> bool {
+    let q = match wire::parse(packet) {
+        Ok(q) => q,
+        Err((Reject::Drop, _)) => return false,
+        Err((reject, id)) => {
+            let flags = u16::from_be_bytes([packet[2], packet[3]]);
+            let code = if reject == Reject::NotImp { rcode::NOTIMP } else { rcode::FORMERR };
+            response::bare(out, id.unwrap_or(0), flags, code);
+            stats.query(None, 0, u16::from(code));
+            return true;
+        }
+    };
+    if let Some(e) = q.edns
+        && e.version > 0
+    {
+        response::error(out, &q, rcode::BADVERS);
+        stats.query(None, q.qtype, rcode::BADVERS);
+        return true;
+    }
+    let snap = &world.snapshot;
+    let zone = (q.qclass == CLASS_IN)
+        .then(|| snap.find_zone(q.qname.as_wire()))
+        .flatten();
+    let Some(zone) = zone.filter(|_| q.qtype != AXFR && q.qtype != IXFR && q.qtype != rtype::OPT) else {
+        response::error(out, &q, u16::from(rcode::REFUSED));
+        stats.query(None, q.qtype, u16::from(rcode::REFUSED));
+        return true;
+    };
+    let ecs = q.edns.and_then(|e| e.ecs);
+    let client = Client {
+        addr: ecs.map_or(src, |e| e.addr),
+        source_prefix: ecs.map(|e| e.source_prefix),
+    };
+    let lookup = Lookup {
+        snap,
+        health: &world.health,
+        geo: &world.geo,
+        client,
+        seed,
+    };
+    let mut w = Writer::new(out, &q);
+    let found = lookup.run(zone, q.qname.as_wire(), q.qtype, &mut w, scratch);
+    let meta = Meta {
+        rcode: u16::from(found.rcode),
+        authoritative: found.authoritative,
+        ecs: ecs.map(|e| (e, found.scope)),
+    };
+    let limit = (transport == Transport::Udp).then(|| response::udp_limit(&q));
+    w.finish(&q, meta, limit);
+    stats.query(Some(zone), q.qtype, u16::from(found.rcode));
+    if let Some((policy, pool, fail_open)) = found.policy {
+        stats.answer(policy, pool, fail_open);
+    }
+    true
+}

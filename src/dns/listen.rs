@@ -1,0 +1,295 @@
+//! Sockets. UDP: one thread per core per address on its own SO_REUSEPORT socket, receiving
+//! and sending in batches (recvmmsg/sendmmsg) with buffers allocated once, loading the world
+//! once per batch; nothing is shared between workers but the world pointer. TCP (RFC 7766):
+//! tokio tasks, pipelined queries answered in order, an idle timeout and a connection cap.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::Cache;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::handler::{Transport, handle};
+use super::lookup::Scratch;
+use super::stats::{DnsStats, LocalStats, WorkerTotals};
+use crate::world::{SharedWorld, World};
+
+/// Datagrams taken per recvmmsg call (the echo baseline of the capacity bench uses 64).
+const BATCH: usize = 64;
+/// Largest query accepted over UDP; bigger datagrams are truncated and fail to parse.
+const UDP_RECV_SIZE: usize = 4096;
+/// Kernel receive buffer per socket: absorbs bursts while a worker is busy.
+const UDP_RCVBUF: usize = 4 << 20;
+/// How often a blocked worker wakes to notice shutdown.
+const UDP_POLL: Duration = Duration::from_millis(200);
+/// Counters are folded into the shared totals after this many queries or this long.
+const STATS_FLUSH_QUERIES: u64 = 4096;
+const STATS_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// RFC 7766 §6.2.3: close idle connections; 10 s as BIND and Unbound do by default.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent TCP connections over all listeners; beyond it new ones are closed at once.
+pub const TCP_MAX_CONNECTIONS: usize = 1024;
+
+/// Bind one SO_REUSEPORT UDP socket per worker on `addr` (port 0 picks one port for all).
+pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let mut sockets = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_reuse_port(true)?;
+        // Best effort: the kernel caps it at net.core.rmem_max.
+        let _ = s.set_recv_buffer_size(UDP_RCVBUF);
+        s.bind(&addr.into())?;
+        s.set_read_timeout(Some(UDP_POLL))?;
+        let sock: std::net::UdpSocket = s.into();
+        addr = sock.local_addr()?;
+        sockets.push(sock);
+    }
+    Ok(sockets)
+}
+
+/// Start a worker thread per socket; they stop when `stop` is set.
+pub fn spawn_udp(
+    sockets: Vec<std::net::UdpSocket>,
+    world: SharedWorld,
+    stats: &DnsStats,
+    stop: Arc<AtomicBool>,
+) -> io::Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for (i, sock) in sockets.into_iter().enumerate() {
+        let world = world.clone();
+        let totals = stats.register();
+        let stop = stop.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("dns-udp-{i}"))
+            .spawn(move || udp_worker(sock, world, totals, stop))?;
+        handles.push(h);
+    }
+    Ok(handles)
+}
+
+/// Buffers of one worker, allocated once.
+struct Batch {
+    recv: Vec<[u8; UDP_RECV_SIZE]>,
+    lens: [usize; BATCH],
+    peers: [Option<SockaddrStorage>; BATCH],
+    out: Vec<Vec<u8>>,
+    send_peers: Vec<Option<SockaddrStorage>>,
+    send_index: Vec<usize>,
+}
+
+fn udp_worker(sock: std::net::UdpSocket, world: SharedWorld, totals: Arc<WorkerTotals>, stop: Arc<AtomicBool>) {
+    let fd = sock.as_raw_fd();
+    let mut cache = Cache::new(world);
+    let mut b = Batch {
+        recv: vec![[0u8; UDP_RECV_SIZE]; BATCH],
+        lens: [0; BATCH],
+        peers: [None; BATCH],
+        out: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
+        send_peers: Vec::with_capacity(BATCH),
+        send_index: Vec::with_capacity(BATCH),
+    };
+    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut scratch = Scratch::default();
+    let mut stats = LocalStats::default();
+    let mut seed = rand::random::<u64>() | 1;
+    let mut last_world: Option<Arc<World>> = None;
+    let mut last_flush = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let n = match receive(fd, &mut recv_headers, &mut b) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "udp receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                0
+            }
+        };
+        let world = cache.load();
+        if let Some(prev) = &last_world
+            && !Arc::ptr_eq(prev, world)
+        {
+            stats.flush(&prev.snapshot, &totals);
+        }
+        if last_world.as_ref().is_none_or(|p| !Arc::ptr_eq(p, world)) {
+            last_world = Some(world.clone());
+        }
+        let started = Instant::now();
+        b.send_peers.clear();
+        b.send_index.clear();
+        for i in 0..n {
+            let Some(peer) = b.peers[i] else { continue };
+            let Some(src) = peer_ip(&peer) else { continue };
+            seed = xorshift(seed);
+            let packet = &b.recv[i][..b.lens[i]];
+            if handle(world, packet, src, Transport::Udp, seed, &mut b.out[i], &mut scratch, &mut stats) {
+                b.send_peers.push(Some(peer));
+                b.send_index.push(i);
+            }
+        }
+        if n > 0 {
+            let per_query = started.elapsed() / n as u32;
+            for _ in 0..n {
+                stats.response_time(per_query);
+            }
+        }
+        send(fd, &mut send_headers, &b);
+        if stats.pending() >= STATS_FLUSH_QUERIES || last_flush.elapsed() >= STATS_FLUSH_EVERY {
+            stats.flush(&world.snapshot, &totals);
+            last_flush = Instant::now();
+        }
+    }
+    if let Some(w) = last_world {
+        stats.flush(&w.snapshot, &totals);
+    }
+}
+
+/// One recvmmsg: blocks for the first datagram (up to the socket timeout), then takes what
+/// is queued.
+fn receive(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, b: &mut Batch) -> nix::Result<usize> {
+    let mut slices: Vec<[io::IoSliceMut<'_>; 1]> = b.recv.iter_mut().map(|buf| [io::IoSliceMut::new(buf)]).collect();
+    let results = recvmmsg(fd, headers, slices.iter_mut(), MsgFlags::MSG_WAITFORONE, None)?;
+    let mut n = 0;
+    for (i, msg) in results.enumerate() {
+        b.lens[i] = msg.bytes;
+        b.peers[i] = msg.address;
+        n = i + 1;
+    }
+    Ok(n)
+}
+
+/// One sendmmsg for every reply of the batch (retried for what the kernel did not take).
+fn send(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, b: &Batch) {
+    let mut from = 0;
+    while from < b.send_index.len() {
+        let slices: Vec<[io::IoSlice<'_>; 1]> = b.send_index[from..]
+            .iter()
+            .map(|&i| [io::IoSlice::new(&b.out[i])])
+            .collect();
+        match sendmmsg(fd, headers, slices.iter(), &b.send_peers[from..], [], MsgFlags::empty()) {
+            Ok(sent) => {
+                let sent = sent.count();
+                if sent == 0 {
+                    return;
+                }
+                from += sent;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                // A bad peer address fails the first message: skip it and go on.
+                tracing::debug!(error = %e, "udp send failed");
+                from += 1;
+            }
+        }
+    }
+}
+
+fn peer_ip(peer: &SockaddrStorage) -> Option<IpAddr> {
+    if let Some(v4) = peer.as_sockaddr_in() {
+        return Some(IpAddr::V4(v4.ip()));
+    }
+    peer.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()).to_canonical())
+}
+
+fn xorshift(mut x: u64) -> u64 {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^ (x << 17)
+}
+
+/// Serve TCP on `listener` until `stop` turns true.
+pub async fn serve_tcp(listener: TcpListener, world: SharedWorld, stats: Arc<DnsStats>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
+    let totals = stats.register();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let world = world.clone();
+        let totals = totals.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _ = tcp_connection(stream, peer.ip().to_canonical(), world, totals, stop).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One connection: length-prefixed messages answered in order until idle, EOF or shutdown.
+async fn tcp_connection(
+    stream: TcpStream,
+    peer: IpAddr,
+    world: SharedWorld,
+    totals: Arc<WorkerTotals>,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut w = BufWriter::new(w);
+    let mut msg = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(4096);
+    let mut scratch = Scratch::default();
+    let mut stats = LocalStats::default();
+    let mut seed = rand::random::<u64>() | 1;
+    let result = loop {
+        let len = tokio::select! {
+            r = tokio::time::timeout(TCP_IDLE_TIMEOUT, r.read_u16()) => match r {
+                Ok(Ok(len)) => usize::from(len),
+                Ok(Err(_)) | Err(_) => break Ok(()),
+            },
+            _ = stop.changed() => break Ok(()),
+        };
+        msg.resize(len, 0);
+        match tokio::time::timeout(TCP_IDLE_TIMEOUT, r.read_exact(&mut msg)).await {
+            Ok(Ok(_)) => {}
+            _ => break Ok(()),
+        }
+        let started = Instant::now();
+        let world = world.load();
+        seed = xorshift(seed);
+        let reply = handle(&world, &msg, peer, Transport::Tcp, seed, &mut out, &mut scratch, &mut stats);
+        stats.response_time(started.elapsed());
+        if stats.pending() >= 64 {
+            stats.flush(&world.snapshot, &totals);
+        }
+        drop(world);
+        if !reply {
+            continue;
+        }
+        w.write_u16(out.len() as u16).await?;
+        w.write_all(&out).await?;
+        // Answer pipelined queries in one write when more are already buffered.
+        if r.buffer().is_empty() {
+            w.flush().await?;
+        }
+    };
+    let _ = w.flush().await;
+    stats.flush(&world.load().snapshot, &totals);
+    result
+}

@@ -1,0 +1,227 @@
+//! Authoritative lookup in one zone (RFC 1034 §4.3.2, RFC 4592 wildcards, RFC 8482 ANY):
+//! delegations, exact names, CNAME chains inside the zone, policy names, NODATA and
+//! NXDOMAIN with the SOA (TTL per RFC 2308).
+
+use std::net::IpAddr;
+
+use super::response::{Owner, Section, Writer, rcode};
+use crate::geo::Locate;
+use crate::health::View;
+use crate::model::{Node, PolicyId, PoolId, Snapshot, Zone, ZoneId, rtype, wire};
+use crate::policy::{self, Client, Ctx, Decision, NoTrace, Outcome};
+
+/// CNAME hops followed inside the zone before giving up (loops included).
+const MAX_CNAME_HOPS: usize = 8;
+
+/// What the lookup decided besides the records written.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Found {
+    pub rcode: u8,
+    pub authoritative: bool,
+    /// ECS scope of the answer (0 unless a policy read the client).
+    pub scope: u8,
+    /// The policy answer, for metrics.
+    pub policy: Option<(PolicyId, PoolId, bool)>,
+}
+
+/// Reused per worker: no allocation per query.
+#[derive(Default)]
+pub struct Scratch {
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Everything a lookup reads.
+pub struct Lookup<'a, L: Locate + ?Sized> {
+    pub snap: &'a Snapshot,
+    pub health: &'a View,
+    pub geo: &'a L,
+    pub client: Client,
+    pub seed: u64,
+}
+
+impl<L: Locate + ?Sized> Lookup<'_, L> {
+    /// Answer `qname`/`qtype` from `zone` into `w`.
+    pub fn run(&self, zone_id: ZoneId, qname: &[u8], qtype: u16, w: &mut Writer<'_>, scratch: &mut Scratch) -> Found {
+        let zone = self.snap.zone(zone_id);
+        let mut found = Found {
+            rcode: rcode::NOERROR,
+            authoritative: true,
+            ..Found::default()
+        };
+        let mut name: &[u8] = qname;
+        let mut owner = Owner::Qname;
+        for _ in 0..MAX_CNAME_HOPS {
+            if let Some(cut) = delegation(zone, name) {
+                if owner_is_qname(owner) {
+                    referral(zone, cut, w);
+                    found.authoritative = false;
+                }
+                return found;
+            }
+            let Some(node) = zone.nodes.get(name).or_else(|| wildcard_node(zone, name)) else {
+                found.rcode = rcode::NXDOMAIN;
+                negative(zone, w);
+                return found;
+            };
+            if let Some(cname) = node.rrset(rtype::CNAME)
+                && qtype != rtype::CNAME
+            {
+                w.record(Section::Answer, owner, rtype::CNAME, cname.ttl, &cname.rdatas[0]);
+                let target = &cname.rdatas[0];
+                if !wire::is_within(target, &zone.origin_wire) {
+                    return found;
+                }
+                name = target;
+                owner = Owner::Name(target);
+                continue;
+            }
+            self.answer_node(zone, name, node, owner, qtype, w, scratch, &mut found);
+            return found;
+        }
+        // A CNAME loop or an over-long chain: what was written stands (RFC 1034 §3.6.2).
+        found
+    }
+
+    /// Answer from one node (exact or wildcard).
+    #[allow(clippy::too_many_arguments)]
+    fn answer_node(
+        &self,
+        zone: &Zone,
+        name: &[u8],
+        node: &Node,
+        owner: Owner<'_>,
+        qtype: u16,
+        w: &mut Writer<'_>,
+        scratch: &mut Scratch,
+        found: &mut Found,
+    ) {
+        let apex = name == &*zone.origin_wire;
+        if let Some(policy) = node.policy {
+            let written = self.answer_policy(policy, owner, qtype, w, scratch, found);
+            if !written && found.rcode == rcode::NOERROR {
+                negative(zone, w);
+            }
+            return;
+        }
+        if apex && (qtype == rtype::SOA || qtype == rtype::ANY) {
+            w.soa(Section::Answer, owner, zone.soa_ttl, zone);
+            return;
+        }
+        let rrset = if qtype == rtype::ANY {
+            // RFC 8482 §4.1: answer with one RRset of the name.
+            node.rrsets.first()
+        } else {
+            node.rrset(qtype)
+        };
+        match rrset {
+            Some(set) => {
+                for rd in &set.rdatas {
+                    w.record(Section::Answer, owner, set.rtype, set.ttl, rd);
+                }
+            }
+            None => negative(zone, w),
+        }
+    }
+
+    /// A policy name: A/AAAA from the chosen pool. Returns whether records were written.
+    fn answer_policy(
+        &self,
+        policy: PolicyId,
+        owner: Owner<'_>,
+        qtype: u16,
+        w: &mut Writer<'_>,
+        scratch: &mut Scratch,
+        found: &mut Found,
+    ) -> bool {
+        let want_v6 = match qtype {
+            rtype::A | rtype::ANY => false,
+            rtype::AAAA => true,
+            _ => return false,
+        };
+        let decision = self.decide(policy);
+        found.scope = found.scope.max(decision.scope);
+        let Outcome::Pool { pool, fail_open } = decision.outcome else {
+            found.rcode = rcode::SERVFAIL;
+            return false;
+        };
+        found.policy = Some((policy, pool, fail_open));
+        policy::select_addresses(self.snap, self.health, &decision, want_v6, &mut scratch.addrs);
+        for addr in &scratch.addrs {
+            match addr {
+                IpAddr::V4(a) => w.record(Section::Answer, owner, rtype::A, decision.ttl, &a.octets()),
+                IpAddr::V6(a) => w.record(Section::Answer, owner, rtype::AAAA, decision.ttl, &a.octets()),
+            }
+        }
+        !scratch.addrs.is_empty()
+    }
+
+    fn decide(&self, policy: PolicyId) -> Decision {
+        let ctx = Ctx {
+            snap: self.snap,
+            health: self.health,
+            geo: self.geo,
+        };
+        policy::answer(&ctx, policy, self.client, self.seed, &mut NoTrace)
+    }
+}
+
+fn owner_is_qname(o: Owner<'_>) -> bool {
+    matches!(o, Owner::Qname)
+}
+
+/// The highest delegation point at or above `name`, below the apex.
+fn delegation<'z>(zone: &'z Zone, name: &'z [u8]) -> Option<&'z [u8]> {
+    let mut cut = None;
+    let mut at = name;
+    while at.len() > zone.origin_wire.len() {
+        if zone.nodes.get(at).is_some_and(|n| n.delegation) {
+            cut = Some(at);
+        }
+        at = wire::parent(at)?;
+    }
+    cut
+}
+
+/// RFC 4592: `*.<closest encloser>` when the name does not exist.
+fn wildcard_node<'z>(zone: &'z Zone, name: &[u8]) -> Option<&'z Node> {
+    let mut encloser = wire::parent(name)?;
+    while !zone.nodes.contains_key(encloser) {
+        if encloser.len() <= zone.origin_wire.len() {
+            return None;
+        }
+        encloser = wire::parent(encloser)?;
+    }
+    let mut buf = [0u8; 257];
+    buf[0] = 1;
+    buf[1] = b'*';
+    buf[2..2 + encloser.len()].copy_from_slice(encloser);
+    zone.nodes.get(&buf[..2 + encloser.len()]).filter(|n| !n.is_empty())
+}
+
+/// A referral: the cut's NS in authority, in-zone glue in additional.
+fn referral(zone: &Zone, cut: &[u8], w: &mut Writer<'_>) {
+    let Some(ns) = zone.nodes.get(cut).and_then(|n| n.rrset(rtype::NS)) else {
+        return;
+    };
+    for rd in &ns.rdatas {
+        w.record(Section::Authority, Owner::Name(cut), rtype::NS, ns.ttl, rd);
+    }
+    for target in &ns.rdatas {
+        let Some(node) = zone.nodes.get(&target[..]) else {
+            continue;
+        };
+        for t in [rtype::A, rtype::AAAA] {
+            if let Some(set) = node.rrset(t) {
+                for rd in &set.rdatas {
+                    w.record(Section::Additional, Owner::Name(target), t, set.ttl, rd);
+                }
+            }
+        }
+    }
+}
+
+/// NODATA / NXDOMAIN: the SOA in authority, TTL min(SOA TTL, MINIMUM) (RFC 2308 §3).
+fn negative(zone: &Zone, w: &mut Writer<'_>) {
+    let ttl = zone.soa_ttl.min(zone.soa.minimum);
+    w.soa(Section::Authority, Owner::Name(&zone.origin_wire), ttl, zone);
+}

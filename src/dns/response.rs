@@ -1,0 +1,211 @@
+//! Response writer: header, the question echoed as sent, answer / authority / additional
+//! records and the OPT record, straight into a reused buffer. Owner names equal to the
+//! question are compressed to a pointer at it. Truncation to the UDP limit happens here.
+
+use super::wire::{Ecs, HEADER_LEN, Query};
+
+/// RFC 1035 §4.1.4: pointer to the question name, which always starts right after the
+/// header.
+const QNAME_POINTER: [u8; 2] = [0xc0, HEADER_LEN as u8];
+/// The largest UDP payload Meridian sends (DNS Flag Day 2020: avoids IP fragmentation).
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+/// RFC 1035 §4.2.1: the UDP limit without EDNS.
+pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
+/// RFC 1035: class IN.
+const CLASS_IN: u16 = 1;
+
+pub mod rcode {
+    pub const NOERROR: u8 = 0;
+    pub const FORMERR: u8 = 1;
+    pub const SERVFAIL: u8 = 2;
+    pub const NXDOMAIN: u8 = 3;
+    pub const NOTIMP: u8 = 4;
+    pub const REFUSED: u8 = 5;
+    /// RFC 6891: 16, split between the header (low 4 bits) and the OPT TTL.
+    pub const BADVERS: u16 = 16;
+}
+
+/// Owner of a record.
+#[derive(Clone, Copy)]
+pub enum Owner<'a> {
+    /// The question name, as a pointer (keeps the client's case).
+    Qname,
+    /// Any other name, lowercase wire format.
+    Name(&'a [u8]),
+}
+
+/// Which section records go to; sections must be written in this order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Section {
+    Answer,
+    Authority,
+    Additional,
+}
+
+/// A response under construction in `buf`.
+pub struct Writer<'b> {
+    buf: &'b mut Vec<u8>,
+    counts: [u16; 3],
+    section: Section,
+}
+
+impl<'b> Writer<'b> {
+    /// Start a response to `q`: header and question. The header is completed by `finish`.
+    pub fn new(buf: &'b mut Vec<u8>, q: &Query<'_>) -> Self {
+        buf.clear();
+        buf.extend_from_slice(&q.id.to_be_bytes());
+        buf.extend_from_slice(&[0; 2]);
+        buf.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+        buf.extend_from_slice(q.question);
+        Writer {
+            buf,
+            counts: [0; 3],
+            section: Section::Answer,
+        }
+    }
+
+    /// Add one record.
+    pub fn record(&mut self, section: Section, owner: Owner<'_>, rtype: u16, ttl: u32, rdata: &[u8]) {
+        self.header(section, owner, rtype, ttl, rdata.len());
+        self.buf.extend_from_slice(rdata);
+    }
+
+    /// The zone's SOA, written in place (no RDATA buffer per negative answer).
+    pub fn soa(&mut self, section: Section, owner: Owner<'_>, ttl: u32, zone: &crate::model::Zone) {
+        let soa = &zone.soa;
+        let len = soa.mname.len() + soa.rname.len() + 20;
+        self.header(section, owner, crate::model::rtype::SOA, ttl, len);
+        self.buf.extend_from_slice(&soa.mname);
+        self.buf.extend_from_slice(&soa.rname);
+        for v in [zone.serial, soa.refresh, soa.retry, soa.expire, soa.minimum] {
+            self.buf.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+
+    /// Owner, type, class, TTL and RDLENGTH of a record.
+    fn header(&mut self, section: Section, owner: Owner<'_>, rtype: u16, ttl: u32, rdlen: usize) {
+        debug_assert!(section >= self.section, "sections out of order");
+        self.section = section;
+        match owner {
+            Owner::Qname => self.buf.extend_from_slice(&QNAME_POINTER),
+            Owner::Name(n) => self.buf.extend_from_slice(n),
+        }
+        self.buf.extend_from_slice(&rtype.to_be_bytes());
+        self.buf.extend_from_slice(&CLASS_IN.to_be_bytes());
+        self.buf.extend_from_slice(&ttl.to_be_bytes());
+        self.buf.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        self.counts[section as usize] += 1;
+    }
+
+    pub fn answers(&self) -> u16 {
+        self.counts[0]
+    }
+
+    /// Complete the header (and OPT), truncating to `limit` bytes when given: a response
+    /// that does not fit keeps only its header, question and OPT, with TC=1.
+    pub fn finish(self, q: &Query<'_>, meta: Meta, limit: Option<usize>) {
+        let Writer { buf, counts, .. } = self;
+        let question_end = HEADER_LEN + q.question.len();
+        let opt_len = if q.edns.is_some() { opt_size(meta.ecs) } else { 0 };
+        let mut counts = counts;
+        let mut tc = false;
+        if let Some(limit) = limit
+            && buf.len() + opt_len > limit
+        {
+            buf.truncate(question_end);
+            counts = [0; 3];
+            tc = true;
+        }
+        if let Some(edns) = q.edns {
+            write_opt(buf, meta, edns.dnssec_ok);
+            counts[2] += 1;
+        }
+        write_header(buf, q, meta, tc, counts);
+    }
+}
+
+/// What the header and OPT of a response say besides the records.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    /// Extended rcode (BADVERS = 16 spills into the OPT).
+    pub rcode: u16,
+    pub authoritative: bool,
+    /// ECS to echo, with its scope.
+    pub ecs: Option<(Ecs, u8)>,
+}
+
+/// A response with no records: errors, and answers that carry only the header.
+pub fn error(buf: &mut Vec<u8>, q: &Query<'_>, rcode: u16) {
+    let meta = Meta {
+        rcode,
+        authoritative: false,
+        ecs: None,
+    };
+    Writer::new(buf, q).finish(q, meta, None);
+}
+
+/// A header-only reply when the question did not parse (FORMERR, NOTIMP): id and opcode
+/// copied, no sections.
+pub fn bare(buf: &mut Vec<u8>, id: u16, request_flags: u16, rcode: u8) {
+    buf.clear();
+    buf.extend_from_slice(&id.to_be_bytes());
+    let flags = 0x8000 | (request_flags & 0x7900) | u16::from(rcode & 0xf);
+    buf.extend_from_slice(&flags.to_be_bytes());
+    buf.extend_from_slice(&[0; 8]);
+}
+
+fn write_header(buf: &mut [u8], q: &Query<'_>, meta: Meta, tc: bool, counts: [u16; 3]) {
+    // QR, opcode copied, AA, TC, RD copied, CD copied (RFC 6840 §5.9).
+    let mut flags = 0x8000 | (q.flags & 0x7800) | (q.flags & 0x0100) | (q.flags & 0x0010);
+    if meta.authoritative {
+        flags |= 0x0400;
+    }
+    if tc {
+        flags |= 0x0200;
+    }
+    flags |= meta.rcode & 0xf;
+    buf[2..4].copy_from_slice(&flags.to_be_bytes());
+    buf[4..6].copy_from_slice(&1u16.to_be_bytes());
+    buf[6..8].copy_from_slice(&counts[0].to_be_bytes());
+    buf[8..10].copy_from_slice(&counts[1].to_be_bytes());
+    buf[10..12].copy_from_slice(&counts[2].to_be_bytes());
+}
+
+fn opt_size(ecs: Option<(Ecs, u8)>) -> usize {
+    11 + ecs.map_or(0, |(e, _)| 8 + usize::from(e.source_prefix).div_ceil(8))
+}
+
+/// RFC 6891 §6.1.2 OPT: our payload size, extended rcode, version 0, DO copied
+/// (RFC 3225 §3), and the ECS option echoed with its scope (RFC 7871 §7.2.1).
+fn write_opt(buf: &mut Vec<u8>, meta: Meta, dnssec_ok: bool) {
+    buf.push(0);
+    buf.extend_from_slice(&41u16.to_be_bytes());
+    buf.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+    buf.push((meta.rcode >> 4) as u8);
+    buf.push(0);
+    buf.extend_from_slice(&(if dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+    match meta.ecs {
+        None => buf.extend_from_slice(&[0, 0]),
+        Some((ecs, scope)) => {
+            let addr_len = usize::from(ecs.source_prefix).div_ceil(8);
+            buf.extend_from_slice(&((8 + addr_len) as u16).to_be_bytes());
+            buf.extend_from_slice(&8u16.to_be_bytes());
+            buf.extend_from_slice(&((4 + addr_len) as u16).to_be_bytes());
+            buf.extend_from_slice(&ecs.family().to_be_bytes());
+            buf.push(ecs.source_prefix);
+            buf.push(scope);
+            match ecs.addr {
+                std::net::IpAddr::V4(a) => buf.extend_from_slice(&a.octets()[..addr_len]),
+                std::net::IpAddr::V6(a) => buf.extend_from_slice(&a.octets()[..addr_len]),
+            }
+        }
+    }
+}
+
+/// The UDP size limit for a query (RFC 6891 §6.2.5: at least 512, capped at ours).
+pub fn udp_limit(q: &Query<'_>) -> usize {
+    match q.edns {
+        Some(e) => usize::from(e.payload.clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD)),
+        None => usize::from(CLASSIC_UDP_PAYLOAD),
+    }
+}

@@ -1,0 +1,145 @@
+//! DNS counters without a lock shared between cores: each worker counts into its own
+//! [`LocalStats`] by snapshot ids, and now and then folds them, by name, into its own
+//! [`WorkerTotals`], which `/metrics` sums over workers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::model::{PolicyId, PoolId, Snapshot, ZoneId, rtype};
+
+/// Upper bounds (seconds) of the response time histogram: 5 µs to 10 ms.
+pub const RESPONSE_TIME_BUCKETS: [f64; 10] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.01,
+];
+
+/// A worker's counters since its last flush, keyed by ids of the snapshot it answered from.
+#[derive(Default)]
+pub struct LocalStats {
+    queries: HashMap<(Option<ZoneId>, u16, u16), u64>,
+    answers: HashMap<(PolicyId, PoolId, bool), u64>,
+    buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
+    time_sum: f64,
+    pending: u64,
+}
+
+impl LocalStats {
+    pub fn query(&mut self, zone: Option<ZoneId>, qtype: u16, rcode: u16) {
+        *self.queries.entry((zone, qtype, rcode)).or_default() += 1;
+        self.pending += 1;
+    }
+
+    pub fn answer(&mut self, policy: PolicyId, pool: PoolId, fail_open: bool) {
+        *self.answers.entry((policy, pool, fail_open)).or_default() += 1;
+    }
+
+    pub fn response_time(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = RESPONSE_TIME_BUCKETS.iter().position(|b| s <= *b).unwrap_or(RESPONSE_TIME_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.time_sum += s;
+    }
+
+    /// Queries counted since the last flush.
+    pub fn pending(&self) -> u64 {
+        self.pending
+    }
+
+    /// Fold into `totals`, naming ids with the snapshot they came from.
+    pub fn flush(&mut self, snap: &Snapshot, totals: &WorkerTotals) {
+        let mut t = totals.0.lock().expect("stats lock is never poisoned");
+        for ((zone, qtype, rcode), n) in self.queries.drain() {
+            let zone = zone.map_or_else(String::new, |z| snap.zone(z).origin.clone());
+            *t.queries
+                .entry((zone, rtype::name(qtype).into_owned(), rcode_name(rcode)))
+                .or_default() += n;
+        }
+        for ((policy, pool, fail_open), n) in self.answers.drain() {
+            let p = snap.policy(policy);
+            let key = (
+                snap.zone(p.zone).origin.clone(),
+                p.name.clone(),
+                snap.pool(pool).name.clone(),
+            );
+            *t.answers.entry(key.clone()).or_default() += n;
+            if fail_open {
+                *t.fail_open.entry(key).or_default() += n;
+            }
+        }
+        for (d, s) in t.buckets.iter_mut().zip(self.buckets.iter_mut()) {
+            *d += std::mem::take(s);
+        }
+        t.time_sum += std::mem::take(&mut self.time_sum);
+        self.pending = 0;
+    }
+}
+
+/// Counters by name: (zone, qtype, rcode) and (zone, policy, pool).
+#[derive(Default, Clone)]
+pub struct Totals {
+    pub queries: BTreeMap<(String, String, &'static str), u64>,
+    pub answers: BTreeMap<(String, String, String), u64>,
+    pub fail_open: BTreeMap<(String, String, String), u64>,
+    /// Non-cumulative counts per bucket of [`RESPONSE_TIME_BUCKETS`], then +Inf.
+    pub buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
+    pub time_sum: f64,
+}
+
+impl Totals {
+    pub fn add(&mut self, other: &Totals) {
+        for (k, v) in &other.queries {
+            *self.queries.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.answers {
+            *self.answers.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.fail_open {
+            *self.fail_open.entry(k.clone()).or_default() += v;
+        }
+        for (d, s) in self.buckets.iter_mut().zip(other.buckets) {
+            *d += s;
+        }
+        self.time_sum += other.time_sum;
+    }
+}
+
+/// One worker's totals: locked by its worker once per flush and by a scrape.
+#[derive(Default)]
+pub struct WorkerTotals(pub Mutex<Totals>);
+
+/// Every worker's totals, for `/metrics`.
+#[derive(Default)]
+pub struct DnsStats {
+    workers: Mutex<Vec<Arc<WorkerTotals>>>,
+}
+
+impl DnsStats {
+    /// A new worker's own totals.
+    pub fn register(&self) -> Arc<WorkerTotals> {
+        let t = Arc::new(WorkerTotals::default());
+        self.workers.lock().expect("stats lock is never poisoned").push(t.clone());
+        t
+    }
+
+    /// The sum over workers.
+    pub fn totals(&self) -> Totals {
+        let mut sum = Totals::default();
+        for w in self.workers.lock().expect("stats lock is never poisoned").iter() {
+            sum.add(&w.0.lock().expect("stats lock is never poisoned"));
+        }
+        sum
+    }
+}
+
+pub fn rcode_name(rcode: u16) -> &'static str {
+    match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        16 => "BADVERS",
+        _ => "OTHER",
+    }
+}

@@ -1,0 +1,311 @@
+//! Request parsing without allocation: header, the one question (its name lowercased into a
+//! stack buffer, the sent case kept for the echo), and the OPT record with ECS (RFC 6891,
+//! RFC 7871), checked strictly. Anything else in the message is skipped over.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// RFC 1035 §4.1.1: the fixed header.
+pub const HEADER_LEN: usize = 12;
+/// RFC 1035 §2.3.4: names are at most 255 octets on the wire.
+pub const MAX_NAME: usize = 255;
+/// RFC 7871 §6: the EDNS option code of Client Subnet.
+const ECS_OPTION: u16 = 8;
+/// RFC 6891 §6.1.1: the OPT pseudo-RR type.
+const OPT: u16 = 41;
+
+/// Why a packet gets no normal answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Too short, or a response: no reply at all.
+    Drop,
+    /// Malformed: FORMERR (with the question when it parsed).
+    FormErr,
+    /// Opcode other than QUERY: NOTIMP.
+    NotImp,
+}
+
+/// A parsed query; borrows the packet for the question bytes.
+#[derive(Debug)]
+pub struct Query<'p> {
+    pub id: u16,
+    /// Second header word of the request (opcode, RD, CD ...).
+    pub flags: u16,
+    /// The question section exactly as sent (name, type, class), for the echo.
+    pub question: &'p [u8],
+    pub qname: NameBuf,
+    pub qtype: u16,
+    pub qclass: u16,
+    pub edns: Option<Edns>,
+}
+
+/// The lowercased question name.
+#[derive(Clone)]
+pub struct NameBuf {
+    buf: [u8; MAX_NAME],
+    len: u8,
+}
+
+impl NameBuf {
+    pub fn as_wire(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for NameBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::model::wire::to_text(self.as_wire()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    /// The requestor's UDP payload size.
+    pub payload: u16,
+    pub version: u8,
+    pub dnssec_ok: bool,
+    pub ecs: Option<Ecs>,
+}
+
+/// A Client Subnet option, validated (RFC 7871 §7.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ecs {
+    pub addr: IpAddr,
+    pub source_prefix: u8,
+}
+
+impl Ecs {
+    /// Address family number (IANA: 1 IPv4, 2 IPv6).
+    pub fn family(&self) -> u16 {
+        if self.addr.is_ipv4() { 1 } else { 2 }
+    }
+}
+
+/// Parse a query. `Err` says how to reply; a FORMERR before the question parsed carries no
+/// question.
+pub fn parse(packet: &[u8]) -> Result<Query<'_>, (Reject, Option<u16>)> {
+    if packet.len() < HEADER_LEN {
+        return Err((Reject::Drop, None));
+    }
+    let id = u16::from_be_bytes([packet[0], packet[1]]);
+    let flags = u16::from_be_bytes([packet[2], packet[3]]);
+    if flags & 0x8000 != 0 {
+        return Err((Reject::Drop, None));
+    }
+    if (flags >> 11) & 0xf != 0 {
+        return Err((Reject::NotImp, Some(id)));
+    }
+    let count = |i: usize| u16::from_be_bytes([packet[4 + 2 * i], packet[5 + 2 * i]]);
+    if count(0) != 1 {
+        return Err((Reject::FormErr, Some(id)));
+    }
+    let mut qname = NameBuf {
+        buf: [0; MAX_NAME],
+        len: 0,
+    };
+    let at = read_question_name(packet, HEADER_LEN, &mut qname).ok_or((Reject::FormErr, Some(id)))?;
+    let fixed = packet.get(at..at + 4).ok_or((Reject::FormErr, Some(id)))?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
+    let question = &packet[HEADER_LEN..at + 4];
+    let records = usize::from(count(1)) + usize::from(count(2)) + usize::from(count(3));
+    let additional_from = usize::from(count(1)) + usize::from(count(2));
+    let edns = read_records(packet, at + 4, records, additional_from).map_err(|r| (r, Some(id)))?;
+    Ok(Query {
+        id,
+        flags,
+        question,
+        qname,
+        qtype,
+        qclass,
+        edns,
+    })
+}
+
+/// The question name: uncompressed labels only (nothing earlier to point at), lowercased.
+fn read_question_name(packet: &[u8], mut at: usize, out: &mut NameBuf) -> Option<usize> {
+    let mut len = 0usize;
+    loop {
+        let l = *packet.get(at)? as usize;
+        if l > 63 || len + 1 + l > MAX_NAME {
+            return None;
+        }
+        let label = packet.get(at..at + 1 + l)?;
+        for (d, s) in out.buf[len..len + 1 + l].iter_mut().zip(label) {
+            *d = s.to_ascii_lowercase();
+        }
+        len += 1 + l;
+        at += 1 + l;
+        if l == 0 {
+            out.len = len as u8;
+            return Some(at);
+        }
+    }
+}
+
+/// Walk the remaining records; return the OPT of the additional section, if any.
+fn read_records(packet: &[u8], mut at: usize, n: usize, additional_from: usize) -> Result<Option<Edns>, Reject> {
+    let mut edns = None;
+    for i in 0..n {
+        let name_start = at;
+        at = skip_name(packet, at).ok_or(Reject::FormErr)?;
+        let fixed = packet.get(at..at + 10).ok_or(Reject::FormErr)?;
+        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let class = u16::from_be_bytes([fixed[2], fixed[3]]);
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        let rdata = packet.get(at + 10..at + 10 + rdlen).ok_or(Reject::FormErr)?;
+        at += 10 + rdlen;
+        if rtype != OPT {
+            continue;
+        }
+        // RFC 6891 §6.1.1: one OPT, in the additional section, owned by the root.
+        if i < additional_from || edns.is_some() || packet[name_start] != 0 {
+            return Err(Reject::FormErr);
+        }
+        let version = (ttl >> 16) as u8;
+        let ecs = read_options(rdata)?;
+        edns = Some(Edns {
+            payload: class,
+            version,
+            dnssec_ok: ttl & 0x8000 != 0,
+            ecs,
+        });
+    }
+    if at != packet.len() {
+        return Err(Reject::FormErr);
+    }
+    Ok(edns)
+}
+
+/// Skip a possibly compressed name; `None` when it runs off the packet.
+fn skip_name(packet: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let l = *packet.get(at)?;
+        match l {
+            0 => return Some(at + 1),
+            1..=63 => at += 1 + usize::from(l),
+            0xc0..=0xff => {
+                packet.get(at + 1)?;
+                return Some(at + 2);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// EDNS options: ECS is validated, every other option ignored (RFC 6891 §6.1.2).
+fn read_options(mut rdata: &[u8]) -> Result<Option<Ecs>, Reject> {
+    let mut ecs = None;
+    while !rdata.is_empty() {
+        let head = rdata.get(..4).ok_or(Reject::FormErr)?;
+        let code = u16::from_be_bytes([head[0], head[1]]);
+        let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let body = rdata.get(4..4 + len).ok_or(Reject::FormErr)?;
+        rdata = &rdata[4 + len..];
+        if code == ECS_OPTION {
+            if ecs.is_some() {
+                return Err(Reject::FormErr);
+            }
+            ecs = Some(read_ecs(body)?);
+        }
+    }
+    Ok(ecs)
+}
+
+/// RFC 7871 §6 and §7.1.2: family 1 or 2, SOURCE within the family, SCOPE 0 in queries,
+/// exactly ceil(SOURCE/8) address octets, and no bits set past SOURCE.
+fn read_ecs(body: &[u8]) -> Result<Ecs, Reject> {
+    let head = body.get(..4).ok_or(Reject::FormErr)?;
+    let family = u16::from_be_bytes([head[0], head[1]]);
+    let source = head[2];
+    let scope = head[3];
+    let addr_bytes = &body[4..];
+    let max = match family {
+        1 => 32,
+        2 => 128,
+        _ => return Err(Reject::FormErr),
+    };
+    if source > max || scope != 0 || addr_bytes.len() != usize::from(source).div_ceil(8) {
+        return Err(Reject::FormErr);
+    }
+    let mut full = [0u8; 16];
+    full[..addr_bytes.len()].copy_from_slice(addr_bytes);
+    if source % 8 != 0 {
+        let last = addr_bytes[addr_bytes.len() - 1];
+        if last & (0xffu8 >> (source % 8)) != 0 {
+            return Err(Reject::FormErr);
+        }
+    }
+    let addr = if family == 1 {
+        IpAddr::V4(Ipv4Addr::new(full[0], full[1], full[2], full[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(full))
+    };
+    Ok(Ecs {
+        addr,
+        source_prefix: source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[u8], opt: Option<&[u8]>) -> Vec<u8> {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())];
+        p.extend_from_slice(name);
+        p.extend_from_slice(&[0, 1, 0, 1]);
+        if let Some(opt) = opt {
+            p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+            p.extend_from_slice(&(opt.len() as u16).to_be_bytes());
+            p.extend_from_slice(opt);
+        }
+        p
+    }
+
+    #[test]
+    fn parses_question_and_lowercases() {
+        let p = query(b"\x03WwW\x07example\x00", None);
+        let q = parse(&p).expect("valid");
+        assert_eq!(q.qname.as_wire(), b"\x03www\x07example\x00");
+        assert_eq!(&q.question[..4], b"\x03WwW");
+        assert_eq!((q.id, q.qtype, q.qclass), (0x1234, 1, 1));
+        assert!(q.edns.is_none());
+    }
+
+    #[test]
+    fn validates_ecs() {
+        let ok = query(b"\x01a\x00", Some(&[0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113]));
+        let e = parse(&ok).expect("valid").edns.expect("edns");
+        assert_eq!(e.ecs.expect("ecs").addr, "203.0.113.0".parse::<IpAddr>().expect("ip"));
+        for bad in [
+            &[0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113, 1][..], // trailing byte in option
+            &[0, 8, 0, 7, 0, 1, 24, 5, 203, 0, 113],        // scope set
+            &[0, 8, 0, 7, 0, 3, 24, 0, 203, 0, 113],        // family 3
+            &[0, 8, 0, 7, 0, 1, 33, 0, 203, 0, 113],        // prefix too long
+            &[0, 8, 0, 7, 0, 1, 20, 0, 203, 0, 113],        // bits past the prefix
+        ] {
+            let mut b = bad.to_vec();
+            b[3] = (b.len() - 4) as u8;
+            assert_eq!(parse(&query(b"\x01a\x00", Some(&b))).err(), Some((Reject::FormErr, Some(0x1234))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_what_it_must() {
+        assert_eq!(parse(&[0; 5]).err(), Some((Reject::Drop, None)));
+        let mut resp = query(b"\x00", None);
+        resp[2] |= 0x80;
+        assert_eq!(parse(&resp).err(), Some((Reject::Drop, None)));
+        let mut notify = query(b"\x00", None);
+        notify[2] |= 4 << 3;
+        assert_eq!(parse(&notify).err().map(|e| e.0), Some(Reject::NotImp));
+        let mut two = query(b"\x00", None);
+        two[5] = 2;
+        assert_eq!(parse(&two).err().map(|e| e.0), Some(Reject::FormErr));
+        let mut v1 = query(b"\x00", Some(&[]));
+        let n = v1.len();
+        v1[n - 5] = 1; // version byte of the OPT TTL
+        assert_eq!(parse(&v1).expect("parses").edns.map(|e| e.version), Some(1));
+    }
+}
