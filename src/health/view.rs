@@ -43,6 +43,10 @@ pub struct ProbeStatus {
     pub last_rtt: Option<Duration>,
     /// When the last probe finished.
     pub last_at: Option<SystemTime>,
+    /// Probes that passed since this (address, check) pair appeared.
+    pub total_passes: u64,
+    /// Probes that failed since this (address, check) pair appeared.
+    pub total_failures: u64,
 }
 
 /// An operator's override of a pool (SPEC §5).

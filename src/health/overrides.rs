@@ -1,0 +1,260 @@
+//! Operators' overrides of pools (SPEC §5, §7 `PUT /v1/overrides/<zone>/<pool>`), kept in
+//! `<state_dir>/overrides.json` and written atomically, so they survive restarts.
+//!
+//! Entries are keyed by zone origin and pool name as the operator wrote them (normalized to
+//! lowercase, origin with its trailing dot), not by id: a reload renumbers pools, and an
+//! entry for a pool that is gone stays in the file in case the pool comes back.
+//! [`OverrideStore::resolve`] maps them onto a snapshot's `PoolId`s for the health view.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::health::view::Override;
+use crate::model::Snapshot;
+
+/// The file under the state directory.
+pub const FILE_NAME: &str = "overrides.json";
+
+/// Format version written into the file, so a later layout can tell old files apart.
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a valid overrides file: {source}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// (zone origin, pool name), both lowercase; the origin ends with a dot.
+pub type PoolRef = (String, String);
+
+/// Overrides in memory, mirrored to `overrides.json` on every change.
+#[derive(Debug, Clone)]
+pub struct OverrideStore {
+    path: PathBuf,
+    pools: BTreeMap<PoolRef, Override>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileFormat {
+    version: u32,
+    pools: Vec<FileEntry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    zone: String,
+    pool: String,
+    state: Override,
+}
+
+impl OverrideStore {
+    /// Read `<dir>/overrides.json`; a missing file is an empty store, an unreadable or
+    /// corrupt one an error naming the file (never silently dropped overrides).
+    pub fn load(dir: &Path) -> Result<OverrideStore, OverrideError> {
+        let path = dir.join(FILE_NAME);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(OverrideStore {
+                    path,
+                    pools: BTreeMap::new(),
+                });
+            }
+            Err(source) => return Err(OverrideError::Io { path, source }),
+        };
+        let file: FileFormat = match serde_json::from_slice(&text) {
+            Ok(f) => f,
+            Err(source) => return Err(OverrideError::Corrupt { path, source }),
+        };
+        let pools = file
+            .pools
+            .into_iter()
+            .map(|e| (normalize(&e.zone, &e.pool), e.state))
+            .collect();
+        Ok(OverrideStore { path, pools })
+    }
+
+    /// Where the store lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Set a pool's override and persist it. On a write error nothing changes.
+    pub fn set(&mut self, zone: &str, pool: &str, state: Override) -> Result<(), OverrideError> {
+        let key = normalize(zone, pool);
+        let before = self.pools.insert(key.clone(), state);
+        self.save()
+            .inspect_err(|_| restore(&mut self.pools, key, before))
+    }
+
+    /// Clear a pool's override and persist it; returns what was there. On a write error
+    /// nothing changes.
+    pub fn clear(&mut self, zone: &str, pool: &str) -> Result<Option<Override>, OverrideError> {
+        let key = normalize(zone, pool);
+        let Some(before) = self.pools.remove(&key) else {
+            return Ok(None);
+        };
+        match self.save() {
+            Ok(()) => Ok(Some(before)),
+            Err(e) => {
+                self.pools.insert(key, before);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn get(&self, zone: &str, pool: &str) -> Option<Override> {
+        self.pools.get(&normalize(zone, pool)).copied()
+    }
+
+    /// Every entry, pools of zones not loaded included, sorted by zone then pool.
+    pub fn entries(&self) -> impl Iterator<Item = (&PoolRef, Override)> + '_ {
+        self.pools.iter().map(|(k, v)| (k, *v))
+    }
+
+    /// The override of every pool of `snap`, indexed by `PoolId`.
+    pub fn resolve(&self, snap: &Snapshot) -> Vec<Option<Override>> {
+        let mut out = vec![None; snap.pools.len()];
+        for ((zone, pool), state) in &self.pools {
+            let Some(zone) = snap.find_zone_by_name(zone) else {
+                continue;
+            };
+            if let Some(id) = snap.find_pool(zone, pool) {
+                out[id.0 as usize] = Some(*state);
+            }
+        }
+        out
+    }
+
+    /// Write the whole map to a temporary file in the same directory, fsync it, rename it
+    /// over the old file and fsync the directory: a crash leaves the old or the new file,
+    /// never half of one.
+    fn save(&self) -> Result<(), OverrideError> {
+        let io = |source| OverrideError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let file = FileFormat {
+            version: FORMAT_VERSION,
+            pools: self
+                .pools
+                .iter()
+                .map(|((zone, pool), state)| FileEntry {
+                    zone: zone.clone(),
+                    pool: pool.clone(),
+                    state: *state,
+                })
+                .collect(),
+        };
+        let mut text = serde_json::to_vec_pretty(&file).expect("plain strings and enums serialize");
+        text.push(b'\n');
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        // The rename is durable once the directory is; some filesystems cannot fsync a
+        // directory, and the data itself is already safe, so this one is best effort.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn restore(pools: &mut BTreeMap<PoolRef, Override>, key: PoolRef, before: Option<Override>) {
+    match before {
+        Some(state) => pools.insert(key, state),
+        None => pools.remove(&key),
+    };
+}
+
+/// Origins are case-insensitive and the trailing dot optional; pool names case-insensitive.
+fn normalize(zone: &str, pool: &str) -> PoolRef {
+    let zone = zone.trim_end_matches('.').to_ascii_lowercase() + ".";
+    (zone, pool.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("meridian-overrides-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    #[test]
+    fn missing_file_is_empty_and_set_survives_a_reload() {
+        let dir = tempdir("roundtrip");
+        let mut store = OverrideStore::load(&dir).expect("missing file is fine");
+        assert_eq!(store.entries().count(), 0);
+        store
+            .set("GSLB.example.test", "US-East", Override::Drain)
+            .expect("set");
+        store
+            .set("gslb.example.test.", "eu-west", Override::Down)
+            .expect("set");
+        let again = OverrideStore::load(&dir).expect("reload");
+        assert_eq!(
+            again.get("gslb.example.test.", "us-east"),
+            Some(Override::Drain)
+        );
+        assert_eq!(
+            again.get("gslb.example.test", "EU-WEST"),
+            Some(Override::Down)
+        );
+        let mut again = again;
+        assert_eq!(
+            again.clear("gslb.example.test", "us-east").expect("clear"),
+            Some(Override::Drain)
+        );
+        assert_eq!(
+            again.clear("gslb.example.test", "us-east").expect("clear"),
+            None
+        );
+        let last = OverrideStore::load(&dir).expect("reload");
+        assert_eq!(last.entries().count(), 1);
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from(FILE_NAME)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        let dir = tempdir("corrupt");
+        std::fs::write(dir.join(FILE_NAME), "{ not json").expect("write");
+        let err = OverrideStore::load(&dir).expect_err("corrupt");
+        assert!(err.to_string().contains("overrides.json"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
