@@ -1,1 +1,18 @@
-//! Placeholder.
+//! Zone files → [`crate::model::Snapshot`]: the loader behind `meridian check`, `serve` and
+//! every reload.
+//!
+//! `raw` walks the spanned TOML document (every key and value keeps its position), `values`
+//! parses the scalar formats (durations, statuses, codes, RDATA), `compile` resolves names
+//! into ids and collects every problem as a [`Diagnostic`] (`file:line:col: message`).
+
+pub mod compile;
+pub mod diag;
+mod latency;
+mod policies;
+mod pools;
+pub mod raw;
+mod records;
+pub mod values;
+
+pub use compile::{LoadOptions, load_dir};
+pub use diag::{Diagnostic, Diagnostics};

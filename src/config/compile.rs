@@ -1,0 +1,364 @@
+//! Zone directory → [`Snapshot`]: every `*.toml` file, in file-name order, names resolved
+//! into ids, every problem collected (STYLE.md conventions 1 and 5).
+//!
+//! One file is one zone. Within it: top-level settings and `[soa]` here, `[checks]` and
+//! `[pools]` in `pools`, `[records]` in `records`, `[policies]` in `policies`; this module
+//! then lays out the zone's names (empty non-terminals and delegations included).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use toml::de::DeTable;
+
+use super::diag::{Diagnostic, Diagnostics, FileCx, Span};
+use super::raw;
+use super::values;
+use super::{policies, pools, records};
+use crate::model::{
+    CheckSpec, Node, PolicyId, PoolId, ProbeId, ProbeKey, Snapshot, Soa, WireName, Zone, ZoneId,
+    rtype, wire,
+};
+
+/// SPEC §2 defaults.
+const DEFAULT_TTL: u32 = 300;
+const DEFAULT_POLICY_TTL: u32 = 30;
+const DEFAULT_REFRESH: u32 = 3600;
+const DEFAULT_RETRY: u32 = 600;
+const DEFAULT_EXPIRE: u32 = 1_209_600;
+/// RFC 2308 negative-caching TTL; short, since policy names come and go with health.
+const DEFAULT_MINIMUM: u32 = 30;
+
+const ZONE_KEYS: &[&str] = &[
+    "origin",
+    "ttl",
+    "policy_ttl",
+    "latency_table",
+    "soa",
+    "records",
+    "pools",
+    "checks",
+    "policies",
+];
+const SOA_KEYS: &[&str] = &["mname", "rname", "serial", "refresh", "retry", "expire", "minimum"];
+
+/// What to load, and the snapshot being replaced (for serials that grow on every reload).
+pub struct LoadOptions<'a> {
+    pub zones_dir: &'a Path,
+    pub previous: Option<&'a Snapshot>,
+}
+
+/// Load every `*.toml` in `zones_dir` (sorted by file name) into a Snapshot, or every
+/// problem found.
+pub fn load_dir(opts: &LoadOptions) -> Result<Snapshot, Diagnostics> {
+    let mut diags = Vec::new();
+    let mut b = Builder {
+        snap: Snapshot::default(),
+        probe_ids: HashMap::new(),
+        origins: HashMap::new(),
+        previous: opts.previous,
+    };
+    for path in zone_files(opts.zones_dir, &mut diags) {
+        load_file(&path, &mut b, &mut diags);
+    }
+    if !diags.is_empty() {
+        return Err(Diagnostics(diags).sorted());
+    }
+    b.snap.loaded_at = Some(SystemTime::now());
+    Ok(b.snap)
+}
+
+/// Summary line for `meridian check`: "ok: N zones, N names, N pools, N checks".
+pub fn summary(snap: &Snapshot) -> String {
+    let names: usize = snap.zones.iter().map(|z| z.name_count).sum();
+    let checks: HashSet<&CheckSpec> = snap.pools.iter().filter_map(|p| p.check.as_deref()).collect();
+    format!(
+        "ok: {} zones, {} names, {} pools, {} checks",
+        snap.zones.len(),
+        names,
+        snap.pools.len(),
+        checks.len()
+    )
+}
+
+/// The snapshot under construction, shared by every file of one load.
+pub(crate) struct Builder<'p> {
+    pub(crate) snap: Snapshot,
+    /// Dedupe of (probe address, check) across pools and zones.
+    pub(crate) probe_ids: HashMap<ProbeKey, ProbeId>,
+    /// Origins seen so far, with their file.
+    origins: HashMap<WireName, PathBuf>,
+    previous: Option<&'p Snapshot>,
+}
+
+impl Builder<'_> {
+    /// The id of a (probe address, check) pair, added when new.
+    pub(crate) fn probe(&mut self, key: ProbeKey) -> ProbeId {
+        let probes = &mut self.snap.probes;
+        *self.probe_ids.entry(key.clone()).or_insert_with(|| {
+            probes.push(key);
+            ProbeId(probes.len() as u32 - 1)
+        })
+    }
+}
+
+/// What the parts of one zone file share.
+pub(crate) struct ZoneCx {
+    /// Presentation format, lowercase, trailing dot.
+    pub(crate) origin: String,
+    pub(crate) zone: ZoneId,
+    /// Directory of the zone file: `ca_file` and `latency_table` are relative to it.
+    pub(crate) dir: PathBuf,
+    pub(crate) ttl: u32,
+    pub(crate) policy_ttl: u32,
+    /// The zone-wide `latency_table`, if any.
+    pub(crate) latency_table: Option<(Span, String)>,
+}
+
+impl ZoneCx {
+    /// A name of this zone (owner or policy name), or an error sentence.
+    pub(crate) fn owner(&self, s: &str) -> Result<WireName, String> {
+        values::resolve_name(s, &self.origin, true)
+    }
+}
+
+/// The `*.toml` files of the directory, sorted by file name.
+fn zone_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+    let whole = |message: String| Diagnostic { file: dir.to_path_buf(), line: 0, col: 0, message };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.push(whole(format!("cannot read the zones directory {}: {e}", dir.display())));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| Path::new(n).extension().is_some_and(|x| x == "toml"))
+        .map(|n| dir.join(n))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        diags.push(whole(format!("no zone files in {}/", dir.display().to_string().trim_end_matches('/'))));
+    }
+    files
+}
+
+fn load_file(path: &Path, b: &mut Builder<'_>, diags: &mut Vec<Diagnostic>) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push(Diagnostic { file: path.to_path_buf(), line: 0, col: 0, message: format!("cannot read: {e}") });
+            return;
+        }
+    };
+    let mut cx = FileCx::new(path, &text, diags);
+    if let Some(doc) = raw::parse(&text, &mut cx) {
+        compile_zone(&doc, path, b, &mut cx);
+    }
+}
+
+/// One zone file's document → a Zone, its pools, policies and probes added to `b`.
+fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut FileCx<'_>) {
+    raw::check_keys(doc, ZONE_KEYS, "the zone file", cx);
+    let Some((origin, origin_wire)) = origin(doc, path, b, cx) else {
+        return;
+    };
+    let get_u32 = |key, default, cx: &mut FileCx<'_>| match raw::get(doc, key) {
+        Some((_, v)) => raw::u32_(v, key, cx).unwrap_or(default),
+        None => default,
+    };
+    let zc = ZoneCx {
+        origin,
+        zone: ZoneId(b.snap.zones.len() as u32),
+        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ttl: get_u32("ttl", DEFAULT_TTL, cx),
+        policy_ttl: get_u32("policy_ttl", DEFAULT_POLICY_TTL, cx),
+        latency_table: raw::get(doc, "latency_table")
+            .and_then(|(_, v)| raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned()))),
+    };
+    let (soa, serial) = soa(doc, &zc, b.previous, cx);
+    let section = |key: &str, cx: &mut FileCx<'_>| raw::get(doc, key).and_then(|(_, v)| raw::table(v, key, cx));
+    let checks = section("checks", cx).map(|t| pools::compile_checks(t, &zc, cx)).unwrap_or_default();
+    let pool_names = section("pools", cx).map(|t| pools::compile_pools(t, &zc, &checks, b, cx)).unwrap_or_default();
+    let owners = section("records", cx).map(|t| records::compile_records(t, &zc, cx)).unwrap_or_default();
+    let published = section("policies", cx)
+        .map(|t| policies::compile_policies(t, &zc, &pool_names, b, cx))
+        .unwrap_or_default();
+    check_collisions(&zc, &pool_names, &owners, &published, cx);
+    let name_count = owners.len() + published.iter().filter(|p| p.publish).count();
+    let nodes = lay_out_names(&origin_wire, owners, &published);
+    b.snap.zone_by_origin.insert(origin_wire.clone(), zc.zone);
+    b.snap.zones.push(Zone {
+        origin: zc.origin,
+        origin_wire,
+        file: path.to_path_buf(),
+        serial,
+        soa,
+        soa_ttl: zc.ttl,
+        policy_ttl: zc.policy_ttl,
+        nodes,
+        name_count,
+        pools: pool_names.iter().map(|p| p.id).collect(),
+    });
+}
+
+/// The zone's origin (required, unique across files).
+fn origin(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut FileCx<'_>) -> Option<(String, WireName)> {
+    let Some((_, v)) = raw::get(doc, "origin") else {
+        cx.err(&(0..0), "the zone has no `origin` (the delegated zone, like \"gslb.example.com.\")");
+        return None;
+    };
+    let text = raw::string(v, "origin", cx)?;
+    let Some(wire) = wire::from_text(text).filter(|_| !text.is_empty() && !text.contains(char::is_whitespace)) else {
+        cx.err(&v.span(), format!("bad origin \"{text}\""));
+        return None;
+    };
+    if let Some(first) = b.origins.get(&wire) {
+        cx.err(
+            &v.span(),
+            format!("origin {} is already the origin of {}", wire::to_text(&wire), first.display()),
+        );
+        return None;
+    }
+    b.origins.insert(wire.clone(), path.to_path_buf());
+    Some((wire::to_text(&wire), wire))
+}
+
+/// `[soa]` and the serial to serve.
+fn soa(doc: &DeTable<'_>, zc: &ZoneCx, previous: Option<&Snapshot>, cx: &mut FileCx<'_>) -> (Soa, u32) {
+    let root = wire::from_text(".").expect("the root is a valid name");
+    let mut soa = Soa {
+        mname: root.clone(),
+        rname: root,
+        refresh: DEFAULT_REFRESH,
+        retry: DEFAULT_RETRY,
+        expire: DEFAULT_EXPIRE,
+        minimum: DEFAULT_MINIMUM,
+    };
+    let Some((key_span, v)) = raw::get(doc, "soa") else {
+        cx.err(&(0..0), "the zone has no [soa] table (it needs at least `mname` and `rname`)");
+        return (soa, 0);
+    };
+    let Some(t) = raw::table(v, "soa", cx) else {
+        return (soa, 0);
+    };
+    raw::check_keys(t, SOA_KEYS, "[soa]", cx);
+    for (key, parse) in [("mname", false), ("rname", true)] {
+        let Some((_, v)) = raw::get(t, key) else {
+            cx.err(&key_span, format!("[soa] has no `{key}`"));
+            continue;
+        };
+        let Some(s) = raw::string(v, key, cx) else { continue };
+        let name = if parse { values::parse_rname(s, &zc.origin) } else { values::resolve_name(s, &zc.origin, false) };
+        match name {
+            Ok(n) if key == "mname" => soa.mname = n,
+            Ok(n) => soa.rname = n,
+            Err(e) => cx.err(&v.span(), format!("soa {key}: {e}")),
+        }
+    }
+    for (key, field) in [
+        ("refresh", &mut soa.refresh),
+        ("retry", &mut soa.retry),
+        ("expire", &mut soa.expire),
+        ("minimum", &mut soa.minimum),
+    ] {
+        if let Some((_, v)) = raw::get(t, key) {
+            *field = raw::u32_(v, key, cx).unwrap_or(*field);
+        }
+    }
+    let serial = match raw::get(t, "serial") {
+        Some((_, v)) => raw::u32_(v, "serial", cx).unwrap_or(0),
+        None => next_serial(&zc.origin, previous),
+    };
+    (soa, serial)
+}
+
+/// A serial that grows with every reload: the clock (seconds since 1970, as u32), or one
+/// more than the previous serial of this origin when that is already ahead.
+fn next_serial(origin: &str, previous: Option<&Snapshot>) -> u32 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as u32;
+    let before = previous
+        .and_then(|p| p.find_zone_by_name(origin).map(|id| p.zone(id).serial))
+        .map_or(0, |s| s.wrapping_add(1));
+    now.max(before)
+}
+
+/// A published policy of the zone, as `policies` hands it back.
+pub(crate) struct PolicyName {
+    pub(crate) name: String,
+    pub(crate) span: Span,
+    pub(crate) owner: Option<WireName>,
+    pub(crate) id: PolicyId,
+    pub(crate) publish: bool,
+}
+
+/// A pool of the zone, as `pools` hands it back.
+pub(crate) struct PoolName {
+    pub(crate) name: String,
+    pub(crate) span: Span,
+    pub(crate) id: PoolId,
+}
+
+/// SPEC §2: a name may be static, a pool's or a policy's, never two of these at once.
+fn check_collisions(
+    zc: &ZoneCx,
+    pools: &[PoolName],
+    owners: &[records::Owner],
+    policies: &[PolicyName],
+    cx: &mut FileCx<'_>,
+) {
+    let statics: HashMap<&[u8], &records::Owner> = owners.iter().map(|o| (&*o.name, o)).collect();
+    for p in policies {
+        let Some(owner) = &p.owner else { continue };
+        if let Some(o) = statics.get(&**owner) {
+            let (line, _) = cx.position(o.span.start);
+            cx.err(&p.span, format!("policy \"{}\" has the name of static records (line {line})", p.name));
+        }
+    }
+    for pool in pools {
+        let Ok(name) = zc.owner(&pool.name) else { continue };
+        if let Some(o) = statics.get(&*name) {
+            let (line, _) = cx.position(o.span.start);
+            cx.err(&pool.span, format!("pool \"{}\" has the name of static records (line {line})", pool.name));
+        }
+        if let Some(p) = policies.iter().find(|p| p.owner.as_deref() == Some(&*name)) {
+            let (line, _) = cx.position(p.span.start);
+            cx.err(&pool.span, format!("pool \"{}\" has the name of policy \"{}\" (line {line})", pool.name, p.name));
+        }
+    }
+}
+
+/// Every name of the zone: static owners, published policies and the empty non-terminals
+/// between them and the apex (RFC 4592 §2.2.2 needs those to tell NODATA from NXDOMAIN).
+fn lay_out_names(apex: &[u8], owners: Vec<records::Owner>, policies: &[PolicyName]) -> HashMap<WireName, Node> {
+    let mut nodes: HashMap<WireName, Node> = HashMap::new();
+    for o in owners {
+        let delegation = &*o.name != apex && o.rrsets.iter().any(|r| r.rtype == rtype::NS);
+        nodes.insert(o.name, Node { rrsets: o.rrsets, policy: None, delegation });
+    }
+    for p in policies.iter().filter(|p| p.publish) {
+        if let Some(owner) = &p.owner {
+            nodes.entry(owner.clone()).or_default().policy = Some(p.id);
+        }
+    }
+    nodes.entry(apex.into()).or_default();
+    let names: Vec<WireName> = nodes.keys().cloned().collect();
+    for name in names {
+        let mut at: &[u8] = &name;
+        while let Some(parent) = wire::parent(at) {
+            if parent.len() < apex.len() {
+                break;
+            }
+            nodes.entry(parent.into()).or_default();
+            at = parent;
+        }
+    }
+    nodes
+}
+
+/// The check of a pool, shared by `Arc` among the pools of one zone.
+pub(crate) type Checks = HashMap<String, (Arc<CheckSpec>, String)>;

@@ -1,0 +1,306 @@
+//! `[policies.*]` → [`Policy`]: targets resolved into ids, kinds and options checked, and
+//! reference cycles between policies found.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use toml::de::DeTable;
+
+use super::compile::{Builder, PolicyName, PoolName, ZoneCx};
+use super::diag::{FileCx, Span};
+use super::latency;
+use super::raw::{self, Value};
+use super::values;
+use crate::model::{Fallback, GeoRules, LatencyTable, Policy, PolicyId, PolicyKind, PoolId, Target};
+
+const POLICY_KEYS: &[&str] = &[
+    "failover",
+    "weighted",
+    "latency",
+    "geo",
+    "ttl",
+    "max_answers",
+    "sticky",
+    "fallback",
+    "publish",
+    "latency_table",
+];
+const KINDS: &[&str] = &["failover", "weighted", "latency", "geo"];
+const GEO_KEYS: &[&str] = &["continent", "country", "subdivision", "cidr", "default"];
+/// SPEC §2: addresses of the chosen pool beyond this are dropped.
+const DEFAULT_MAX_ANSWERS: usize = 8;
+
+/// Every `[policies.*]` of the zone, added to the snapshot in file order.
+pub(crate) fn compile_policies(
+    t: &DeTable<'_>,
+    zc: &ZoneCx,
+    pools: &[PoolName],
+    b: &mut Builder<'_>,
+    cx: &mut FileCx<'_>,
+) -> Vec<PolicyName> {
+    let entries = raw::entries(t);
+    let base = b.snap.policies.len();
+    let mut r = Resolver {
+        zc,
+        pools: pools.iter().map(|p| (p.name.to_ascii_lowercase(), p.id)).collect(),
+        policies: HashMap::new(),
+        has_location: pools.iter().map(|p| (p.id, b.snap.pool(p.id).location.is_some())).collect(),
+        tables: HashMap::new(),
+        edges: vec![Vec::new(); entries.len()],
+        base,
+        current: 0,
+        name: String::new(),
+    };
+    for (i, (k, _)) in entries.iter().enumerate() {
+        r.policies.insert(k.get_ref().to_ascii_lowercase(), PolicyId((base + i) as u32));
+    }
+    let mut out = Vec::new();
+    for (i, (key, v)) in entries.iter().enumerate() {
+        let name = key.get_ref().to_string();
+        r.current = i;
+        r.name = name.clone();
+        let policy = match raw::table(v, &format!("[policies.{name}]"), cx) {
+            Some(table) => r.policy(table, &key.span(), cx),
+            None => placeholder(&name, zc),
+        };
+        let owner = if policy.publish {
+            zc.owner(&name).map_err(|e| cx.err(&key.span(), format!("policy \"{name}\": {e}"))).ok()
+        } else {
+            None
+        };
+        out.push(PolicyName { name, span: key.span(), owner, id: PolicyId((base + i) as u32), publish: policy.publish });
+        b.snap.policies.push(policy);
+    }
+    r.find_cycles(&out, cx);
+    out
+}
+
+/// Stands in for a policy that could not be read, so that ids stay in step.
+fn placeholder(name: &str, zc: &ZoneCx) -> Policy {
+    Policy {
+        name: name.to_owned(),
+        zone: zc.zone,
+        kind: PolicyKind::Failover(Vec::new()),
+        ttl: zc.policy_ttl,
+        max_answers: DEFAULT_MAX_ANSWERS,
+        fallback: Fallback::None,
+        publish: false,
+    }
+}
+
+/// Resolves target names of one zone's policies and records the policy → policy edges.
+struct Resolver<'z> {
+    zc: &'z ZoneCx,
+    pools: HashMap<String, PoolId>,
+    policies: HashMap<String, PolicyId>,
+    has_location: HashMap<PoolId, bool>,
+    /// Latency tables by path as written, loaded once per zone.
+    tables: HashMap<String, Option<Arc<LatencyTable>>>,
+    /// Per policy (index from `base`): the policies it names, with where.
+    edges: Vec<Vec<(usize, Span)>>,
+    base: usize,
+    current: usize,
+    name: String,
+}
+
+impl Resolver<'_> {
+    fn policy(&mut self, t: &DeTable<'_>, at: &Span, cx: &mut FileCx<'_>) -> Policy {
+        let name = self.name.clone();
+        raw::check_keys(t, POLICY_KEYS, &format!("[policies.{name}]"), cx);
+        let mut policy = placeholder(&name, self.zc);
+        let kinds: Vec<_> = raw::entries(t).into_iter().filter(|(k, _)| KINDS.contains(&k.get_ref().as_ref())).collect();
+        let kind = match kinds[..] {
+            [] => {
+                cx.err(at, format!("policy \"{name}\" has no kind: set one of failover, weighted, latency, geo"));
+                None
+            }
+            [(k, v)] => Some((k.get_ref().as_ref(), k.span(), v)),
+            [(first, _), (second, _), ..] => {
+                cx.err(&second.span(), format!("policy \"{name}\" has two kinds, {} and {}; a policy has exactly one", first.get_ref(), second.get_ref()));
+                None
+            }
+        };
+        let opt = |key: &str| raw::get(t, key);
+        if let Some((_, v)) = opt("ttl") {
+            policy.ttl = raw::u32_(v, "ttl", cx).unwrap_or(policy.ttl);
+        }
+        if let Some((_, v)) = opt("max_answers") {
+            policy.max_answers = raw::int_in(v, "max_answers", 1, 65535, cx).map_or(DEFAULT_MAX_ANSWERS, |n| n as usize);
+        }
+        policy.publish = opt("publish").map_or(Some(true), |(_, v)| raw::boolean(v, "publish", cx)).unwrap_or(true);
+        let sticky = opt("sticky").and_then(|(k, v)| raw::boolean(v, "sticky", cx).map(|s| (k, s)));
+        let table = opt("latency_table").and_then(|(_, v)| raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned())));
+        let Some((kind, kind_span, v)) = kind else {
+            return policy;
+        };
+        if let (Some((k, _)), false) = (&sticky, kind == "weighted") {
+            cx.err(k, format!("policy \"{name}\": `sticky` applies only to weighted policies"));
+        }
+        if let (Some((span, _)), false) = (&table, kind == "latency") {
+            cx.err(span, format!("policy \"{name}\": `latency_table` applies only to latency policies"));
+        }
+        policy.kind = match kind {
+            "failover" => PolicyKind::Failover(self.targets(v, kind, &kind_span, cx)),
+            "weighted" => PolicyKind::Weighted {
+                targets: self.weighted(v, &kind_span, cx),
+                sticky: sticky.is_some_and(|(_, s)| s),
+            },
+            "latency" => self.latency(v, &kind_span, table, cx),
+            _ => PolicyKind::Geo(self.geo(v, cx)),
+        };
+        policy.fallback = match matches!(policy.kind, PolicyKind::Geo(_) | PolicyKind::Latency { .. }) {
+            true => Fallback::Nearest,
+            false => Fallback::None,
+        };
+        if let Some((_, v)) = opt("fallback") {
+            policy.fallback = match raw::string(v, "fallback", cx) {
+                Some("nearest") => Fallback::Nearest,
+                Some("next") => Fallback::Next,
+                Some("none") => Fallback::None,
+                Some("servfail") => Fallback::Servfail,
+                Some(other) => {
+                    cx.err(&v.span(), format!("policy \"{name}\": bad fallback \"{other}\": use nearest, next, none or servfail"));
+                    policy.fallback
+                }
+                None => policy.fallback,
+            };
+        }
+        policy
+    }
+
+    /// One target name → the pool or policy it names.
+    fn target(&mut self, s: &str, span: &Span, cx: &mut FileCx<'_>) -> Option<Target> {
+        let lower = s.to_ascii_lowercase();
+        if let Some(id) = self.pools.get(&lower) {
+            return Some(Target::Pool(*id));
+        }
+        if let Some(id) = self.policies.get(&lower) {
+            self.edges[self.current].push((id.0 as usize - self.base, span.clone()));
+            return Some(Target::Policy(*id));
+        }
+        cx.err(span, format!("policy \"{}\": target \"{s}\" names no pool or policy", self.name));
+        None
+    }
+
+    /// One target or a list of them (non-empty).
+    fn targets(&mut self, v: &Value<'_>, key: &str, at: &Span, cx: &mut FileCx<'_>) -> Vec<Target> {
+        match raw::strings(v, key, cx) {
+            Some(items) => self.resolve_all(items, key, at, cx),
+            None => Vec::new(),
+        }
+    }
+
+    fn resolve_all(&mut self, items: Vec<(Span, &str)>, key: &str, at: &Span, cx: &mut FileCx<'_>) -> Vec<Target> {
+        if items.is_empty() {
+            cx.err(at, format!("policy \"{}\": `{key}` has no targets", self.name));
+        }
+        items.into_iter().filter_map(|(span, s)| self.target(s, &span, cx)).collect()
+    }
+
+    /// `weighted = { target = weight }`: non-negative integers, not all 0.
+    fn weighted(&mut self, v: &Value<'_>, at: &Span, cx: &mut FileCx<'_>) -> Vec<(Target, u32)> {
+        let Some(t) = raw::table(v, "weighted", cx) else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut weights_ok = true;
+        for (k, w) in raw::entries(t) {
+            let target = self.target(k.get_ref(), &k.span(), cx);
+            let weight = match raw::int_of(w.get_ref()) {
+                Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => n as u32,
+                _ => {
+                    weights_ok = false;
+                    cx.err(&w.span(), format!("policy \"{}\": the weight of \"{}\" must be a non-negative integer", self.name, k.get_ref()));
+                    continue;
+                }
+            };
+            out.extend(target.map(|t| (t, weight)));
+        }
+        if t.is_empty() {
+            cx.err(at, format!("policy \"{}\": `weighted` has no targets", self.name));
+        } else if weights_ok && out.iter().all(|(_, w)| *w == 0) && !out.is_empty() {
+            cx.err(at, format!("policy \"{}\": all weights are 0", self.name));
+        }
+        out
+    }
+
+    fn latency(&mut self, v: &Value<'_>, at: &Span, table: Option<(Span, String)>, cx: &mut FileCx<'_>) -> PolicyKind {
+        let items = raw::strings(v, "latency", cx).unwrap_or_default();
+        for (span, s) in &items {
+            if let Some(id) = self.pools.get(&s.to_ascii_lowercase()) {
+                if !self.has_location[id] {
+                    cx.err(span, format!("policy \"{}\": latency over a pool without location: pool \"{s}\" has no `location`", self.name));
+                }
+            }
+        }
+        let targets = self.resolve_all(items, "latency", at, cx);
+        let table = table.or_else(|| self.zc.latency_table.clone()).and_then(|(span, path)| {
+            if !self.tables.contains_key(&path) {
+                let loaded = latency::load(&path, &span, self.zc, &self.pools, cx);
+                self.tables.insert(path.clone(), loaded);
+            }
+            self.tables[&path].clone()
+        });
+        PolicyKind::Latency { targets, table }
+    }
+
+    fn geo(&mut self, v: &Value<'_>, cx: &mut FileCx<'_>) -> GeoRules {
+        let mut rules = GeoRules::default();
+        let Some(t) = raw::table(v, "geo", cx) else { return rules };
+        raw::check_keys(t, GEO_KEYS, &format!("geo of policy \"{}\"", self.name), cx);
+        if let Some((k, v)) = raw::get(t, "default") {
+            rules.default = Some(self.targets(v, "geo.default", &k, cx));
+        }
+        for key in ["continent", "country", "subdivision", "cidr"] {
+            let Some(table) = raw::get(t, key).and_then(|(_, v)| raw::table(v, &format!("geo.{key}"), cx)) else { continue };
+            for (code, v) in raw::entries(table) {
+                let targets = self.targets(v, &format!("geo.{key}"), &code.span(), cx);
+                let c = code.get_ref().as_ref();
+                let parsed = match key {
+                    "continent" => values::parse_continent(c).map(|c| drop(rules.continent.insert(c, targets))),
+                    "country" => values::parse_country(c).map(|c| drop(rules.country.insert(c, targets))),
+                    "subdivision" => values::parse_subdivision(c).map(|c| drop(rules.subdivision.insert(c, targets))),
+                    _ => values::parse_cidr(c).map(|c| rules.cidr.push((c, targets))),
+                };
+                if let Err(e) = parsed {
+                    cx.err(&code.span(), format!("policy \"{}\": {e}", self.name));
+                }
+            }
+        }
+        rules.cidr.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        rules
+    }
+
+    /// Report every reference cycle between the zone's policies once, at the reference
+    /// that closes it.
+    fn find_cycles(&self, names: &[PolicyName], cx: &mut FileCx<'_>) {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Mark {
+            New,
+            OnPath,
+            Done,
+        }
+        fn visit(u: usize, r: &Resolver<'_>, names: &[PolicyName], mark: &mut [Mark], path: &mut Vec<usize>, cx: &mut FileCx<'_>) {
+            mark[u] = Mark::OnPath;
+            path.push(u);
+            for (v, span) in &r.edges[u] {
+                match mark[*v] {
+                    Mark::New => visit(*v, r, names, mark, path, cx),
+                    Mark::OnPath => {
+                        let from = path.iter().position(|p| p == v).expect("a policy on the path is in it");
+                        let cycle: Vec<&str> = path[from..].iter().chain([v]).map(|i| names[*i].name.as_str()).collect();
+                        cx.err(span, format!("policy \"{}\": reference cycle between policies: {}", names[u].name, cycle.join(" -> ")));
+                    }
+                    Mark::Done => {}
+                }
+            }
+            path.pop();
+            mark[u] = Mark::Done;
+        }
+        let mut mark = vec![Mark::New; self.edges.len()];
+        for u in 0..self.edges.len() {
+            if mark[u] == Mark::New {
+                visit(u, self, names, &mut mark, &mut Vec::new(), cx);
+            }
+        }
+    }
+}
+

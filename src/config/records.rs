@@ -1,0 +1,103 @@
+//! `[records."<name>"]` → static RRsets, RDATA encoded once into uncompressed wire format.
+
+use std::collections::HashMap;
+
+use toml::de::{DeTable, DeValue};
+
+use super::compile::ZoneCx;
+use super::diag::{FileCx, Span};
+use super::raw;
+use super::values;
+use crate::model::{RrSet, WireName, rtype};
+
+/// One owner name with its static data.
+pub(crate) struct Owner {
+    pub(crate) name: WireName,
+    /// The `[records."name"]` key.
+    pub(crate) span: Span,
+    pub(crate) rrsets: Vec<RrSet>,
+}
+
+/// Every `[records.*]` owner, in file order.
+pub(crate) fn compile_records(t: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>) -> Vec<Owner> {
+    let mut owners: Vec<Owner> = Vec::new();
+    let mut seen: HashMap<WireName, Span> = HashMap::new();
+    for (key, v) in raw::entries(t) {
+        let text = key.get_ref().as_ref();
+        let what = format!("[records.\"{text}\"]");
+        let name = match zc.owner(text) {
+            Ok(n) => n,
+            Err(e) => {
+                cx.err(&key.span(), e);
+                continue;
+            }
+        };
+        if let Some(first) = seen.get(&name) {
+            let (line, _) = cx.position(first.start);
+            cx.err(&key.span(), format!("name {text} is written twice (also at line {line})"));
+            continue;
+        }
+        seen.insert(name.clone(), key.span());
+        let Some(table) = raw::table(v, &what, cx) else { continue };
+        let rrsets = compile_owner(table, text, &name, &what, zc, cx);
+        owners.push(Owner { name, span: key.span(), rrsets });
+    }
+    owners
+}
+
+/// The RRsets of one owner, in file order.
+fn compile_owner(t: &DeTable<'_>, text: &str, name: &[u8], what: &str, zc: &ZoneCx, cx: &mut FileCx<'_>) -> Vec<RrSet> {
+    let ttl = raw::get(t, "ttl").and_then(|(_, v)| raw::u32_(v, "ttl", cx)).unwrap_or(zc.ttl);
+    let mut rrsets = Vec::new();
+    let mut cname: Option<Span> = None;
+    for (key, v) in raw::entries(t) {
+        let k = key.get_ref().as_ref();
+        if k == "ttl" {
+            continue;
+        }
+        let Some(t) = values::static_type(k) else {
+            unknown_key(k, &key.span(), what, cx);
+            continue;
+        };
+        if t == rtype::CNAME {
+            cname = Some(key.span());
+            if !matches!(v.get_ref(), DeValue::String(_)) {
+                cx.err(&v.span(), format!("`CNAME` must be one string, not {} (a name holds one CNAME)", raw::type_name(v.get_ref())));
+                continue;
+            }
+        }
+        let Some(items) = raw::strings(v, k, cx) else { continue };
+        let mut rdatas: Vec<Box<[u8]>> = Vec::new();
+        for (span, s) in items {
+            match values::encode_rdata(t, s, &zc.origin) {
+                Ok(rd) if !rdatas.iter().any(|r| **r == *rd) => rdatas.push(rd.into()),
+                Ok(_) => {} // RFC 2181 §5: an RRset holds no duplicates.
+                Err(e) => cx.err(&span, format!("{k} record of {text}: {e}")),
+            }
+        }
+        if !rdatas.is_empty() {
+            rrsets.push(RrSet { rtype: t, ttl, rdatas });
+        }
+    }
+    if let Some(span) = cname {
+        let apex = crate::model::wire::from_text(&zc.origin).is_some_and(|a| *a == *name);
+        let others: Vec<String> = rrsets.iter().filter(|r| r.rtype != rtype::CNAME).map(|r| rtype::name(r.rtype).into_owned()).collect();
+        if apex {
+            cx.err(&span, format!("name {text} has a CNAME at the apex, beside the SOA"));
+        } else if !others.is_empty() {
+            cx.err(&span, format!("name {text} has a CNAME beside other data ({})", others.join(", ")));
+        }
+    }
+    rrsets
+}
+
+fn unknown_key(k: &str, span: &Span, what: &str, cx: &mut FileCx<'_>) {
+    let hint = if k.eq_ignore_ascii_case("SOA") {
+        " (the SOA comes from [soa])"
+    } else if values::static_type(&k.to_ascii_uppercase()).is_some() {
+        " (record types are written in capitals)"
+    } else {
+        " (record types: A, AAAA, CNAME, MX, TXT, SRV, CAA, NS, PTR; and `ttl`)"
+    };
+    cx.err(span, format!("unknown key \"{k}\" in {what}{hint}"));
+}
