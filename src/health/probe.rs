@@ -221,14 +221,22 @@ async fn http(t: &HttpTarget, spec: &CheckSpec) -> Result<(), String> {
     let Some(want) = spec.expect_body.as_deref() else {
         return Ok(());
     };
+    let want_bytes = want.as_bytes();
     let mut body = Vec::new();
     while body.len() < MAX_BODY {
-        match resp.chunk().await.map_err(|e| describe(&e))? {
-            Some(chunk) => body.extend_from_slice(&chunk[..chunk.len().min(MAX_BODY - body.len())]),
-            None => break,
+        let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? else {
+            break;
+        };
+        // Search only the new bytes and the overlap with the old ones; stop at the first hit.
+        let from = body
+            .len()
+            .saturating_sub(want_bytes.len().saturating_sub(1));
+        body.extend_from_slice(&chunk[..chunk.len().min(MAX_BODY - body.len())]);
+        if contains(&body[from..], want_bytes) {
+            return Ok(());
         }
     }
-    if contains(&body, want.as_bytes()) {
+    if contains(&body, want_bytes) {
         Ok(())
     } else {
         Err(format!("body lacks {want:?}"))
@@ -253,24 +261,30 @@ fn headers(spec: &CheckSpec) -> Result<HeaderMap, String> {
 /// An operator-friendly line for a reqwest error: the innermost cause that says something,
 /// with `tls:` in front of certificate and handshake problems.
 fn describe(err: &reqwest::Error) -> String {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut last = err.to_string();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                    return format!("tls: {tls}");
-                }
-            }
-            return io_error(io);
-        }
+    let mut io_kind = None;
+    // Bounded: error chains are a handful deep; this guards against a cyclic one.
+    for _ in 0..16 {
+        let Some(e) = next else { break };
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return format!("tls: {tls}");
         }
+        next = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => {
+                io_kind = Some(io);
+                // An io::Error's source() skips the error it wraps; look at that one too.
+                io.get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static))
+            }
+            None => e.source(),
+        };
         last = e.to_string();
-        source = e.source();
     }
-    last
+    match io_kind {
+        Some(io) if !matches!(io.kind(), std::io::ErrorKind::Other) => io_error(io),
+        _ => last,
+    }
 }
 
 fn io_error(e: &std::io::Error) -> String {
