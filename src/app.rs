@@ -1,1 +1,203 @@
-//! Placeholder.
+//! `meridian serve`: load everything, start the DNS workers, the probers and the admin API,
+//! reload on SIGHUP, stop cleanly on SIGINT/SIGTERM. [`start`] is also what the integration
+//! tests run, on port 0.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result, anyhow};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::cli::{LogFormat, Settings, open_geo};
+use crate::config::{self, LoadOptions};
+use crate::dns::listen;
+use crate::health::overrides::OverrideStore;
+use crate::health::prober::Prober;
+use crate::health::{View, probe};
+use crate::reload::Control;
+use crate::world::World;
+
+/// Tries to find a port free for both UDP and TCP when asked for port 0.
+const PORT_ZERO_ATTEMPTS: usize = 20;
+
+/// A running server.
+pub struct Running {
+    pub control: Arc<Control>,
+    /// DNS addresses actually bound (UDP and TCP on each).
+    pub dns: Vec<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    stop_udp: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    udp_threads: Vec<JoinHandle<()>>,
+    tasks: JoinSet<()>,
+}
+
+/// `meridian serve`.
+pub fn serve(settings: Settings) -> Result<ExitCode> {
+    init_logging(settings.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meridian")
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let running = match start(settings).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
+        wait_for_signals(&running.control).await?;
+        running.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Load the configuration and start every part; errors if the zones do not load.
+pub async fn start(settings: Settings) -> Result<Running> {
+    probe::install_crypto_provider();
+    let snapshot = config::load_dir(&LoadOptions {
+        zones_dir: &settings.zones,
+        previous: None,
+    })
+    .map_err(|d| anyhow!("the zones do not load:\n{d}"))?;
+    tracing::info!("{}", config::compile::summary(&snapshot));
+    let geo = open_geo(&settings)?.map(Arc::new);
+    if let Some(path) = &settings.geoip {
+        tracing::info!(path = %path.display(), "geoip database loaded");
+    }
+    let overrides = OverrideStore::load(&settings.state).map_err(|e| anyhow!("{e}"))?;
+    let mut health = View::unknown(&snapshot);
+    health.overrides = overrides.resolve(&snapshot);
+    let snapshot = Arc::new(snapshot);
+    let world = Arc::new(ArcSwap::from_pointee(World {
+        snapshot: snapshot.clone(),
+        health: Arc::new(health),
+        geo,
+    }));
+    let control = Arc::new(Control::new(settings.clone(), world.clone(), overrides));
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stop_udp = Arc::new(AtomicBool::new(false));
+    let mut tasks = JoinSet::new();
+    let mut udp_threads = Vec::new();
+    let mut dns = Vec::new();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for addr in &settings.listen {
+        let (sockets, tcp) = bind_dns(*addr, workers)?;
+        let bound = tcp.local_addr()?;
+        tracing::info!(%bound, workers = sockets.len(), "dns listening (udp+tcp)");
+        dns.push(bound);
+        udp_threads.extend(listen::spawn_udp(sockets, world.clone(), &control.dns_stats, stop_udp.clone())?);
+        tasks.spawn(listen::serve_tcp(tcp, world.clone(), control.dns_stats.clone(), stop_rx.clone()));
+    }
+
+    let weak: Weak<Control> = Arc::downgrade(&control);
+    let sink: crate::health::prober::Sink = Arc::new(move |probes| {
+        if let Some(c) = weak.upgrade() {
+            c.publish_health(probes);
+        }
+    });
+    let _ = control.prober.set(Prober::start(snapshot, sink));
+
+    let admin = match settings.admin {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("admin: cannot listen on {addr}"))?;
+            let bound = listener.local_addr()?;
+            tracing::info!(%bound, "admin listening");
+            tasks.spawn(crate::admin::serve(listener, control.clone(), stop_rx.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
+    Ok(Running {
+        control,
+        dns,
+        admin,
+        stop_udp,
+        stop,
+        udp_threads,
+        tasks,
+    })
+}
+
+/// UDP sockets (one per worker) and a TCP listener on the same address and port.
+fn bind_dns(addr: SocketAddr, workers: usize) -> Result<(Vec<std::net::UdpSocket>, TcpListener)> {
+    let attempts = if addr.port() == 0 { PORT_ZERO_ATTEMPTS } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let sockets = listen::bind_udp(addr, workers).with_context(|| format!("dns: cannot listen on udp {addr}"))?;
+        let port = sockets[0].local_addr()?.port();
+        match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
+            Ok(tcp) => {
+                tcp.set_nonblocking(true)?;
+                return Ok((sockets, TcpListener::from_std(tcp)?));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(anyhow!("dns: cannot listen on tcp {addr}: {}", last.map_or_else(String::new, |e| e.to_string())))
+}
+
+impl Running {
+    /// Stop listening, stop probing, wait for the workers.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        self.stop_udp.store(true, Ordering::Relaxed);
+        while self.tasks.join_next().await.is_some() {}
+        if let Some(control) = Arc::into_inner(self.control)
+            && let Some(prober) = control.prober.into_inner()
+        {
+            prober.shutdown().await;
+        }
+        let threads = std::mem::take(&mut self.udp_threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        tracing::info!("stopped");
+    }
+}
+
+/// SIGHUP reloads; SIGINT or SIGTERM returns.
+async fn wait_for_signals(control: &Arc<Control>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let c = control.clone();
+                // Compiling is blocking work: keep it off the runtime's async threads.
+                let _ = tokio::task::spawn_blocking(move || c.reload()).await;
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+/// Logs to stderr; hickory and the HTTP stack at warn so that nothing logs per query.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_proto=warn,hyper=warn,reqwest=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

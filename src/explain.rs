@@ -1,1 +1,292 @@
-//! Placeholder.
+//! `meridian explain` and `GET /v1/explain` (SPEC §6): ask the real DNS path one question
+//! and show why it answered what it did: the client's GeoIP record, the policy rules that
+//! matched, every candidate with its health, fallbacks, and the answer with TTL and scope.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Result, bail};
+use hickory_proto::op::Message;
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use serde_json::json;
+
+use crate::dns::handler::{Transport, handle};
+use crate::dns::lookup::{Scratch, wildcard_node};
+use crate::dns::stats::LocalStats;
+use crate::geo::{GeoDb, Locate, Location, code_str};
+use crate::health::{Override, View};
+use crate::model::{PolicyId, Snapshot, rtype, wire};
+use crate::policy::{self, Client, Ctx, Recorder, Step};
+use crate::world::World;
+
+/// CNAME hops explain follows to find the policy behind a name (as the DNS path does).
+const MAX_CNAME_HOPS: usize = 8;
+
+/// The decision for one question.
+#[derive(Debug)]
+pub struct Explanation {
+    pub name: String,
+    pub qtype: u16,
+    pub client: IpAddr,
+    pub source_prefix: Option<u8>,
+    pub geoip: Option<Location>,
+    pub policy: Option<String>,
+    pub steps: Vec<Step>,
+    pub rcode: String,
+    pub answers: Vec<(String, u32, String)>,
+    pub scope: Option<u8>,
+    pub note: Option<String>,
+}
+
+/// A world for offline explain: health unknown (so up), `--down` pools overridden down.
+pub fn offline_world(snap: Snapshot, geo: Option<Arc<GeoDb>>, down: &[String]) -> Result<World> {
+    let mut health = View::unknown(&snap);
+    for spec in down {
+        let pools: Vec<_> = match spec.split_once('/') {
+            Some((zone, pool)) => snap
+                .find_zone_by_name(zone)
+                .and_then(|z| snap.find_pool(z, pool))
+                .into_iter()
+                .collect(),
+            None => (0..snap.zones.len())
+                .filter_map(|z| snap.find_pool(crate::model::ZoneId(z as u32), spec))
+                .collect(),
+        };
+        if pools.is_empty() {
+            bail!("--down {spec}: no such pool");
+        }
+        for p in pools {
+            health.overrides[p.0 as usize] = Some(Override::Down);
+        }
+    }
+    Ok(World {
+        snapshot: Arc::new(snap),
+        health: Arc::new(health),
+        geo,
+    })
+}
+
+/// Ask `name`/`qtype` as `client` (an ECS subnet when `source_prefix` is given).
+pub fn explain(world: &World, name: &str, qtype: u16, client: IpAddr, source_prefix: Option<u8>, now: SystemTime) -> Explanation {
+    let mut e = Explanation {
+        name: name.to_string(),
+        qtype,
+        client,
+        source_prefix,
+        geoip: world.geo.locate(client.to_canonical()),
+        policy: None,
+        steps: Vec::new(),
+        rcode: String::new(),
+        answers: Vec::new(),
+        scope: None,
+        note: None,
+    };
+    let Some(qname) = wire::from_text(name) else {
+        e.note = Some(format!("{name:?} is not a valid domain name"));
+        return e;
+    };
+    e.name = wire::to_text(&qname);
+    let seed = rand::random::<u64>();
+    let packet = query_packet(&qname, qtype, client, source_prefix);
+    let mut out = Vec::new();
+    let src = if source_prefix.is_some() { IpAddr::from([127, 0, 0, 1]) } else { client };
+    handle(world, &packet, src, Transport::Tcp, seed, &mut out, &mut Scratch::default(), &mut LocalStats::default());
+    read_response(&out, &mut e);
+    match policy_at(&world.snapshot, &qname) {
+        Some(id) => {
+            let snap = &world.snapshot;
+            e.policy = Some(snap.policy(id).name.clone());
+            let ctx = Ctx {
+                snap,
+                health: &world.health,
+                geo: &world.geo,
+            };
+            let mut rec = Recorder::new(now);
+            let masked = Client {
+                addr: client,
+                source_prefix,
+            };
+            policy::answer(&ctx, id, masked, seed, &mut rec);
+            e.steps = rec.steps;
+        }
+        None if world.snapshot.find_zone(&qname).is_none() => {
+            e.note = Some("outside every zone: REFUSED".into());
+        }
+        None => e.note = Some("static data (no policy)".into()),
+    }
+    e
+}
+
+/// The policy that answers `qname`, following CNAMEs inside the zone.
+fn policy_at(snap: &Snapshot, qname: &[u8]) -> Option<PolicyId> {
+    let mut name = qname.to_vec();
+    for _ in 0..MAX_CNAME_HOPS {
+        let zone = snap.zone(snap.find_zone(&name)?);
+        let node = zone.nodes.get(&name[..]).or_else(|| wildcard_node(zone, &name))?;
+        if let Some(p) = node.policy {
+            return Some(p);
+        }
+        name = node.rrset(rtype::CNAME)?.rdatas[0].to_vec();
+    }
+    None
+}
+
+fn query_packet(qname: &[u8], qtype: u16, client: IpAddr, source_prefix: Option<u8>) -> Vec<u8> {
+    let mut p = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(source_prefix.is_some())];
+    p.extend_from_slice(qname);
+    p.extend_from_slice(&qtype.to_be_bytes());
+    p.extend_from_slice(&1u16.to_be_bytes());
+    if let Some(prefix) = source_prefix {
+        let (family, bytes): (u16, Vec<u8>) = match client {
+            IpAddr::V4(a) => (1, a.octets().to_vec()),
+            IpAddr::V6(a) => (2, a.octets().to_vec()),
+        };
+        let n = usize::from(prefix).div_ceil(8);
+        p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+        p.extend_from_slice(&((8 + n) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 8]);
+        p.extend_from_slice(&((4 + n) as u16).to_be_bytes());
+        p.extend_from_slice(&family.to_be_bytes());
+        p.extend_from_slice(&[prefix, 0]);
+        p.extend_from_slice(&bytes[..n]);
+    }
+    p
+}
+
+fn read_response(out: &[u8], e: &mut Explanation) {
+    let Ok(msg) = Message::from_vec(out) else {
+        e.rcode = "no response".into();
+        return;
+    };
+    e.rcode = msg.metadata.response_code.to_string();
+    for r in msg.answers.iter().chain(msg.authorities.iter()) {
+        e.answers.push((r.record_type().to_string(), r.ttl, r.data.to_string()));
+    }
+    if let Some(edns) = &msg.edns
+        && let Some(EdnsOption::Subnet(s)) = edns.option(EdnsCode::Subnet)
+    {
+        e.scope = Some(s.scope_prefix());
+    }
+}
+
+impl Explanation {
+    /// SPEC §6 text.
+    pub fn to_text(&self) -> String {
+        let mut out = format!("{} {} from {}", self.name, rtype::name(self.qtype), self.client);
+        match self.source_prefix {
+            Some(p) => out.push_str(&format!(" (ECS {}/{p})\n", self.client)),
+            None => out.push_str(" (no ECS)\n"),
+        }
+        out.push_str(&format!("  geoip: {}\n", geoip_text(self.geoip.as_ref(), self.client)));
+        if let Some(note) = &self.note {
+            out.push_str(&format!("  {note}\n"));
+        }
+        for (depth, line) in merge_steps(&self.steps) {
+            out.push_str(&format!("{}{line}\n", "  ".repeat(depth + 1)));
+        }
+        out.push_str(&format!("  answer: {}\n", self.answer_text()));
+        out
+    }
+
+    fn answer_text(&self) -> String {
+        let answers: Vec<&str> = self
+            .answers
+            .iter()
+            .filter(|(t, _, _)| t != "SOA")
+            .map(|(_, _, d)| d.as_str())
+            .collect();
+        let mut s = if self.rcode == "No Error" || self.rcode == "NOERROR" {
+            if answers.is_empty() { "NODATA".to_string() } else { answers.join(" ") }
+        } else {
+            self.rcode.clone()
+        };
+        if let Some((_, ttl, _)) = self.answers.first() {
+            s.push_str(&format!("  TTL {ttl}"));
+        }
+        if let Some(scope) = self.scope {
+            s.push_str(&format!("  ECS scope /{scope}"));
+        }
+        s
+    }
+
+    /// `--json` and `/v1/explain`.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "name": self.name,
+            "type": rtype::name(self.qtype),
+            "client": self.client.to_string(),
+            "ecs": self.source_prefix.map(|p| format!("{}/{p}", self.client)),
+            "geoip": self.geoip.as_ref().map(|l| geoip_json(l, self.client)),
+            "policy": self.policy,
+            "note": self.note,
+            "trace": self.steps,
+            "rcode": self.rcode,
+            "answers": self.answers.iter().map(|(t, ttl, d)| json!({"type": t, "ttl": ttl, "data": d})).collect::<Vec<_>>(),
+            "ecs_scope": self.scope,
+            "text": self.to_text(),
+        })
+    }
+}
+
+/// Fold `policy` + `rule` into one line and `chosen` into its candidate line.
+fn merge_steps(steps: &[Step]) -> Vec<(usize, String)> {
+    let mut lines: Vec<(usize, String, &'static str)> = Vec::new();
+    for s in steps {
+        if let Some(last) = lines.last_mut() {
+            if s.kind == "rule" && last.2 == "policy" && s.depth == last.0 + 1 {
+                last.1.push_str(&format!(": {}", s.text));
+                last.2 = "policy+rule";
+                continue;
+            }
+            if s.kind == "chosen" {
+                let pool = s.text.trim_end_matches(": chosen");
+                if let Some(line) = lines
+                    .iter_mut()
+                    .rev()
+                    .find(|l| l.2 == "candidate" && l.1.starts_with(&format!("{pool}:")))
+                {
+                    line.1.push_str(" -> chosen");
+                    continue;
+                }
+            }
+        }
+        lines.push((s.depth, s.text.clone(), s.kind));
+    }
+    lines.into_iter().map(|(d, t, _)| (d, t)).collect()
+}
+
+fn geoip_text(loc: Option<&Location>, ip: IpAddr) -> String {
+    let Some(l) = loc else {
+        return "no record".into();
+    };
+    let mut parts = Vec::new();
+    if let Some(c) = &l.country {
+        parts.push(code_str(c).to_string());
+    }
+    if let (Some(c), Some(s)) = (&l.country, &l.subdivision) {
+        parts.push(format!("subdivision {}-{}", code_str(c), s.as_str()));
+    }
+    if let Some(c) = &l.continent {
+        parts.push(format!("continent {}", code_str(c)));
+    }
+    if let Some(c) = l.coords {
+        parts.push(format!("{:.2},{:.2}", c.lat, c.lon));
+    }
+    if let Ok(net) = ipnet::IpNet::new(ip.to_canonical(), l.prefix_len) {
+        parts.push(format!("network {}", net.trunc()));
+    }
+    parts.join(", ")
+}
+
+fn geoip_json(l: &Location, ip: IpAddr) -> serde_json::Value {
+    json!({
+        "country": l.country.as_ref().map(|c| code_str(c).to_string()),
+        "subdivision": l.subdivision.map(|s| s.as_str().to_string()),
+        "continent": l.continent.as_ref().map(|c| code_str(c).to_string()),
+        "latitude": l.coords.map(|c| c.lat),
+        "longitude": l.coords.map(|c| c.lon),
+        "network": ipnet::IpNet::new(ip.to_canonical(), l.prefix_len).ok().map(|n| n.trunc().to_string()),
+        "asn": l.asn,
+    })
+}

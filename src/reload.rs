@@ -1,1 +1,178 @@
-//! Placeholder.
+//! The control plane: every write to the world goes through [`Control`]. A reload compiles
+//! the zones (and reopens the GeoIP database) beside the serving world and swaps all of it
+//! or none; health results and overrides publish new views of the same snapshot. Writers
+//! are serialised by one lock that the DNS path never takes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use crate::cli::{Settings, open_geo};
+use crate::config::{self, Diagnostics, LoadOptions};
+use crate::dns::stats::DnsStats;
+use crate::health::overrides::{OverrideError, OverrideStore};
+use crate::health::prober::Prober;
+use crate::health::{Override, ProbeStatus, View};
+use crate::model::Snapshot;
+use crate::world::{SharedWorld, World};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Zones(Diagnostics),
+    #[error("{0}")]
+    Geo(String),
+}
+
+impl ReloadError {
+    /// Every problem, one per entry.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ReloadError::Zones(d) => d.0.iter().map(|d| d.to_string()).collect(),
+            ReloadError::Geo(e) => vec![e.clone()],
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideChangeError {
+    #[error("no zone {0}")]
+    NoZone(String),
+    #[error("zone {0} has no pool {1}")]
+    NoPool(String, String),
+    #[error(transparent)]
+    Store(#[from] OverrideError),
+}
+
+/// Shared by the signal handler, the admin API and the probers.
+pub struct Control {
+    pub settings: Settings,
+    pub world: SharedWorld,
+    pub dns_stats: Arc<DnsStats>,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    pub prober: OnceLock<Prober>,
+    pub reloads: AtomicU64,
+    pub reload_errors: AtomicU64,
+    overrides: Mutex<OverrideStore>,
+    /// Serialises writers of `world`.
+    publish: Mutex<()>,
+}
+
+impl Control {
+    pub fn new(settings: Settings, world: SharedWorld, overrides: OverrideStore) -> Control {
+        Control {
+            settings,
+            world,
+            dns_stats: Arc::new(DnsStats::default()),
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            prober: OnceLock::new(),
+            reloads: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+            overrides: Mutex::new(overrides),
+            publish: Mutex::new(()),
+        }
+    }
+
+    /// Reload every zone and the GeoIP database: all or nothing (SPEC §8). On success the
+    /// new zones' (origin, serial).
+    pub fn reload(&self) -> Result<Vec<(String, u32)>, ReloadError> {
+        let _writer = self.publish.lock().expect("publish lock is never poisoned");
+        let current = self.world.load_full();
+        let result = self.compile(&current.snapshot);
+        let (snapshot, geo) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.reload_errors.fetch_add(1, Ordering::Relaxed);
+                for m in e.messages() {
+                    tracing::error!("reload failed: {m}");
+                }
+                tracing::error!("reload failed: the previous configuration keeps serving");
+                return Err(e);
+            }
+        };
+        let snapshot = Arc::new(snapshot);
+        let probes = match self.prober.get() {
+            Some(p) => p.reconfigure(snapshot.clone()),
+            None => vec![ProbeStatus::default(); snapshot.probes.len()],
+        };
+        let overrides = self.overrides.lock().expect("overrides lock is never poisoned").resolve(&snapshot);
+        let serials = snapshot.zones.iter().map(|z| (z.origin.clone(), z.serial)).collect();
+        self.world.store(Arc::new(World {
+            snapshot,
+            health: Arc::new(View { probes, overrides }),
+            geo,
+        }));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(?serials, "reloaded");
+        Ok(serials)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn compile(&self, previous: &Snapshot) -> Result<(Snapshot, Option<Arc<crate::geo::GeoDb>>), ReloadError> {
+        let snap = config::load_dir(&LoadOptions {
+            zones_dir: &self.settings.zones,
+            previous: Some(previous),
+        })
+        .map_err(ReloadError::Zones)?;
+        let geo = open_geo(&self.settings).map_err(|e| ReloadError::Geo(format!("{e:#}")))?;
+        Ok((snap, geo.map(Arc::new)))
+    }
+
+    /// New probe results for the current snapshot (ignored when a reload overtook them).
+    pub fn publish_health(&self, probes: Vec<ProbeStatus>) {
+        let _writer = self.publish.lock().expect("publish lock is never poisoned");
+        let current = self.world.load_full();
+        if probes.len() != current.snapshot.probes.len() {
+            return;
+        }
+        self.world.store(Arc::new(World {
+            snapshot: current.snapshot.clone(),
+            health: Arc::new(View {
+                probes,
+                overrides: current.health.overrides.clone(),
+            }),
+            geo: current.geo.clone(),
+        }));
+    }
+
+    /// Pin a pool (`None` clears the override); persisted before it takes effect.
+    pub fn set_override(&self, zone: &str, pool: &str, state: Option<Override>) -> Result<Option<Override>, OverrideChangeError> {
+        let _writer = self.publish.lock().expect("publish lock is never poisoned");
+        let current = self.world.load_full();
+        let snap = &current.snapshot;
+        let z = snap
+            .find_zone_by_name(zone)
+            .ok_or_else(|| OverrideChangeError::NoZone(zone.to_string()))?;
+        snap.find_pool(z, pool)
+            .ok_or_else(|| OverrideChangeError::NoPool(zone.to_string(), pool.to_string()))?;
+        let origin = &snap.zone(z).origin;
+        let mut store = self.overrides.lock().expect("overrides lock is never poisoned");
+        let previous = match state {
+            Some(s) => {
+                let prev = store.get(origin, pool);
+                store.set(origin, pool, s)?;
+                prev
+            }
+            None => store.clear(origin, pool)?,
+        };
+        let overrides = store.resolve(snap);
+        self.world.store(Arc::new(World {
+            snapshot: current.snapshot.clone(),
+            health: Arc::new(View {
+                probes: current.health.probes.clone(),
+                overrides,
+            }),
+            geo: current.geo.clone(),
+        }));
+        tracing::info!(zone = origin, pool, state = state.map_or("cleared", |s| s.as_str()), "override");
+        Ok(previous)
+    }
+
+    /// Every stored override: ((zone, pool), state).
+    pub fn overrides(&self) -> Vec<((String, String), Override)> {
+        let store = self.overrides.lock().expect("overrides lock is never poisoned");
+        store.entries().map(|(k, v)| (k.clone(), v)).collect()
+    }
+}

@@ -183,7 +183,7 @@ fn delegation<'z>(zone: &'z Zone, name: &'z [u8]) -> Option<&'z [u8]> {
 }
 
 /// RFC 4592: `*.<closest encloser>` when the name does not exist.
-fn wildcard_node<'z>(zone: &'z Zone, name: &[u8]) -> Option<&'z Node> {
+pub(crate) fn wildcard_node<'z>(zone: &'z Zone, name: &[u8]) -> Option<&'z Node> {
     let mut encloser = wire::parent(name)?;
     while !zone.nodes.contains_key(encloser) {
         if encloser.len() <= zone.origin_wire.len() {
