@@ -827,3 +827,81 @@ fn probe_load() {
     probe_rt.block_on(prober.shutdown());
     assert_eq!(down, 0, "loopback backends went down under load");
 }
+
+// ---------------------------------------------------------------------------------------
+// Overrides
+
+#[test]
+fn overrides_resolve_by_zone_and_pool_name_and_keep_unknown_entries() {
+    use meridian::health::{Override, OverrideStore};
+    use meridian::model::{Pool, PoolId, Soa, Zone, ZoneId, wire};
+
+    let zone = |origin: &str, pools: Vec<PoolId>| Zone {
+        origin: origin.into(),
+        origin_wire: wire::from_text(origin).expect("origin"),
+        file: format!("zones/{origin}toml").into(),
+        serial: 1,
+        soa: Soa {
+            mname: wire::from_text("ns1.example.test.").expect("mname"),
+            rname: wire::from_text("hostmaster.example.test.").expect("rname"),
+            refresh: 3600,
+            retry: 600,
+            expire: 1_209_600,
+            minimum: 30,
+        },
+        soa_ttl: 300,
+        policy_ttl: 30,
+        nodes: Default::default(),
+        name_count: 0,
+        pools,
+    };
+    let pool = |name: &str, zone: u32| Pool {
+        name: name.into(),
+        zone: ZoneId(zone),
+        endpoints: Vec::new(),
+        location: None,
+        check: None,
+        check_name: None,
+        min_healthy: 1,
+    };
+    let snap = Snapshot {
+        zones: vec![
+            zone("a.example.test.", vec![PoolId(0), PoolId(1)]),
+            zone("b.example.test.", vec![PoolId(2)]),
+        ],
+        pools: vec![pool("us-east", 0), pool("eu-west", 0), pool("us-east", 1)],
+        ..Snapshot::default()
+    };
+
+    let dir =
+        std::env::temp_dir().join(format!("meridian-health-overrides-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut store = OverrideStore::load(&dir).expect("empty store");
+    store
+        .set("A.example.test", "EU-west", Override::Drain)
+        .expect("set");
+    store
+        .set("b.example.test.", "us-east", Override::Down)
+        .expect("set");
+    store
+        .set("gone.example.test.", "us-east", Override::Up)
+        .expect("set");
+    assert_eq!(
+        store.resolve(&snap),
+        [None, Some(Override::Drain), Some(Override::Down)]
+    );
+
+    // A restart reads the same, the entry for a zone not loaded included.
+    let again = OverrideStore::load(&dir).expect("reload");
+    assert_eq!(
+        again.resolve(&snap),
+        [None, Some(Override::Drain), Some(Override::Down)]
+    );
+    assert_eq!(
+        again.get("gone.example.test", "us-east"),
+        Some(Override::Up)
+    );
+    let text = std::fs::read_to_string(dir.join("overrides.json")).expect("file");
+    assert!(text.contains("\"drain\""), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
