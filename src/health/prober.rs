@@ -38,6 +38,9 @@ pub const PUBLISH_DEBOUNCE: Duration = Duration::from_millis(50);
 /// Minor changes (RTT, time, counters of a steady probe) go out at most this often.
 pub const REFRESH_PERIOD: Duration = Duration::from_secs(1);
 
+/// Publishes in a row when reloads keep overtaking the sink; the next tick catches up anyway.
+const MAX_REPUBLISH: usize = 3;
+
 /// Floor of a check's interval, so a hand-built zero interval cannot spin.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -116,7 +119,7 @@ impl Prober {
     /// called inside a tokio runtime; the tasks run on it. Statuses start as
     /// `ProbeStatus::default()` (unknown), like `View::unknown`.
     ///
-    /// The sink is called from a prober task and must not call back into the prober.
+    /// The sink is called from a prober task, never under a prober lock.
     pub fn start(snapshot: Arc<Snapshot>, sink: Sink) -> Prober {
         let runtime = Handle::current();
         let shared = Arc::new(Shared {
@@ -125,13 +128,13 @@ impl Prober {
                 keys: HashMap::new(),
                 dirty: None,
                 next_gen: 0,
+                epoch: 0,
             }),
             clients: Clients::new(),
             permits: Semaphore::new(MAX_CONCURRENT_PROBES),
             stats: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             sink,
-            publishing: Mutex::new(()),
             runtime: runtime.clone(),
         });
         shared.reconfigure(snapshot);
@@ -141,8 +144,12 @@ impl Prober {
 
     /// Switch to a new snapshot: keys that still exist (by value, never by position) keep
     /// their state and schedule, keys that are gone stop, new keys are probed at once.
-    /// Returns the statuses for `snapshot`, to publish together with it; the sink is not
-    /// called with statuses of the previous snapshot after this returns.
+    /// Returns the statuses for `snapshot`, to publish together with it.
+    ///
+    /// No prober lock is held while the sink runs (the caller may hold its own lock around
+    /// this call and inside the sink), so a sink call built just before this call can still
+    /// arrive just after it; the publisher then sends fresh statuses for `snapshot` at once.
+    /// A sink should drop a vector whose length differs from its current snapshot's probes.
     pub fn reconfigure(&self, snapshot: Arc<Snapshot>) -> Vec<ProbeStatus> {
         self.shared.reconfigure(snapshot)
     }
@@ -188,9 +195,6 @@ struct Shared {
     /// A major change is waiting to be published.
     wake: Notify,
     sink: Sink,
-    /// Held across building and delivering a sink call, and by `reconfigure`, so a call for
-    /// an old snapshot cannot be delivered after `reconfigure` returned.
-    publishing: Mutex<()>,
     runtime: Handle,
 }
 
@@ -200,6 +204,8 @@ struct State {
     /// The largest change not yet published.
     dirty: Option<Change>,
     next_gen: u64,
+    /// Bumped by every reconfigure, to catch a sink call that raced one.
+    epoch: u64,
 }
 
 /// One key's status and task. `generation` tells a task still finishing its last probe
@@ -227,7 +233,6 @@ impl State {
 
 impl Shared {
     fn reconfigure(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> Vec<ProbeStatus> {
-        let _publishing = lock(&self.publishing);
         let mut state = lock(&self.state);
         let mut old = std::mem::take(&mut state.keys);
         let mut keys = HashMap::with_capacity(snapshot.probes.len());
@@ -250,6 +255,7 @@ impl Shared {
         state.keys = keys;
         state.snapshot = snapshot;
         state.dirty = None;
+        state.epoch += 1;
         state.statuses()
     }
 
@@ -298,16 +304,24 @@ impl Shared {
         }
     }
 
+    /// Hand the statuses to the sink if anything changed. When a reconfigure overtook the
+    /// call, publish again for the new snapshot (bounded: reloads are rare).
     fn publish(&self) {
-        let _publishing = lock(&self.publishing);
-        let statuses = {
+        for _ in 0..MAX_REPUBLISH {
+            let (statuses, epoch) = {
+                let mut state = lock(&self.state);
+                if state.dirty.take().is_none() {
+                    return;
+                }
+                (state.statuses(), state.epoch)
+            };
+            (self.sink)(statuses);
             let mut state = lock(&self.state);
-            if state.dirty.take().is_none() {
+            if state.epoch == epoch {
                 return;
             }
-            state.statuses()
-        };
-        (self.sink)(statuses);
+            state.dirty = Some(Change::Major);
+        }
     }
 }
 

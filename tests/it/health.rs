@@ -722,6 +722,51 @@ async fn hung_probes_do_not_stall_a_fast_one() {
     prober.shutdown().await;
 }
 
+/// The app holds its own lock around `reconfigure` and takes it inside the sink (reload.rs):
+/// that must not deadlock, and the last sink call must match the last snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconfigure_under_the_callers_lock_does_not_deadlock() {
+    let closed = closed_port("127.0.0.10");
+    let published = Arc::new(Mutex::new(Vec::<ProbeStatus>::new()));
+    let p = Arc::clone(&published);
+    let sink: Sink = Arc::new(move |v| *p.lock().expect("published") = v);
+    let set = move |n: usize, offset: usize| -> Arc<Snapshot> {
+        let keys: Vec<ProbeKey> = (0..n)
+            .map(|i| {
+                let mut s = spec(CheckKind::Tcp, closed);
+                s.interval = Duration::from_millis(20);
+                s.path = format!("/{}", i + offset);
+                s.port = closed;
+                s.timeout = Duration::from_millis(100 + (i + offset) as u64);
+                key("127.0.0.10", s)
+            })
+            .collect();
+        snapshot(&keys)
+    };
+    let prober = Arc::new(Prober::start(set(10, 0), sink));
+    let churn = {
+        let prober = Arc::clone(&prober);
+        let published = Arc::clone(&published);
+        tokio::task::spawn_blocking(move || {
+            for round in 0..40 {
+                let snap = set(5 + round % 7, round * 3);
+                let mut guard = published.lock().expect("published");
+                *guard = prober.reconfigure(Arc::clone(&snap));
+                drop(guard);
+                std::thread::sleep(Duration::from_millis(15));
+            }
+            set(5 + 39 % 7, 39 * 3).probes.len()
+        })
+    };
+    let last_len = tokio::time::timeout(Duration::from_secs(10), churn)
+        .await
+        .expect("reconfigure deadlocked with the sink")
+        .expect("churn task");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(published.lock().expect("published").len(), last_len);
+    Arc::into_inner(prober).expect("one owner").shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Load: `cargo test --release --test it -- --ignored probe_load --nocapture`
 
