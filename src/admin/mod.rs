@@ -1,21 +1,118 @@
-//! The admin HTTP API (SPEC §7). Placeholder: `/healthz` only.
+//! The admin HTTP API (SPEC §7): health, Prometheus metrics, status, explain, reload and
+//! overrides, on its own listener beside the DNS workers.
+//!
+//! Everything here reads the world the DNS path serves (one `load` per request) or writes it
+//! through [`Control`]; nothing here runs on, or locks anything of, the DNS hot path. Read
+//! endpoints are open; changes go through [`auth::Authorized`]. Every error is a JSON
+//! `{"error": "..."}` body.
+//!
+//! | route | handler |
+//! |---|---|
+//! | `GET /healthz` | `"ok"` while serving |
+//! | `GET /metrics` | [`metrics::render`] |
+//! | `GET /v1/status` | [`status::status`] |
+//! | `GET /v1/explain?name=&type=&client=` | [`explain::explain`] |
+//! | `POST /v1/reload` | [`change::reload`] |
+//! | `PUT`/`DELETE /v1/overrides/{zone}/{pool}` | [`change::set_override`], [`change::clear_override`] |
 
+mod auth;
+mod change;
+mod explain;
+pub mod metrics;
+mod status;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::reload::Control;
 
+use auth::Auth;
+
+/// After the stop signal, in-flight requests (a reload, a slow scrape) get this long to
+/// finish before the server task returns anyway, so a stuck client cannot hold up shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What every handler shares.
+#[derive(Clone)]
+struct AppState {
+    control: Arc<Control>,
+    auth: Arc<Auth>,
+}
+
 /// Serve the admin API until `stop` turns true.
-pub async fn serve(listener: TcpListener, control: Arc<Control>, mut stop: watch::Receiver<bool>) {
-    let _ = control;
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" }));
-    let _ = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .await;
+pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: watch::Receiver<bool>) {
+    let auth = match Auth::from_settings(&control.settings) {
+        Ok(a) => a,
+        Err(e) => {
+            // app::start has already bound the port; without a readable token file no change
+            // may be accepted, so refuse them all rather than fall back to the loopback rule.
+            tracing::error!("admin: {e}; every change will be refused");
+            Auth::RefuseAll
+        }
+    };
+    let state = AppState {
+        control,
+        auth: Arc::new(auth),
+    };
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let mut stop_signal = stop.clone();
+    let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop_signal.wait_for(|s| *s).await;
+    });
+    let mut stop_deadline = stop;
+    tokio::select! {
+        r = graceful => if let Err(e) = r {
+            tracing::error!("admin: {e}");
+        },
+        () = async {
+            let _ = stop_deadline.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("admin: requests still running {SHUTDOWN_GRACE:?} after stop; dropped"),
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics::scrape))
+        .route("/v1/status", get(status::status))
+        .route("/v1/explain", get(explain::explain))
+        .route("/v1/reload", post(change::reload))
+        .route(
+            "/v1/overrides/{zone}/{pool}",
+            put(change::set_override).delete(change::clear_override),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here") })
+        .with_state(state)
+}
+
+/// An error answer: the status and `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
 }

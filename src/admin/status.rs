@@ -1,0 +1,155 @@
+//! `GET /v1/status` (SPEC §7): version, uptime, every zone with its serial, every pool with
+//! the state of each endpoint as the DNS path sees it now, and the stored overrides.
+//!
+//! Built from one load of the world, so pools, endpoints and probe states are consistent
+//! with each other and with what DNS answers at that moment.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::health::{ProbeStatus, View};
+use crate::model::{Endpoint, PoolId, Snapshot};
+use crate::reload::Control;
+
+/// The handler.
+pub(super) async fn status(State(state): State<AppState>) -> Json<Value> {
+    Json(status_json(&state.control))
+}
+
+fn status_json(control: &Control) -> Value {
+    let world = control.world.load_full();
+    let snap = &world.snapshot;
+    let zones: Vec<Value> = snap
+        .zones
+        .iter()
+        .map(|z| {
+            json!({
+                "origin": z.origin,
+                "serial": z.serial,
+                "file": z.file.display().to_string(),
+                "loaded_at": snap.loaded_at.map(rfc3339),
+            })
+        })
+        .collect();
+    let pools: Vec<Value> = snap
+        .zones
+        .iter()
+        .flat_map(|z| z.pools.iter())
+        .map(|id| pool_json(snap, &world.health, *id))
+        .collect();
+    let overrides: Vec<Value> = control
+        .overrides()
+        .into_iter()
+        .map(|((zone, pool), state)| json!({ "zone": zone, "pool": pool, "state": state.as_str() }))
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": control.started.elapsed().as_secs_f64(),
+        "started_at": rfc3339(control.started_at),
+        "zones": zones,
+        "pools": pools,
+        "overrides": overrides,
+    })
+}
+
+fn pool_json(snap: &Snapshot, health: &View, id: PoolId) -> Value {
+    let pool = snap.pool(id);
+    let endpoints: Vec<Value> = pool.endpoints.iter().map(|e| endpoint_json(snap, health, e)).collect();
+    json!({
+        "zone": snap.zone(pool.zone).origin,
+        "pool": pool.name,
+        "up": health.pool_up(snap, id),
+        "override": health.override_of(id).map(|o| o.as_str()),
+        "check": pool.check_name,
+        "min_healthy": pool.min_healthy,
+        "endpoints": endpoints,
+    })
+}
+
+/// An endpoint and the probe behind it. Without a check it is always up and has no results.
+fn endpoint_json(snap: &Snapshot, health: &View, endpoint: &Endpoint) -> Value {
+    let probe = endpoint.probe.map(|id| {
+        let status = health.probes.get(id.0 as usize).cloned().unwrap_or_default();
+        (snap.probe(id).addr, status)
+    });
+    let status = probe.as_ref().map(|(_, s)| s);
+    json!({
+        "address": endpoint.addr.to_string(),
+        "probe_address": probe.as_ref().map(|(addr, _)| addr.to_string()),
+        "state": health.endpoint_health(endpoint).as_str(),
+        "last_result": status.and_then(last_result),
+        "last_error": status.and_then(|s| s.last_error.as_deref()),
+        "last_rtt_ms": status.and_then(|s| s.last_rtt).map(|d| d.as_secs_f64() * 1000.0),
+        "last_at": status.and_then(|s| s.last_at).map(rfc3339),
+        "failures": status.map_or(0, |s| s.failures),
+        "passes": status.map_or(0, |s| s.passes),
+    })
+}
+
+/// `"ok"` or `"fail"` for the latest probe, `None` before the first one. Streaks reset on
+/// the opposite result, so a probe that has finished has exactly one of them non-zero.
+fn last_result(s: &ProbeStatus) -> Option<&'static str> {
+    s.last_at?;
+    Some(if s.passes > 0 { "ok" } else { "fail" })
+}
+
+/// RFC 3339 in UTC with milliseconds (`2026-01-01T00:00:00.000Z`), without a date crate:
+/// Howard Hinnant's civil-from-days.
+pub(super) fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let days = (secs / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let tod = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        tod / 3600,
+        tod / 60 % 60,
+        tod % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc_with_milliseconds() {
+        for (secs, millis, text) in [
+            (0, 0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, 5, "2000-02-29T00:00:00.005Z"),
+            (1_767_225_599, 999, "2025-12-31T23:59:59.999Z"),
+            (4_107_542_400, 0, "2100-03-01T00:00:00.000Z"),
+        ] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis);
+            assert_eq!(rfc3339(t), text);
+        }
+    }
+
+    #[test]
+    fn last_result_follows_the_streaks() {
+        let mut s = ProbeStatus::default();
+        assert_eq!(last_result(&s), None);
+        s.last_at = Some(SystemTime::now());
+        s.passes = 1;
+        assert_eq!(last_result(&s), Some("ok"));
+        s.passes = 0;
+        s.failures = 2;
+        assert_eq!(last_result(&s), Some("fail"));
+    }
+}
