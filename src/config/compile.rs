@@ -41,7 +41,9 @@ const ZONE_KEYS: &[&str] = &[
     "checks",
     "policies",
 ];
-const SOA_KEYS: &[&str] = &["mname", "rname", "serial", "refresh", "retry", "expire", "minimum"];
+const SOA_KEYS: &[&str] = &[
+    "mname", "rname", "serial", "refresh", "retry", "expire", "minimum",
+];
 
 /// What to load, and the snapshot being replaced (for serials that grow on every reload).
 pub struct LoadOptions<'a> {
@@ -72,7 +74,11 @@ pub fn load_dir(opts: &LoadOptions) -> Result<Snapshot, Diagnostics> {
 /// Summary line for `meridian check`: "ok: N zones, N names, N pools, N checks".
 pub fn summary(snap: &Snapshot) -> String {
     let names: usize = snap.zones.iter().map(|z| z.name_count).sum();
-    let checks: HashSet<&CheckSpec> = snap.pools.iter().filter_map(|p| p.check.as_deref()).collect();
+    let checks: HashSet<&CheckSpec> = snap
+        .pools
+        .iter()
+        .filter_map(|p| p.check.as_deref())
+        .collect();
     format!(
         "ok: {} zones, {} names, {} pools, {} checks",
         snap.zones.len(),
@@ -125,11 +131,19 @@ impl ZoneCx {
 
 /// The `*.toml` files of the directory, sorted by file name.
 fn zone_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
-    let whole = |message: String| Diagnostic { file: dir.to_path_buf(), line: 0, col: 0, message };
+    let whole = |message: String| Diagnostic {
+        file: dir.to_path_buf(),
+        line: 0,
+        col: 0,
+        message,
+    };
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            diags.push(whole(format!("cannot read the zones directory {}: {e}", dir.display())));
+            diags.push(whole(format!(
+                "cannot read the zones directory {}: {e}",
+                dir.display()
+            )));
             return Vec::new();
         }
     };
@@ -142,7 +156,10 @@ fn zone_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
         .collect();
     files.sort();
     if files.is_empty() {
-        diags.push(whole(format!("no zone files in {}/", dir.display().to_string().trim_end_matches('/'))));
+        diags.push(whole(format!(
+            "no zone files in {}/",
+            dir.display().to_string().trim_end_matches('/')
+        )));
     }
     files
 }
@@ -151,7 +168,12 @@ fn load_file(path: &Path, b: &mut Builder<'_>, diags: &mut Vec<Diagnostic>) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            diags.push(Diagnostic { file: path.to_path_buf(), line: 0, col: 0, message: format!("cannot read: {e}") });
+            diags.push(Diagnostic {
+                file: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!("cannot read: {e}"),
+            });
             return;
         }
     };
@@ -177,14 +199,23 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         ttl: get_u32("ttl", DEFAULT_TTL, cx),
         policy_ttl: get_u32("policy_ttl", DEFAULT_POLICY_TTL, cx),
-        latency_table: raw::get(doc, "latency_table")
-            .and_then(|(_, v)| raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned()))),
+        latency_table: raw::get(doc, "latency_table").and_then(|(_, v)| {
+            raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned()))
+        }),
     };
     let (soa, serial) = soa(doc, &zc, b.previous, cx);
-    let section = |key: &str, cx: &mut FileCx<'_>| raw::get(doc, key).and_then(|(_, v)| raw::table(v, key, cx));
-    let checks = section("checks", cx).map(|t| pools::compile_checks(t, &zc, cx)).unwrap_or_default();
-    let pool_names = section("pools", cx).map(|t| pools::compile_pools(t, &zc, &checks, b, cx)).unwrap_or_default();
-    let owners = section("records", cx).map(|t| records::compile_records(t, &zc, cx)).unwrap_or_default();
+    let section = |key: &str, cx: &mut FileCx<'_>| {
+        raw::get(doc, key).and_then(|(_, v)| raw::table(v, key, cx))
+    };
+    let checks = section("checks", cx)
+        .map(|t| pools::compile_checks(t, &zc, cx))
+        .unwrap_or_default();
+    let pool_names = section("pools", cx)
+        .map(|t| pools::compile_pools(t, &zc, &checks, b, cx))
+        .unwrap_or_default();
+    let owners = section("records", cx)
+        .map(|t| records::compile_records(t, &zc, cx))
+        .unwrap_or_default();
     let published = section("policies", cx)
         .map(|t| policies::compile_policies(t, &zc, &pool_names, b, cx))
         .unwrap_or_default();
@@ -207,29 +238,50 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
 }
 
 /// The zone's origin (required, unique across files).
-fn origin(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut FileCx<'_>) -> Option<(String, WireName)> {
+fn origin(
+    doc: &DeTable<'_>,
+    path: &Path,
+    b: &mut Builder<'_>,
+    cx: &mut FileCx<'_>,
+) -> Option<(String, WireName)> {
     let Some((_, v)) = raw::get(doc, "origin") else {
-        cx.err(&(0..0), "the zone has no `origin` (the delegated zone, like \"gslb.example.com.\")");
+        cx.err(
+            &(0..0),
+            "the zone has no `origin` (the delegated zone, like \"gslb.example.com.\")",
+        );
         return None;
     };
     let text = raw::string(v, "origin", cx)?;
-    let Some(wire) = wire::from_text(text).filter(|_| !text.is_empty() && !text.contains(char::is_whitespace)) else {
+    let Some(wire) =
+        wire::from_text(text).filter(|_| !text.is_empty() && !text.contains(char::is_whitespace))
+    else {
         cx.err(&v.span(), format!("bad origin \"{text}\""));
         return None;
     };
     if let Some(first) = b.origins.get(&wire) {
         cx.err(
             &v.span(),
-            format!("origin {} is already the origin of {}", wire::to_text(&wire), first.display()),
+            format!(
+                "origin {} is already the origin of {}",
+                wire::to_text(&wire),
+                first.display()
+            ),
         );
-        return None;
+        // Go on checking the rest of this file; the load fails anyway.
     }
-    b.origins.insert(wire.clone(), path.to_path_buf());
+    b.origins
+        .entry(wire.clone())
+        .or_insert_with(|| path.to_path_buf());
     Some((wire::to_text(&wire), wire))
 }
 
 /// `[soa]` and the serial to serve.
-fn soa(doc: &DeTable<'_>, zc: &ZoneCx, previous: Option<&Snapshot>, cx: &mut FileCx<'_>) -> (Soa, u32) {
+fn soa(
+    doc: &DeTable<'_>,
+    zc: &ZoneCx,
+    previous: Option<&Snapshot>,
+    cx: &mut FileCx<'_>,
+) -> (Soa, u32) {
     let root = wire::from_text(".").expect("the root is a valid name");
     let mut soa = Soa {
         mname: root.clone(),
@@ -240,7 +292,10 @@ fn soa(doc: &DeTable<'_>, zc: &ZoneCx, previous: Option<&Snapshot>, cx: &mut Fil
         minimum: DEFAULT_MINIMUM,
     };
     let Some((key_span, v)) = raw::get(doc, "soa") else {
-        cx.err(&(0..0), "the zone has no [soa] table (it needs at least `mname` and `rname`)");
+        cx.err(
+            &(0..0),
+            "the zone has no [soa] table (it needs at least `mname` and `rname`)",
+        );
         return (soa, 0);
     };
     let Some(t) = raw::table(v, "soa", cx) else {
@@ -252,8 +307,14 @@ fn soa(doc: &DeTable<'_>, zc: &ZoneCx, previous: Option<&Snapshot>, cx: &mut Fil
             cx.err(&key_span, format!("[soa] has no `{key}`"));
             continue;
         };
-        let Some(s) = raw::string(v, key, cx) else { continue };
-        let name = if parse { values::parse_rname(s, &zc.origin) } else { values::resolve_name(s, &zc.origin, false) };
+        let Some(s) = raw::string(v, key, cx) else {
+            continue;
+        };
+        let name = if parse {
+            values::parse_rname(s, &zc.origin)
+        } else {
+            values::resolve_name(s, &zc.origin, false)
+        };
         match name {
             Ok(n) if key == "mname" => soa.mname = n,
             Ok(n) => soa.rname = n,
@@ -280,7 +341,9 @@ fn soa(doc: &DeTable<'_>, zc: &ZoneCx, previous: Option<&Snapshot>, cx: &mut Fil
 /// A serial that grows with every reload: the clock (seconds since 1970, as u32), or one
 /// more than the previous serial of this origin when that is already ahead.
 fn next_serial(origin: &str, previous: Option<&Snapshot>) -> u32 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as u32;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as u32;
     let before = previous
         .and_then(|p| p.find_zone_by_name(origin).map(|id| p.zone(id).serial))
         .map_or(0, |s| s.wrapping_add(1));
@@ -316,29 +379,60 @@ fn check_collisions(
         let Some(owner) = &p.owner else { continue };
         if let Some(o) = statics.get(&**owner) {
             let (line, _) = cx.position(o.span.start);
-            cx.err(&p.span, format!("policy \"{}\" has the name of static records (line {line})", p.name));
+            cx.err(
+                &p.span,
+                format!(
+                    "policy \"{}\" has the name of static records (line {line})",
+                    p.name
+                ),
+            );
         }
     }
     for pool in pools {
-        let Ok(name) = zc.owner(&pool.name) else { continue };
+        let Ok(name) = zc.owner(&pool.name) else {
+            continue;
+        };
         if let Some(o) = statics.get(&*name) {
             let (line, _) = cx.position(o.span.start);
-            cx.err(&pool.span, format!("pool \"{}\" has the name of static records (line {line})", pool.name));
+            cx.err(
+                &pool.span,
+                format!(
+                    "pool \"{}\" has the name of static records (line {line})",
+                    pool.name
+                ),
+            );
         }
         if let Some(p) = policies.iter().find(|p| p.owner.as_deref() == Some(&*name)) {
             let (line, _) = cx.position(p.span.start);
-            cx.err(&pool.span, format!("pool \"{}\" has the name of policy \"{}\" (line {line})", pool.name, p.name));
+            cx.err(
+                &pool.span,
+                format!(
+                    "pool \"{}\" has the name of policy \"{}\" (line {line})",
+                    pool.name, p.name
+                ),
+            );
         }
     }
 }
 
 /// Every name of the zone: static owners, published policies and the empty non-terminals
 /// between them and the apex (RFC 4592 §2.2.2 needs those to tell NODATA from NXDOMAIN).
-fn lay_out_names(apex: &[u8], owners: Vec<records::Owner>, policies: &[PolicyName]) -> HashMap<WireName, Node> {
+fn lay_out_names(
+    apex: &[u8],
+    owners: Vec<records::Owner>,
+    policies: &[PolicyName],
+) -> HashMap<WireName, Node> {
     let mut nodes: HashMap<WireName, Node> = HashMap::new();
     for o in owners {
         let delegation = &*o.name != apex && o.rrsets.iter().any(|r| r.rtype == rtype::NS);
-        nodes.insert(o.name, Node { rrsets: o.rrsets, policy: None, delegation });
+        nodes.insert(
+            o.name,
+            Node {
+                rrsets: o.rrsets,
+                policy: None,
+                delegation,
+            },
+        );
     }
     for p in policies.iter().filter(|p| p.publish) {
         if let Some(owner) = &p.owner {

@@ -21,7 +21,14 @@ impl fmt::Display for Diagnostic {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )
         }
     }
 }
@@ -88,7 +95,10 @@ impl<'d> FileCx<'d> {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset);
         let start = self.line_starts[line - 1];
-        let col = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count());
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
         (line, col + 1)
     }
 
@@ -130,7 +140,14 @@ mod tests {
             col,
             message: m.into(),
         };
-        let all = Diagnostics(vec![d("b.toml", 1, 1, "x"), d("a.toml", 9, 2, "y"), d("a.toml", 3, 4, "z")]);
-        assert_eq!(all.to_string(), "a.toml:3:4: z\na.toml:9:2: y\nb.toml:1:1: x\n");
+        let all = Diagnostics(vec![
+            d("b.toml", 1, 1, "x"),
+            d("a.toml", 9, 2, "y"),
+            d("a.toml", 3, 4, "z"),
+        ]);
+        assert_eq!(
+            all.to_string(),
+            "a.toml:3:4: z\na.toml:9:2: y\nb.toml:1:1: x\n"
+        );
     }
 }

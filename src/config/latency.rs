@@ -23,7 +23,10 @@ pub(crate) fn load(
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
-            cx.err(at, format!("cannot read latency_table {}: {e}", path.display()));
+            cx.err(
+                at,
+                format!("cannot read latency_table {}: {e}", path.display()),
+            );
             return None;
         }
     };
@@ -57,7 +60,12 @@ pub(crate) fn load(
 }
 
 /// One `client_prefix,pool,rtt_ms` row starting at byte `start` of the file.
-fn row(line: &str, start: usize, pools: &HashMap<String, PoolId>, csv: &mut FileCx<'_>) -> Option<(IpNet, PoolId, u32)> {
+fn row(
+    line: &str,
+    start: usize,
+    pools: &HashMap<String, PoolId>,
+    csv: &mut FileCx<'_>,
+) -> Option<(IpNet, PoolId, u32)> {
     let mut fields = Vec::new();
     let mut at = start;
     for f in line.split(',') {
@@ -66,20 +74,36 @@ fn row(line: &str, start: usize, pools: &HashMap<String, PoolId>, csv: &mut File
         at += f.len() + 1;
     }
     let [(net_span, net), (pool_span, pool), (rtt_span, rtt)] = &fields[..] else {
-        csv.err(&(start..start), format!("a row needs 3 fields (client_prefix,pool,rtt_ms), not {}", fields.len()));
+        csv.err(
+            &(start..start),
+            format!(
+                "a row needs 3 fields (client_prefix,pool,rtt_ms), not {}",
+                fields.len()
+            ),
+        );
         return None;
     };
-    let net = values::parse_cidr(net).map_err(|e| csv.err(net_span, e)).ok();
+    let net = values::parse_cidr(net)
+        .map_err(|e| csv.err(net_span, e))
+        .ok();
     let pool = match pools.get(&pool.to_ascii_lowercase()) {
         Some(id) => Some(*id),
         None => {
-            csv.err(pool_span, format!("pool \"{pool}\" is not a pool of the zone"));
+            csv.err(
+                pool_span,
+                format!("pool \"{pool}\" is not a pool of the zone"),
+            );
             None
         }
     };
     let rtt = rtt
         .parse::<u32>()
-        .map_err(|_| csv.err(rtt_span, format!("bad rtt_ms \"{rtt}\": use a whole number of milliseconds")))
+        .map_err(|_| {
+            csv.err(
+                rtt_span,
+                format!("bad rtt_ms \"{rtt}\": use a whole number of milliseconds"),
+            )
+        })
         .ok();
     Some((net?, pool?, rtt?))
 }

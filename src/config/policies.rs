@@ -11,7 +11,9 @@ use super::diag::{FileCx, Span};
 use super::latency;
 use super::raw::{self, Value};
 use super::values;
-use crate::model::{Fallback, GeoRules, LatencyTable, Policy, PolicyId, PolicyKind, PoolId, Target};
+use crate::model::{
+    Fallback, GeoRules, LatencyTable, Policy, PolicyId, PolicyKind, PoolId, Target,
+};
 
 const POLICY_KEYS: &[&str] = &[
     "failover",
@@ -42,9 +44,15 @@ pub(crate) fn compile_policies(
     let base = b.snap.policies.len();
     let mut r = Resolver {
         zc,
-        pools: pools.iter().map(|p| (p.name.to_ascii_lowercase(), p.id)).collect(),
+        pools: pools
+            .iter()
+            .map(|p| (p.name.to_ascii_lowercase(), p.id))
+            .collect(),
         policies: HashMap::new(),
-        has_location: pools.iter().map(|p| (p.id, b.snap.pool(p.id).location.is_some())).collect(),
+        has_location: pools
+            .iter()
+            .map(|p| (p.id, b.snap.pool(p.id).location.is_some()))
+            .collect(),
         tables: HashMap::new(),
         edges: vec![Vec::new(); entries.len()],
         base,
@@ -52,7 +60,10 @@ pub(crate) fn compile_policies(
         name: String::new(),
     };
     for (i, (k, _)) in entries.iter().enumerate() {
-        r.policies.insert(k.get_ref().to_ascii_lowercase(), PolicyId((base + i) as u32));
+        r.policies.insert(
+            k.get_ref().to_ascii_lowercase(),
+            PolicyId((base + i) as u32),
+        );
     }
     let mut out = Vec::new();
     for (i, (key, v)) in entries.iter().enumerate() {
@@ -64,14 +75,28 @@ pub(crate) fn compile_policies(
             None => placeholder(&name, zc),
         };
         let owner = if policy.publish {
-            zc.owner(&name).map_err(|e| cx.err(&key.span(), format!("policy \"{name}\": {e}"))).ok()
+            zc.owner(&name)
+                .map_err(|e| cx.err(&key.span(), format!("policy \"{name}\": {e}")))
+                .ok()
         } else {
             None
         };
-        out.push(PolicyName { name, span: key.span(), owner, id: PolicyId((base + i) as u32), publish: policy.publish });
+        out.push(PolicyName {
+            name,
+            span: key.span(),
+            owner,
+            id: PolicyId((base + i) as u32),
+            publish: policy.publish,
+        });
         b.snap.policies.push(policy);
     }
     r.find_cycles(&out, cx);
+    if let Some((span, path)) = &zc.latency_table {
+        if !r.tables.contains_key(path) {
+            // Checked even when no latency policy uses it yet.
+            latency::load(path, span, zc, &r.pools, cx);
+        }
+    }
     out
 }
 
@@ -108,15 +133,30 @@ impl Resolver<'_> {
         let name = self.name.clone();
         raw::check_keys(t, POLICY_KEYS, &format!("[policies.{name}]"), cx);
         let mut policy = placeholder(&name, self.zc);
-        let kinds: Vec<_> = raw::entries(t).into_iter().filter(|(k, _)| KINDS.contains(&k.get_ref().as_ref())).collect();
+        let kinds: Vec<_> = raw::entries(t)
+            .into_iter()
+            .filter(|(k, _)| KINDS.contains(&k.get_ref().as_ref()))
+            .collect();
         let kind = match kinds[..] {
             [] => {
-                cx.err(at, format!("policy \"{name}\" has no kind: set one of failover, weighted, latency, geo"));
+                cx.err(
+                    at,
+                    format!(
+                        "policy \"{name}\" has no kind: set one of failover, weighted, latency, geo"
+                    ),
+                );
                 None
             }
             [(k, v)] => Some((k.get_ref().as_ref(), k.span(), v)),
             [(first, _), (second, _), ..] => {
-                cx.err(&second.span(), format!("policy \"{name}\" has two kinds, {} and {}; a policy has exactly one", first.get_ref(), second.get_ref()));
+                cx.err(
+                    &second.span(),
+                    format!(
+                        "policy \"{name}\" has two kinds, {} and {}; a policy has exactly one",
+                        first.get_ref(),
+                        second.get_ref()
+                    ),
+                );
                 None
             }
         };
@@ -125,19 +165,30 @@ impl Resolver<'_> {
             policy.ttl = raw::u32_(v, "ttl", cx).unwrap_or(policy.ttl);
         }
         if let Some((_, v)) = opt("max_answers") {
-            policy.max_answers = raw::int_in(v, "max_answers", 1, 65535, cx).map_or(DEFAULT_MAX_ANSWERS, |n| n as usize);
+            policy.max_answers = raw::int_in(v, "max_answers", 1, 65535, cx)
+                .map_or(DEFAULT_MAX_ANSWERS, |n| n as usize);
         }
-        policy.publish = opt("publish").map_or(Some(true), |(_, v)| raw::boolean(v, "publish", cx)).unwrap_or(true);
+        policy.publish = opt("publish")
+            .map_or(Some(true), |(_, v)| raw::boolean(v, "publish", cx))
+            .unwrap_or(true);
         let sticky = opt("sticky").and_then(|(k, v)| raw::boolean(v, "sticky", cx).map(|s| (k, s)));
-        let table = opt("latency_table").and_then(|(_, v)| raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned())));
+        let table = opt("latency_table").and_then(|(_, v)| {
+            raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned()))
+        });
         let Some((kind, kind_span, v)) = kind else {
             return policy;
         };
         if let (Some((k, _)), false) = (&sticky, kind == "weighted") {
-            cx.err(k, format!("policy \"{name}\": `sticky` applies only to weighted policies"));
+            cx.err(
+                k,
+                format!("policy \"{name}\": `sticky` applies only to weighted policies"),
+            );
         }
         if let (Some((span, _)), false) = (&table, kind == "latency") {
-            cx.err(span, format!("policy \"{name}\": `latency_table` applies only to latency policies"));
+            cx.err(
+                span,
+                format!("policy \"{name}\": `latency_table` applies only to latency policies"),
+            );
         }
         policy.kind = match kind {
             "failover" => PolicyKind::Failover(self.targets(v, kind, &kind_span, cx)),
@@ -148,10 +199,11 @@ impl Resolver<'_> {
             "latency" => self.latency(v, &kind_span, table, cx),
             _ => PolicyKind::Geo(self.geo(v, cx)),
         };
-        policy.fallback = match matches!(policy.kind, PolicyKind::Geo(_) | PolicyKind::Latency { .. }) {
-            true => Fallback::Nearest,
-            false => Fallback::None,
-        };
+        policy.fallback =
+            match matches!(policy.kind, PolicyKind::Geo(_) | PolicyKind::Latency { .. }) {
+                true => Fallback::Nearest,
+                false => Fallback::None,
+            };
         if let Some((_, v)) = opt("fallback") {
             policy.fallback = match raw::string(v, "fallback", cx) {
                 Some("nearest") => Fallback::Nearest,
@@ -178,7 +230,13 @@ impl Resolver<'_> {
             self.edges[self.current].push((id.0 as usize - self.base, span.clone()));
             return Some(Target::Policy(*id));
         }
-        cx.err(span, format!("policy \"{}\": target \"{s}\" names no pool or policy", self.name));
+        cx.err(
+            span,
+            format!(
+                "policy \"{}\": target \"{s}\" names no pool or policy",
+                self.name
+            ),
+        );
         None
     }
 
@@ -190,16 +248,30 @@ impl Resolver<'_> {
         }
     }
 
-    fn resolve_all(&mut self, items: Vec<(Span, &str)>, key: &str, at: &Span, cx: &mut FileCx<'_>) -> Vec<Target> {
+    fn resolve_all(
+        &mut self,
+        items: Vec<(Span, &str)>,
+        key: &str,
+        at: &Span,
+        cx: &mut FileCx<'_>,
+    ) -> Vec<Target> {
         if items.is_empty() {
-            cx.err(at, format!("policy \"{}\": `{key}` has no targets", self.name));
+            cx.err(
+                at,
+                format!("policy \"{}\": `{key}` has no targets", self.name),
+            );
         }
-        items.into_iter().filter_map(|(span, s)| self.target(s, &span, cx)).collect()
+        items
+            .into_iter()
+            .filter_map(|(span, s)| self.target(s, &span, cx))
+            .collect()
     }
 
     /// `weighted = { target = weight }`: non-negative integers, not all 0.
     fn weighted(&mut self, v: &Value<'_>, at: &Span, cx: &mut FileCx<'_>) -> Vec<(Target, u32)> {
-        let Some(t) = raw::table(v, "weighted", cx) else { return Vec::new() };
+        let Some(t) = raw::table(v, "weighted", cx) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         let mut weights_ok = true;
         for (k, w) in raw::entries(t) {
@@ -208,21 +280,37 @@ impl Resolver<'_> {
                 Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => n as u32,
                 _ => {
                     weights_ok = false;
-                    cx.err(&w.span(), format!("policy \"{}\": the weight of \"{}\" must be a non-negative integer", self.name, k.get_ref()));
+                    cx.err(
+                        &w.span(),
+                        format!(
+                            "policy \"{}\": the weight of \"{}\" must be a non-negative integer",
+                            self.name,
+                            k.get_ref()
+                        ),
+                    );
                     continue;
                 }
             };
             out.extend(target.map(|t| (t, weight)));
         }
         if t.is_empty() {
-            cx.err(at, format!("policy \"{}\": `weighted` has no targets", self.name));
+            cx.err(
+                at,
+                format!("policy \"{}\": `weighted` has no targets", self.name),
+            );
         } else if weights_ok && out.iter().all(|(_, w)| *w == 0) && !out.is_empty() {
             cx.err(at, format!("policy \"{}\": all weights are 0", self.name));
         }
         out
     }
 
-    fn latency(&mut self, v: &Value<'_>, at: &Span, table: Option<(Span, String)>, cx: &mut FileCx<'_>) -> PolicyKind {
+    fn latency(
+        &mut self,
+        v: &Value<'_>,
+        at: &Span,
+        table: Option<(Span, String)>,
+        cx: &mut FileCx<'_>,
+    ) -> PolicyKind {
         let items = raw::strings(v, "latency", cx).unwrap_or_default();
         for (span, s) in &items {
             if let Some(id) = self.pools.get(&s.to_ascii_lowercase()) {
@@ -232,32 +320,45 @@ impl Resolver<'_> {
             }
         }
         let targets = self.resolve_all(items, "latency", at, cx);
-        let table = table.or_else(|| self.zc.latency_table.clone()).and_then(|(span, path)| {
-            if !self.tables.contains_key(&path) {
-                let loaded = latency::load(&path, &span, self.zc, &self.pools, cx);
-                self.tables.insert(path.clone(), loaded);
-            }
-            self.tables[&path].clone()
-        });
+        let table = table
+            .or_else(|| self.zc.latency_table.clone())
+            .and_then(|(span, path)| {
+                if !self.tables.contains_key(&path) {
+                    let loaded = latency::load(&path, &span, self.zc, &self.pools, cx);
+                    self.tables.insert(path.clone(), loaded);
+                }
+                self.tables[&path].clone()
+            });
         PolicyKind::Latency { targets, table }
     }
 
     fn geo(&mut self, v: &Value<'_>, cx: &mut FileCx<'_>) -> GeoRules {
         let mut rules = GeoRules::default();
-        let Some(t) = raw::table(v, "geo", cx) else { return rules };
+        let Some(t) = raw::table(v, "geo", cx) else {
+            return rules;
+        };
         raw::check_keys(t, GEO_KEYS, &format!("geo of policy \"{}\"", self.name), cx);
         if let Some((k, v)) = raw::get(t, "default") {
             rules.default = Some(self.targets(v, "geo.default", &k, cx));
         }
         for key in ["continent", "country", "subdivision", "cidr"] {
-            let Some(table) = raw::get(t, key).and_then(|(_, v)| raw::table(v, &format!("geo.{key}"), cx)) else { continue };
+            let Some(table) =
+                raw::get(t, key).and_then(|(_, v)| raw::table(v, &format!("geo.{key}"), cx))
+            else {
+                continue;
+            };
             for (code, v) in raw::entries(table) {
                 let targets = self.targets(v, &format!("geo.{key}"), &code.span(), cx);
                 let c = code.get_ref().as_ref();
                 let parsed = match key {
-                    "continent" => values::parse_continent(c).map(|c| drop(rules.continent.insert(c, targets))),
-                    "country" => values::parse_country(c).map(|c| drop(rules.country.insert(c, targets))),
-                    "subdivision" => values::parse_subdivision(c).map(|c| drop(rules.subdivision.insert(c, targets))),
+                    "continent" => {
+                        values::parse_continent(c).map(|c| drop(rules.continent.insert(c, targets)))
+                    }
+                    "country" => {
+                        values::parse_country(c).map(|c| drop(rules.country.insert(c, targets)))
+                    }
+                    "subdivision" => values::parse_subdivision(c)
+                        .map(|c| drop(rules.subdivision.insert(c, targets))),
                     _ => values::parse_cidr(c).map(|c| rules.cidr.push((c, targets))),
                 };
                 if let Err(e) = parsed {
@@ -265,7 +366,9 @@ impl Resolver<'_> {
                 }
             }
         }
-        rules.cidr.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        rules
+            .cidr
+            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         rules
     }
 
@@ -278,16 +381,37 @@ impl Resolver<'_> {
             OnPath,
             Done,
         }
-        fn visit(u: usize, r: &Resolver<'_>, names: &[PolicyName], mark: &mut [Mark], path: &mut Vec<usize>, cx: &mut FileCx<'_>) {
+        fn visit(
+            u: usize,
+            r: &Resolver<'_>,
+            names: &[PolicyName],
+            mark: &mut [Mark],
+            path: &mut Vec<usize>,
+            cx: &mut FileCx<'_>,
+        ) {
             mark[u] = Mark::OnPath;
             path.push(u);
             for (v, span) in &r.edges[u] {
                 match mark[*v] {
                     Mark::New => visit(*v, r, names, mark, path, cx),
                     Mark::OnPath => {
-                        let from = path.iter().position(|p| p == v).expect("a policy on the path is in it");
-                        let cycle: Vec<&str> = path[from..].iter().chain([v]).map(|i| names[*i].name.as_str()).collect();
-                        cx.err(span, format!("policy \"{}\": reference cycle between policies: {}", names[u].name, cycle.join(" -> ")));
+                        let from = path
+                            .iter()
+                            .position(|p| p == v)
+                            .expect("a policy on the path is in it");
+                        let cycle: Vec<&str> = path[from..]
+                            .iter()
+                            .chain([v])
+                            .map(|i| names[*i].name.as_str())
+                            .collect();
+                        cx.err(
+                            span,
+                            format!(
+                                "policy \"{}\": reference cycle between policies: {}",
+                                names[u].name,
+                                cycle.join(" -> ")
+                            ),
+                        );
                     }
                     Mark::Done => {}
                 }
@@ -303,4 +427,3 @@ impl Resolver<'_> {
         }
     }
 }
-

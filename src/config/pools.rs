@@ -29,7 +29,14 @@ const CHECK_KEYS: &[&str] = &[
     "ca_file",
     "tls_verify",
 ];
-const POOL_KEYS: &[&str] = &["A", "AAAA", "location", "check", "min_healthy", "probe_address"];
+const POOL_KEYS: &[&str] = &[
+    "A",
+    "AAAA",
+    "location",
+    "check",
+    "min_healthy",
+    "probe_address",
+];
 
 /// Well-known ports of the check kinds (RFC 9110 §4.2).
 const HTTP_PORT: u16 = 80;
@@ -49,29 +56,40 @@ pub(crate) fn compile_checks(t: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>) 
     for (key, v) in raw::entries(t) {
         let name = key.get_ref().to_string();
         let what = format!("[checks.{name}]");
-        let Some(table) = raw::table(v, &what, cx) else { continue };
-        if let Some(spec) = compile_check(table, &key.span(), &what, zc, cx) {
-            checks.insert(name.to_ascii_lowercase(), (Arc::new(spec), name));
-        }
+        let Some(table) = raw::table(v, &what, cx) else {
+            continue;
+        };
+        // A check with errors is still registered, so that pools naming it do not
+        // report it missing too (the load fails anyway).
+        let spec = compile_check(table, &key.span(), &what, zc, cx);
+        checks.insert(name.to_ascii_lowercase(), (Arc::new(spec), name));
     }
     checks
 }
 
-fn compile_check(t: &DeTable<'_>, at: &Span, what: &str, zc: &ZoneCx, cx: &mut FileCx<'_>) -> Option<CheckSpec> {
+fn compile_check(
+    t: &DeTable<'_>,
+    at: &Span,
+    what: &str,
+    zc: &ZoneCx,
+    cx: &mut FileCx<'_>,
+) -> CheckSpec {
     raw::check_keys(t, CHECK_KEYS, what, cx);
-    let errors = cx.count();
     let kind = match raw::get(t, "kind").map(|(_, v)| (v, raw::string(v, "kind", cx))) {
         Some((_, Some("http"))) => CheckKind::Http,
         Some((_, Some("https"))) => CheckKind::Https,
         Some((_, Some("tcp"))) => CheckKind::Tcp,
         Some((v, Some(other))) => {
-            cx.err(&v.span(), format!("{what}: bad kind \"{other}\": use http, https or tcp"));
-            return None;
+            cx.err(
+                &v.span(),
+                format!("{what}: bad kind \"{other}\": use http, https or tcp"),
+            );
+            CheckKind::Http
         }
-        Some((_, None)) => return None,
+        Some((_, None)) => CheckKind::Http,
         None => {
             cx.err(at, format!("{what} has no `kind` (http, https or tcp)"));
-            return None;
+            CheckKind::Http
         }
     };
     let port = match (raw::get(t, "port"), kind) {
@@ -83,7 +101,10 @@ fn compile_check(t: &DeTable<'_>, at: &Span, what: &str, zc: &ZoneCx, cx: &mut F
             0
         }
     };
-    let string = |key: &str, cx: &mut FileCx<'_>| raw::get(t, key).and_then(|(_, v)| raw::string(v, key, cx).map(|s| (v.span(), s.to_owned())));
+    let string = |key: &str, cx: &mut FileCx<'_>| {
+        raw::get(t, key)
+            .and_then(|(_, v)| raw::string(v, key, cx).map(|s| (v.span(), s.to_owned())))
+    };
     let path = string("path", cx).map_or(DEFAULT_PATH.to_owned(), |(span, p)| {
         if !p.starts_with('/') {
             cx.err(&span, format!("{what}: `path` must start with \"/\""));
@@ -91,20 +112,31 @@ fn compile_check(t: &DeTable<'_>, at: &Span, what: &str, zc: &ZoneCx, cx: &mut F
         p
     });
     let duration = |key: &str, default, cx: &mut FileCx<'_>| match string(key, cx) {
-        Some((span, s)) => values::parse_duration(&s).map_err(|e| cx.err(&span, e)).unwrap_or(default),
+        Some((span, s)) => values::parse_duration(&s)
+            .map_err(|e| cx.err(&span, e))
+            .unwrap_or(default),
         None => default,
     };
     let interval = duration("interval", DEFAULT_INTERVAL, cx);
     let timeout = duration("timeout", DEFAULT_TIMEOUT, cx);
     if timeout > interval {
-        let span = raw::get(t, "timeout").or(raw::get(t, "interval")).map_or(at.clone(), |(_, v)| v.span());
-        cx.err(&span, format!("{what}: `timeout` ({timeout:?}) must not be longer than `interval` ({interval:?})"));
+        let span = raw::get(t, "timeout")
+            .or(raw::get(t, "interval"))
+            .map_or(at.clone(), |(_, v)| v.span());
+        cx.err(
+            &span,
+            format!(
+                "{what}: `timeout` ({timeout:?}) must not be longer than `interval` ({interval:?})"
+            ),
+        );
     }
     let count = |key: &str, default, cx: &mut FileCx<'_>| match raw::get(t, key) {
-        Some((_, v)) => raw::int_in(v, key, 1, i64::from(u32::MAX), cx).map_or(default, |n| n as u32),
+        Some((_, v)) => {
+            raw::int_in(v, key, 1, i64::from(u32::MAX), cx).map_or(default, |n| n as u32)
+        }
         None => default,
     };
-    let spec = CheckSpec {
+    CheckSpec {
         kind,
         port,
         path,
@@ -119,13 +151,20 @@ fn compile_check(t: &DeTable<'_>, at: &Span, what: &str, zc: &ZoneCx, cx: &mut F
         ca_file: string("ca_file", cx).map(|(span, s)| {
             let path = zc.dir.join(&s);
             if !path.is_file() {
-                cx.err(&span, format!("{what}: ca_file \"{s}\" does not exist (looked for {})", path.display()));
+                cx.err(
+                    &span,
+                    format!(
+                        "{what}: ca_file \"{s}\" does not exist (looked for {})",
+                        path.display()
+                    ),
+                );
             }
             path
         }),
-        tls_verify: raw::get(t, "tls_verify").and_then(|(_, v)| raw::boolean(v, "tls_verify", cx)).unwrap_or(true),
-    };
-    (cx.count() == errors).then_some(spec)
+        tls_verify: raw::get(t, "tls_verify")
+            .and_then(|(_, v)| raw::boolean(v, "tls_verify", cx))
+            .unwrap_or(true),
+    }
 }
 
 /// `expect_status`: a code, a class string, or a list mixing both; default `2xx`.
@@ -133,7 +172,10 @@ fn expect_status(t: &DeTable<'_>, cx: &mut FileCx<'_>) -> StatusSet {
     let Some((_, v)) = raw::get(t, "expect_status") else {
         return StatusSet::default();
     };
-    let mut set = StatusSet { codes: Vec::new(), classes: Vec::new() };
+    let mut set = StatusSet {
+        codes: Vec::new(),
+        classes: Vec::new(),
+    };
     let items: Vec<&Value<'_>> = match v.get_ref() {
         DeValue::Array(a) => a.iter().collect(),
         _ => vec![v],
@@ -141,9 +183,17 @@ fn expect_status(t: &DeTable<'_>, cx: &mut FileCx<'_>) -> StatusSet {
     for item in items {
         let text = match item.get_ref() {
             DeValue::String(s) => s.to_string(),
-            DeValue::Integer(_) => raw::int_of(item.get_ref()).map_or_else(String::new, |n| n.to_string()),
+            DeValue::Integer(_) => {
+                raw::int_of(item.get_ref()).map_or_else(String::new, |n| n.to_string())
+            }
             other => {
-                cx.err(&item.span(), format!("`expect_status` must hold codes or classes like \"2xx\", not {}", raw::type_name(other)));
+                cx.err(
+                    &item.span(),
+                    format!(
+                        "`expect_status` must hold codes or classes like \"2xx\", not {}",
+                        raw::type_name(other)
+                    ),
+                );
                 continue;
             }
         };
@@ -186,11 +236,17 @@ pub(crate) fn compile_pools(
     for (key, v) in raw::entries(t) {
         let name = key.get_ref().to_string();
         let what = format!("pool \"{name}\"");
-        let Some(table) = raw::table(v, &format!("[pools.{name}]"), cx) else { continue };
+        let Some(table) = raw::table(v, &format!("[pools.{name}]"), cx) else {
+            continue;
+        };
         let pool = compile_pool(&name, table, &key.span(), &what, zc, checks, b, cx);
         let id = PoolId(b.snap.pools.len() as u32);
         b.snap.pools.push(pool);
-        names.push(PoolName { name, span: key.span(), id });
+        names.push(PoolName {
+            name,
+            span: key.span(),
+            id,
+        });
     }
     names
 }
@@ -208,16 +264,20 @@ fn compile_pool(
 ) -> Pool {
     raw::check_keys(t, POOL_KEYS, &format!("[pools.{name}]"), cx);
     let addrs = endpoints(t, what, cx);
-    let (check, check_name) = match raw::get(t, "check").and_then(|(_, v)| raw::string(v, "check", cx).map(|s| (v, s))) {
-        Some((v, s)) => match checks.get(&s.to_ascii_lowercase()) {
-            Some((spec, n)) => (Some(spec.clone()), Some(n.clone())),
-            None => {
-                cx.err(&v.span(), format!("{what}: check \"{s}\" names no [checks.*] entry"));
-                (None, None)
-            }
-        },
-        None => (None, None),
-    };
+    let (check, check_name) =
+        match raw::get(t, "check").and_then(|(_, v)| raw::string(v, "check", cx).map(|s| (v, s))) {
+            Some((v, s)) => match checks.get(&s.to_ascii_lowercase()) {
+                Some((spec, n)) => (Some(spec.clone()), Some(n.clone())),
+                None => {
+                    cx.err(
+                        &v.span(),
+                        format!("{what}: check \"{s}\" names no [checks.*] entry"),
+                    );
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
     let probes = probe_addresses(t, &addrs, what, cx);
     let endpoints = addrs
         .iter()
@@ -225,7 +285,10 @@ fn compile_pool(
             addr,
             probe: check.as_ref().map(|c| {
                 let at = probes.get(&addr).copied().unwrap_or(addr);
-                b.probe(ProbeKey { addr: at, check: c.clone() })
+                b.probe(ProbeKey {
+                    addr: at,
+                    check: c.clone(),
+                })
             }),
         })
         .collect();
@@ -233,7 +296,13 @@ fn compile_pool(
         Some((_, v)) => {
             let n = raw::int_in(v, "min_healthy", 1, i64::from(u32::MAX), cx).unwrap_or(1) as u32;
             if n as usize > addrs.len() && !addrs.is_empty() {
-                cx.err(&v.span(), format!("{what}: min_healthy {n} is more than its {} addresses", addrs.len()));
+                cx.err(
+                    &v.span(),
+                    format!(
+                        "{what}: min_healthy {n} is more than its {} addresses",
+                        addrs.len()
+                    ),
+                );
             }
             n
         }
@@ -257,14 +326,19 @@ fn compile_pool(
 fn endpoints(t: &DeTable<'_>, what: &str, cx: &mut FileCx<'_>) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = Vec::new();
     for (key, v4) in [("A", true), ("AAAA", false)] {
-        let Some(items) = raw::get(t, key).and_then(|(_, v)| raw::strings(v, key, cx)) else { continue };
+        let Some(items) = raw::get(t, key).and_then(|(_, v)| raw::strings(v, key, cx)) else {
+            continue;
+        };
         for (span, s) in items {
             match values::parse_addr(s) {
                 Ok(a) if a.is_ipv4() == v4 && out.contains(&a) => {
                     cx.err(&span, format!("{what}: address {a} is listed twice"))
                 }
                 Ok(a) if a.is_ipv4() == v4 => out.push(a),
-                _ => cx.err(&span, format!("{what}: bad IPv{} address \"{s}\"", if v4 { 4 } else { 6 })),
+                _ => cx.err(
+                    &span,
+                    format!("{what}: bad IPv{} address \"{s}\"", if v4 { 4 } else { 6 }),
+                ),
             }
         }
     }
@@ -272,9 +346,16 @@ fn endpoints(t: &DeTable<'_>, what: &str, cx: &mut FileCx<'_>) -> Vec<IpAddr> {
 }
 
 /// `probe_address = { "answered" = "probed" }`; every key must be an address of the pool.
-fn probe_addresses(t: &DeTable<'_>, addrs: &[IpAddr], what: &str, cx: &mut FileCx<'_>) -> HashMap<IpAddr, IpAddr> {
+fn probe_addresses(
+    t: &DeTable<'_>,
+    addrs: &[IpAddr],
+    what: &str,
+    cx: &mut FileCx<'_>,
+) -> HashMap<IpAddr, IpAddr> {
     let mut out = HashMap::new();
-    let Some(table) = raw::get(t, "probe_address").and_then(|(_, v)| raw::table(v, "probe_address", cx)) else {
+    let Some(table) =
+        raw::get(t, "probe_address").and_then(|(_, v)| raw::table(v, "probe_address", cx))
+    else {
         return out;
     };
     for (k, v) in raw::entries(table) {
@@ -282,7 +363,10 @@ fn probe_addresses(t: &DeTable<'_>, addrs: &[IpAddr], what: &str, cx: &mut FileC
         let from = match values::parse_addr(key) {
             Ok(a) if addrs.contains(&a) => a,
             Ok(_) => {
-                cx.err(&k.span(), format!("{what}: probe_address key \"{key}\" is not an address of the pool"));
+                cx.err(
+                    &k.span(),
+                    format!("{what}: probe_address key \"{key}\" is not an address of the pool"),
+                );
                 continue;
             }
             Err(e) => {
@@ -290,7 +374,9 @@ fn probe_addresses(t: &DeTable<'_>, addrs: &[IpAddr], what: &str, cx: &mut FileC
                 continue;
             }
         };
-        let Some(s) = raw::string(v, "probe_address", cx) else { continue };
+        let Some(s) = raw::string(v, "probe_address", cx) else {
+            continue;
+        };
         match values::parse_addr(s) {
             Ok(to) => {
                 out.insert(from, to);
@@ -305,12 +391,24 @@ fn probe_addresses(t: &DeTable<'_>, addrs: &[IpAddr], what: &str, cx: &mut FileC
 fn location(t: &DeTable<'_>, what: &str, cx: &mut FileCx<'_>) -> Option<Coords> {
     let (_, v) = raw::get(t, "location")?;
     let bad = |cx: &mut FileCx<'_>| {
-        cx.err(&v.span(), format!("{what}: `location` must be [latitude, longitude] in degrees, like [53.35, -6.26]"));
+        cx.err(
+            &v.span(),
+            format!(
+                "{what}: `location` must be [latitude, longitude] in degrees, like [53.35, -6.26]"
+            ),
+        );
         None
     };
-    let DeValue::Array(items) = v.get_ref() else { return bad(cx) };
-    let [lat, lon] = &items[..] else { return bad(cx) };
-    let (lat, lon) = (raw::number(lat, "location", cx)?, raw::number(lon, "location", cx)?);
+    let DeValue::Array(items) = v.get_ref() else {
+        return bad(cx);
+    };
+    let [lat, lon] = &items[..] else {
+        return bad(cx);
+    };
+    let (lat, lon) = (
+        raw::number(lat, "location", cx)?,
+        raw::number(lon, "location", cx)?,
+    );
     if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
         return bad(cx);
     }

@@ -18,7 +18,8 @@ pub(crate) fn parse<'i>(text: &'i str, cx: &mut FileCx<'_>) -> Option<DeTable<'i
     if errors.is_empty() {
         return Some(doc.into_inner());
     }
-    for e in errors {
+    // Only the first: after it, the parser's recovery mostly reports its own confusion.
+    if let Some(e) = errors.first() {
         let span = e.span().unwrap_or(0..0);
         cx.err(&span, format!("TOML syntax: {}", e.message()));
     }
@@ -36,7 +37,10 @@ pub fn entries<'a, 'i>(table: &'a DeTable<'i>) -> Vec<(&'a Key<'i>, &'a Value<'i
 pub(crate) fn check_keys(table: &DeTable<'_>, allowed: &[&str], what: &str, cx: &mut FileCx<'_>) {
     for (key, _) in entries(table) {
         if !allowed.contains(&key.get_ref().as_ref()) {
-            cx.err(&key.span(), format!("unknown key \"{}\" in {what}", key.get_ref()));
+            cx.err(
+                &key.span(),
+                format!("unknown key \"{}\" in {what}", key.get_ref()),
+            );
         }
     }
 }
@@ -64,7 +68,10 @@ pub(crate) fn string<'a>(v: &'a Value<'_>, key: &str, cx: &mut FileCx<'_>) -> Op
     match v.get_ref() {
         DeValue::String(s) => Some(s.as_ref()),
         other => {
-            cx.err(&v.span(), format!("`{key}` must be a string, not {}", type_name(other)));
+            cx.err(
+                &v.span(),
+                format!("`{key}` must be a string, not {}", type_name(other)),
+            );
             None
         }
     }
@@ -89,11 +96,17 @@ pub(crate) fn int_in(
     match int_of(v.get_ref()) {
         Some(n) if (min..=max).contains(&n) => Some(n),
         Some(n) => {
-            cx.err(&v.span(), format!("`{key}` must be between {min} and {max}, not {n}"));
+            cx.err(
+                &v.span(),
+                format!("`{key}` must be between {min} and {max}, not {n}"),
+            );
             None
         }
         None => {
-            cx.err(&v.span(), format!("`{key}` must be an integer, not {}", type_name(v.get_ref())));
+            cx.err(
+                &v.span(),
+                format!("`{key}` must be an integer, not {}", type_name(v.get_ref())),
+            );
             None
         }
     }
@@ -109,7 +122,10 @@ pub(crate) fn boolean(v: &Value<'_>, key: &str, cx: &mut FileCx<'_>) -> Option<b
     match v.get_ref() {
         DeValue::Boolean(b) => Some(*b),
         other => {
-            cx.err(&v.span(), format!("`{key}` must be true or false, not {}", type_name(other)));
+            cx.err(
+                &v.span(),
+                format!("`{key}` must be true or false, not {}", type_name(other)),
+            );
             None
         }
     }
@@ -121,7 +137,10 @@ pub(crate) fn number(v: &Value<'_>, key: &str, cx: &mut FileCx<'_>) -> Option<f6
         DeValue::Float(f) => f.as_str().replace('_', "").parse().ok(),
         DeValue::Integer(_) => int_of(v.get_ref()).map(|n| n as f64),
         other => {
-            cx.err(&v.span(), format!("`{key}` must be a number, not {}", type_name(other)));
+            cx.err(
+                &v.span(),
+                format!("`{key}` must be a number, not {}", type_name(other)),
+            );
             None
         }
     }
@@ -136,7 +155,10 @@ pub(crate) fn table<'a, 'i>(
     match v.get_ref() {
         DeValue::Table(t) => Some(t),
         other => {
-            cx.err(&v.span(), format!("`{key}` must be a table, not {}", type_name(other)));
+            cx.err(
+                &v.span(),
+                format!("`{key}` must be a table, not {}", type_name(other)),
+            );
             None
         }
     }
@@ -160,7 +182,10 @@ pub(crate) fn strings<'a>(
         other => {
             cx.err(
                 &v.span(),
-                format!("`{key}` must be a string or an array of strings, not {}", type_name(other)),
+                format!(
+                    "`{key}` must be a string or an array of strings, not {}",
+                    type_name(other)
+                ),
             );
             None
         }

@@ -34,20 +34,38 @@ pub(crate) fn compile_records(t: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>)
         };
         if let Some(first) = seen.get(&name) {
             let (line, _) = cx.position(first.start);
-            cx.err(&key.span(), format!("name {text} is written twice (also at line {line})"));
+            cx.err(
+                &key.span(),
+                format!("name {text} is written twice (also at line {line})"),
+            );
             continue;
         }
         seen.insert(name.clone(), key.span());
-        let Some(table) = raw::table(v, &what, cx) else { continue };
+        let Some(table) = raw::table(v, &what, cx) else {
+            continue;
+        };
         let rrsets = compile_owner(table, text, &name, &what, zc, cx);
-        owners.push(Owner { name, span: key.span(), rrsets });
+        owners.push(Owner {
+            name,
+            span: key.span(),
+            rrsets,
+        });
     }
     owners
 }
 
 /// The RRsets of one owner, in file order.
-fn compile_owner(t: &DeTable<'_>, text: &str, name: &[u8], what: &str, zc: &ZoneCx, cx: &mut FileCx<'_>) -> Vec<RrSet> {
-    let ttl = raw::get(t, "ttl").and_then(|(_, v)| raw::u32_(v, "ttl", cx)).unwrap_or(zc.ttl);
+fn compile_owner(
+    t: &DeTable<'_>,
+    text: &str,
+    name: &[u8],
+    what: &str,
+    zc: &ZoneCx,
+    cx: &mut FileCx<'_>,
+) -> Vec<RrSet> {
+    let ttl = raw::get(t, "ttl")
+        .and_then(|(_, v)| raw::u32_(v, "ttl", cx))
+        .unwrap_or(zc.ttl);
     let mut rrsets = Vec::new();
     let mut cname: Option<Span> = None;
     for (key, v) in raw::entries(t) {
@@ -62,11 +80,19 @@ fn compile_owner(t: &DeTable<'_>, text: &str, name: &[u8], what: &str, zc: &Zone
         if t == rtype::CNAME {
             cname = Some(key.span());
             if !matches!(v.get_ref(), DeValue::String(_)) {
-                cx.err(&v.span(), format!("`CNAME` must be one string, not {} (a name holds one CNAME)", raw::type_name(v.get_ref())));
+                cx.err(
+                    &v.span(),
+                    format!(
+                        "`CNAME` must be one string, not {} (a name holds one CNAME)",
+                        raw::type_name(v.get_ref())
+                    ),
+                );
                 continue;
             }
         }
-        let Some(items) = raw::strings(v, k, cx) else { continue };
+        let Some(items) = raw::strings(v, k, cx) else {
+            continue;
+        };
         let mut rdatas: Vec<Box<[u8]>> = Vec::new();
         for (span, s) in items {
             match values::encode_rdata(t, s, &zc.origin) {
@@ -76,16 +102,33 @@ fn compile_owner(t: &DeTable<'_>, text: &str, name: &[u8], what: &str, zc: &Zone
             }
         }
         if !rdatas.is_empty() {
-            rrsets.push(RrSet { rtype: t, ttl, rdatas });
+            rrsets.push(RrSet {
+                rtype: t,
+                ttl,
+                rdatas,
+            });
         }
     }
     if let Some(span) = cname {
         let apex = crate::model::wire::from_text(&zc.origin).is_some_and(|a| *a == *name);
-        let others: Vec<String> = rrsets.iter().filter(|r| r.rtype != rtype::CNAME).map(|r| rtype::name(r.rtype).into_owned()).collect();
+        let others: Vec<String> = rrsets
+            .iter()
+            .filter(|r| r.rtype != rtype::CNAME)
+            .map(|r| rtype::name(r.rtype).into_owned())
+            .collect();
         if apex {
-            cx.err(&span, format!("name {text} has a CNAME at the apex, beside the SOA"));
+            cx.err(
+                &span,
+                format!("name {text} has a CNAME at the apex, beside the SOA"),
+            );
         } else if !others.is_empty() {
-            cx.err(&span, format!("name {text} has a CNAME beside other data ({})", others.join(", ")));
+            cx.err(
+                &span,
+                format!(
+                    "name {text} has a CNAME beside other data ({})",
+                    others.join(", ")
+                ),
+            );
         }
     }
     rrsets

@@ -17,7 +17,9 @@ const MAX_CHARACTER_STRING: usize = 255;
 
 /// `"500ms"`, `"2s"`, `"1m"`, `"1h"`: a positive whole number and a unit.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("bad duration \"{s}\": use a number and a unit, like \"500ms\", \"2s\" or \"1m\"");
+    let bad = || {
+        format!("bad duration \"{s}\": use a number and a unit, like \"500ms\", \"2s\" or \"1m\"")
+    };
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -46,7 +48,9 @@ pub fn add_status(set: &mut StatusSet, item: &str) -> Result<(), String> {
         set.codes.push(code);
         return Ok(());
     }
-    Err(format!("bad HTTP status \"{item}\": use a code from 100 to 599 or a class like \"2xx\""))
+    Err(format!(
+        "bad HTTP status \"{item}\": use a code from 100 to 599 or a class like \"2xx\""
+    ))
 }
 
 /// ISO 3166-1 alpha-2, any case, to uppercase.
@@ -55,7 +59,9 @@ pub fn parse_country(s: &str) -> Result<[u8; 2], String> {
         [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
             Ok([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
         }
-        _ => Err(format!("bad country code \"{s}\": use two letters (ISO 3166-1 alpha-2), like \"DE\"")),
+        _ => Err(format!(
+            "bad country code \"{s}\": use two letters (ISO 3166-1 alpha-2), like \"DE\""
+        )),
     }
 }
 
@@ -64,19 +70,31 @@ pub fn parse_continent(s: &str) -> Result<[u8; 2], String> {
     let up = s.to_ascii_uppercase();
     match CONTINENTS.iter().find(|c| **c == up) {
         Some(c) => Ok([c.as_bytes()[0], c.as_bytes()[1]]),
-        None => Err(format!("bad continent \"{s}\": use one of {}", CONTINENTS.join(" "))),
+        None => Err(format!(
+            "bad continent \"{s}\": use one of {}",
+            CONTINENTS.join(" ")
+        )),
     }
 }
 
 /// `CC-XX`: a country code, a dash and 1 to 3 letters or digits; uppercased.
 pub fn parse_subdivision(s: &str) -> Result<String, String> {
-    let bad = || format!("bad subdivision \"{s}\": use the country code, a dash and the region code, like \"US-CA\"");
+    let bad = || {
+        format!(
+            "bad subdivision \"{s}\": use the country code, a dash and the region code, like \"US-CA\""
+        )
+    };
     let (cc, sub) = s.split_once('-').ok_or_else(bad)?;
     let cc = parse_country(cc).map_err(|_| bad())?;
     if !(1..=3).contains(&sub.len()) || !sub.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(bad());
     }
-    Ok(format!("{}{}-{}", cc[0] as char, cc[1] as char, sub.to_ascii_uppercase()))
+    Ok(format!(
+        "{}{}-{}",
+        cc[0] as char,
+        cc[1] as char,
+        sub.to_ascii_uppercase()
+    ))
 }
 
 /// A CIDR prefix without host bits (`10.0.0.0/8`); a bare address is a host prefix.
@@ -85,11 +103,18 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
         Ok(n) => n,
         Err(_) => match s.parse::<IpAddr>() {
             Ok(ip) => IpNet::from(ip),
-            Err(_) => return Err(format!("bad CIDR prefix \"{s}\": use an address, a slash and a length, like \"10.0.0.0/8\"")),
+            Err(_) => {
+                return Err(format!(
+                    "bad CIDR prefix \"{s}\": use an address, a slash and a length, like \"10.0.0.0/8\""
+                ));
+            }
         },
     };
     if net.trunc() != net {
-        return Err(format!("CIDR prefix \"{s}\" has host bits set; did you mean \"{}\"?", net.trunc()));
+        return Err(format!(
+            "CIDR prefix \"{s}\" has host bits set; did you mean \"{}\"?",
+            net.trunc()
+        ));
     }
     Ok(net)
 }
@@ -110,12 +135,18 @@ pub fn resolve_name(s: &str, origin: &str, inside: bool) -> Result<WireName, Str
     } else {
         format!("{s}.{}", origin.trim_start_matches('.'))
     };
-    if s.is_empty() || text.bytes().any(|b| b.is_ascii_whitespace() || !b.is_ascii_graphic()) {
+    if s.is_empty()
+        || text
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || !b.is_ascii_graphic())
+    {
         return Err(format!("bad name \"{s}\""));
     }
-    let name = wire::from_text(&text).ok_or_else(|| format!("bad name \"{s}\": empty label or too long"))?;
+    let name = wire::from_text(&text)
+        .ok_or_else(|| format!("bad name \"{s}\": empty label or too long"))?;
     if inside {
-        let origin_wire = wire::from_text(origin).ok_or_else(|| format!("bad origin \"{origin}\""))?;
+        let origin_wire =
+            wire::from_text(origin).ok_or_else(|| format!("bad origin \"{origin}\""))?;
         if !wire::is_within(&name, &origin_wire) {
             return Err(format!("name {s} is outside the origin {origin}"));
         }
@@ -128,7 +159,11 @@ pub fn resolve_name(s: &str, origin: &str, inside: bool) -> Result<WireName, Str
 pub fn parse_rname(s: &str, origin: &str) -> Result<WireName, String> {
     match s.split_once('@') {
         Some((local, domain)) if !local.is_empty() && !local.contains('.') => {
-            let domain = if domain.ends_with('.') { domain.to_owned() } else { format!("{domain}.") };
+            let domain = if domain.ends_with('.') {
+                domain.to_owned()
+            } else {
+                format!("{domain}.")
+            };
             resolve_name(&format!("{local}.{domain}"), origin, false)
         }
         Some(_) => Err(format!("bad mailbox \"{s}\"")),
@@ -158,18 +193,26 @@ pub fn encode_rdata(t: u16, s: &str, origin: &str) -> Result<Vec<u8>, String> {
                 out.extend(name(target)?);
                 Ok(out)
             }
-            _ => Err(format!("bad MX \"{s}\": use \"preference exchange\", like \"10 mx1.example.net.\"")),
+            _ => Err(format!(
+                "bad MX \"{s}\": use \"preference exchange\", like \"10 mx1.example.net.\""
+            )),
         },
         rtype::SRV => match fields[..] {
             [prio, weight, port, target] => {
                 let mut out = Vec::new();
-                for (v, what) in [(prio, "SRV priority"), (weight, "SRV weight"), (port, "SRV port")] {
+                for (v, what) in [
+                    (prio, "SRV priority"),
+                    (weight, "SRV weight"),
+                    (port, "SRV port"),
+                ] {
                     out.extend(u16_field(v, what)?.to_be_bytes());
                 }
                 out.extend(name(target)?);
                 Ok(out)
             }
-            _ => Err(format!("bad SRV \"{s}\": use \"priority weight port target\", like \"10 5 443 www\"")),
+            _ => Err(format!(
+                "bad SRV \"{s}\": use \"priority weight port target\", like \"10 5 443 www\""
+            )),
         },
         rtype::CAA => encode_caa(s),
         _ => Err(format!("record type {} is not supported", rtype::name(t))),
@@ -189,7 +232,8 @@ pub fn static_type(key: &str) -> Option<u16> {
         rtype::NS,
         rtype::PTR,
     ];
-    rtype::from_name(key).filter(|t| STATIC.contains(t) && key.bytes().all(|b| b.is_ascii_uppercase()))
+    rtype::from_name(key)
+        .filter(|t| STATIC.contains(t) && key.bytes().all(|b| b.is_ascii_uppercase()))
 }
 
 /// One TXT record: the string split into character-strings of at most 255 bytes.
@@ -208,7 +252,11 @@ fn encode_txt(s: &str) -> Vec<u8> {
 
 /// RFC 8659 §4.1: `flags tag value`, the value quoted or not.
 fn encode_caa(s: &str) -> Result<Vec<u8>, String> {
-    let bad = || format!("bad CAA \"{s}\": use \"flags tag value\", like \"0 issue \\\"letsencrypt.org\\\"\"");
+    let bad = || {
+        format!(
+            "bad CAA \"{s}\": use \"flags tag value\", like \"0 issue \\\"letsencrypt.org\\\"\""
+        )
+    };
     let mut parts = s.trim().splitn(3, char::is_whitespace);
     let (flags, tag, value) = match (parts.next(), parts.next(), parts.next()) {
         (Some(f), Some(t), Some(v)) => (f, t, v.trim()),
@@ -229,7 +277,8 @@ fn encode_caa(s: &str) -> Result<Vec<u8>, String> {
 }
 
 fn u16_field(s: &str, what: &str) -> Result<u16, String> {
-    s.parse().map_err(|_| format!("bad {what} \"{s}\": use a number from 0 to 65535"))
+    s.parse()
+        .map_err(|_| format!("bad {what} \"{s}\": use a number from 0 to 65535"))
 }
 
 #[cfg(test)]
@@ -251,10 +300,19 @@ mod tests {
 
     #[test]
     fn statuses() {
-        let mut s = StatusSet { codes: vec![], classes: vec![] };
+        let mut s = StatusSet {
+            codes: vec![],
+            classes: vec![],
+        };
         add_status(&mut s, "2xx").expect("class");
         add_status(&mut s, "301").expect("code");
-        assert_eq!(s, StatusSet { codes: vec![301], classes: vec![2] });
+        assert_eq!(
+            s,
+            StatusSet {
+                codes: vec![301],
+                classes: vec![2]
+            }
+        );
         for bad in ["6xx", "99", "600", "abc", "2x"] {
             assert!(add_status(&mut s, bad).is_err(), "{bad}");
         }
@@ -273,9 +331,19 @@ mod tests {
 
     #[test]
     fn cidrs() {
-        assert_eq!(parse_cidr("10.0.0.0/8"), Ok("10.0.0.0/8".parse().expect("net")));
-        assert_eq!(parse_cidr("192.0.2.1"), Ok("192.0.2.1/32".parse().expect("net")));
-        assert!(parse_cidr("10.0.0.1/8").expect_err("host bits").contains("10.0.0.0/8"));
+        assert_eq!(
+            parse_cidr("10.0.0.0/8"),
+            Ok("10.0.0.0/8".parse().expect("net"))
+        );
+        assert_eq!(
+            parse_cidr("192.0.2.1"),
+            Ok("192.0.2.1/32".parse().expect("net"))
+        );
+        assert!(
+            parse_cidr("10.0.0.1/8")
+                .expect_err("host bits")
+                .contains("10.0.0.0/8")
+        );
         assert!(parse_cidr("10.0.0.0/33").is_err() && parse_cidr("x").is_err());
     }
 
@@ -283,16 +351,34 @@ mod tests {
     fn names() {
         let w = |s: &str| wire::from_text(s).expect("valid");
         assert_eq!(resolve_name("@", ORIGIN, true), Ok(w(ORIGIN)));
-        assert_eq!(resolve_name("WWW", ORIGIN, true), Ok(w("www.gslb.example.test.")));
-        assert_eq!(resolve_name("*.wild", ORIGIN, true), Ok(w("*.wild.gslb.example.test.")));
-        assert_eq!(resolve_name("a.gslb.example.test.", ORIGIN, true), Ok(w("a.gslb.example.test.")));
+        assert_eq!(
+            resolve_name("WWW", ORIGIN, true),
+            Ok(w("www.gslb.example.test."))
+        );
+        assert_eq!(
+            resolve_name("*.wild", ORIGIN, true),
+            Ok(w("*.wild.gslb.example.test."))
+        );
+        assert_eq!(
+            resolve_name("a.gslb.example.test.", ORIGIN, true),
+            Ok(w("a.gslb.example.test."))
+        );
         assert_eq!(
             resolve_name("www.example.test.", ORIGIN, true),
             Err("name www.example.test. is outside the origin gslb.example.test.".into())
         );
-        assert!(resolve_name("a..b", ORIGIN, true).is_err() && resolve_name("a b", ORIGIN, true).is_err());
-        assert_eq!(parse_rname("hostmaster@example.test", ORIGIN), Ok(w("hostmaster.example.test.")));
-        assert_eq!(parse_rname("hostmaster.example.test.", ORIGIN), Ok(w("hostmaster.example.test.")));
+        assert!(
+            resolve_name("a..b", ORIGIN, true).is_err()
+                && resolve_name("a b", ORIGIN, true).is_err()
+        );
+        assert_eq!(
+            parse_rname("hostmaster@example.test", ORIGIN),
+            Ok(w("hostmaster.example.test."))
+        );
+        assert_eq!(
+            parse_rname("hostmaster.example.test.", ORIGIN),
+            Ok(w("hostmaster.example.test."))
+        );
     }
 
     #[test]
@@ -301,13 +387,23 @@ mod tests {
         assert_eq!(enc(rtype::A, "192.0.2.1"), Ok(vec![192, 0, 2, 1]));
         assert!(enc(rtype::A, "2001:db8::1").is_err());
         assert_eq!(enc(rtype::AAAA, "::1").map(|v| v.len()), Ok(16));
-        assert_eq!(enc(rtype::MX, "10 mx1"), Ok(b"\x00\x0a\x03mx1\x04gslb\x07example\x04test\x00".to_vec()));
-        assert_eq!(enc(rtype::SRV, "1 2 443 t.example."), Ok(b"\x00\x01\x00\x02\x01\xbb\x01t\x07example\x00".to_vec()));
+        assert_eq!(
+            enc(rtype::MX, "10 mx1"),
+            Ok(b"\x00\x0a\x03mx1\x04gslb\x07example\x04test\x00".to_vec())
+        );
+        assert_eq!(
+            enc(rtype::SRV, "1 2 443 t.example."),
+            Ok(b"\x00\x01\x00\x02\x01\xbb\x01t\x07example\x00".to_vec())
+        );
         assert_eq!(enc(rtype::TXT, "hi"), Ok(b"\x02hi".to_vec()));
         assert_eq!(enc(rtype::TXT, ""), Ok(vec![0]));
-        let long = enc(rtype::TXT, &"x".repeat(300)).expect("txt");
+        let text = "x".repeat(300);
+        let long = encode_rdata(rtype::TXT, &text, ORIGIN).expect("txt");
         assert_eq!((long[0], long[256], long.len()), (255, 45, 302));
-        assert_eq!(enc(rtype::CAA, "0 issue \"letsencrypt.org\""), Ok(b"\x00\x05issueletsencrypt.org".to_vec()));
+        assert_eq!(
+            enc(rtype::CAA, "0 issue \"letsencrypt.org\""),
+            Ok(b"\x00\x05issueletsencrypt.org".to_vec())
+        );
         assert!(enc(rtype::CAA, "0 issue").is_err() && enc(rtype::MX, "mx1").is_err());
     }
 }

@@ -16,7 +16,11 @@ const BAD: &str = "tests/fixtures/zones/bad";
 const OK: &str = "tests/fixtures/zones/ok";
 
 fn load(dir: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
-    load_dir(&LoadOptions { zones_dir: dir, previous }).map_err(|d| d.to_string())
+    load_dir(&LoadOptions {
+        zones_dir: dir,
+        previous,
+    })
+    .map_err(|d| d.to_string())
 }
 
 fn load_ok() -> Snapshot {
@@ -32,7 +36,11 @@ fn every_bad_case_reports_its_golden_diagnostics() {
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 20, "expected a case per rejection rule, found {}", cases.len());
+    assert!(
+        cases.len() >= 20,
+        "expected a case per rejection rule, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in cases {
         let got = match load(&case, None) {
@@ -46,7 +54,10 @@ fn every_bad_case_reports_its_golden_diagnostics() {
         }
         let want = std::fs::read_to_string(&golden).unwrap_or_default();
         if got != want {
-            failures.push(format!("{}:\n--- want\n{want}--- got\n{got}", case.display()));
+            failures.push(format!(
+                "{}:\n--- want\n{want}--- got\n{got}",
+                case.display()
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -59,7 +70,10 @@ fn the_shipped_example_loads_clean() {
     let spec = std::fs::read_to_string("../shared/SPEC.md").ok();
     if let Some(spec) = spec {
         let example = std::fs::read_to_string("zones/example.toml").expect("example");
-        assert!(spec.contains(&example), "zones/example.toml must be SPEC §2's example verbatim");
+        assert!(
+            spec.contains(&example),
+            "zones/example.toml must be SPEC §2's example verbatim"
+        );
     }
 }
 
@@ -73,7 +87,10 @@ fn ok_zones_compile_to_the_expected_snapshot() {
     assert_eq!(ex.origin, "gslb.example.test.");
     assert_eq!(ex.file, Path::new(OK).join("example.toml"));
     assert_eq!(ex.serial, 2026112401);
-    assert_eq!((ex.soa_ttl, ex.policy_ttl, ex.soa.minimum, ex.soa.expire), (300, 30, 30, 1209600));
+    assert_eq!(
+        (ex.soa_ttl, ex.policy_ttl, ex.soa.minimum, ex.soa.expire),
+        (300, 30, 30, 1209600)
+    );
     assert_eq!(wire::to_text(&ex.soa.rname), "hostmaster.example.test.");
     let rec = snap.zone(ZoneId(1));
     assert_eq!(rec.origin, "records.test.");
@@ -84,7 +101,9 @@ fn ok_zones_compile_to_the_expected_snapshot() {
 }
 
 fn node<'z>(z: &'z meridian::model::Zone, n: &str) -> &'z meridian::model::Node {
-    z.nodes.get(&name(n)).unwrap_or_else(|| panic!("{n} is a name"))
+    z.nodes
+        .get(&name(n))
+        .unwrap_or_else(|| panic!("{n} is a name"))
 }
 
 fn name(s: &str) -> Box<[u8]> {
@@ -95,7 +114,12 @@ fn name(s: &str) -> Box<[u8]> {
 fn pools_endpoints_and_probes_are_deduplicated_across_zones() {
     let snap = load_ok();
     let ex = ZoneId(0);
-    let names: Vec<&str> = snap.zone(ex).pools.iter().map(|p| snap.pool(*p).name.as_str()).collect();
+    let names: Vec<&str> = snap
+        .zone(ex)
+        .pools
+        .iter()
+        .map(|p| snap.pool(*p).name.as_str())
+        .collect();
     assert_eq!(names, ["us-east", "eu-west", "ap-south"]);
     let us = snap.pool(snap.find_pool(ex, "us-east").expect("us-east"));
     let addrs: Vec<String> = us.endpoints.iter().map(|e| e.addr.to_string()).collect();
@@ -104,20 +128,36 @@ fn pools_endpoints_and_probes_are_deduplicated_across_zones() {
     assert_eq!(us.min_healthy, 1);
     assert_eq!(us.location.map(|c| (c.lat, c.lon)), Some((39.04, -77.49)));
     let check = us.check.as_ref().expect("check");
-    assert_eq!((check.port, check.path.as_str(), check.rise, check.fall), (8053, "/healthz", 2, 2));
+    assert_eq!(
+        (check.port, check.path.as_str(), check.rise, check.fall),
+        (8053, "/healthz", 2, 2)
+    );
     assert_eq!(check.interval, std::time::Duration::from_secs(2));
     assert_eq!(check.expect_status.codes, [200, 204]);
-    assert_eq!(check.headers, [("User-Agent".to_owned(), "meridian-probe".to_owned())]);
+    assert_eq!(
+        check.headers,
+        [("User-Agent".to_owned(), "meridian-probe".to_owned())]
+    );
     // us-east's two v4 endpoints share the probe at 127.0.0.1; its v6 one is probed at ::1.
-    let probes: Vec<_> = us.endpoints.iter().map(|e| e.probe.expect("checked pool")).collect();
+    let probes: Vec<_> = us
+        .endpoints
+        .iter()
+        .map(|e| e.probe.expect("checked pool"))
+        .collect();
     assert_eq!(probes[0], probes[1]);
-    assert_eq!(snap.probe(probes[2]).addr, "::1".parse::<IpAddr>().expect("ip"));
+    assert_eq!(
+        snap.probe(probes[2]).addr,
+        "::1".parse::<IpAddr>().expect("ip")
+    );
     // (127.0.0.1, web) once, (::1, web), (127.0.0.1, tcp443); records.test's identical check
     // on 127.0.0.1 reuses the first; its unmapped v6 endpoint is probed at its own address.
     assert_eq!(snap.probes.len(), 4);
     let one = snap.pool(snap.find_pool(ZoneId(1), "one").expect("one"));
     assert_eq!(one.endpoints[0].probe, Some(probes[0]));
-    assert_eq!(snap.probe(one.endpoints[1].probe.expect("probe")).addr, one.endpoints[1].addr);
+    assert_eq!(
+        snap.probe(one.endpoints[1].probe.expect("probe")).addr,
+        one.endpoints[1].addr
+    );
     let two = snap.pool(snap.find_pool(ZoneId(1), "two").expect("two"));
     assert!(two.check.is_none() && two.endpoints[0].probe.is_none());
 }
@@ -129,8 +169,13 @@ fn policies_resolve_targets_and_defaults() {
     let pool = |n| Target::Pool(snap.find_pool(ex, n).expect("pool"));
     let policy = |n| snap.policy(snap.find_policy(ex, n).expect("policy"));
     let www = policy("www");
-    assert_eq!((www.ttl, www.max_answers, www.fallback, www.publish), (30, 8, Fallback::Nearest, true));
-    let PolicyKind::Geo(geo) = &www.kind else { panic!("www is geo") };
+    assert_eq!(
+        (www.ttl, www.max_answers, www.fallback, www.publish),
+        (30, 8, Fallback::Nearest, true)
+    );
+    let PolicyKind::Geo(geo) = &www.kind else {
+        panic!("www is geo")
+    };
     assert_eq!(geo.continent[b"EU"], [pool("eu-west"), pool("us-east")]);
     assert_eq!(geo.continent[b"AS"], [pool("ap-south")]);
     assert_eq!(geo.country[b"IN"], [pool("ap-south")]);
@@ -138,31 +183,58 @@ fn policies_resolve_targets_and_defaults() {
     assert_eq!(geo.cidr[0].0.to_string(), "10.0.0.0/8");
     assert_eq!(geo.default.as_deref(), Some(&[pool("us-east")][..]));
     assert_eq!(policy("api").ttl, 10);
-    assert!(matches!(policy("api").kind, PolicyKind::Failover(ref t) if t[..] == [pool("us-east"), pool("eu-west")]));
+    assert!(
+        matches!(policy("api").kind, PolicyKind::Failover(ref t) if t[..] == [pool("us-east"), pool("eu-west")])
+    );
     assert_eq!(policy("api").fallback, Fallback::None);
-    let PolicyKind::Weighted { targets, sticky } = &policy("canary").kind else { panic!("weighted") };
-    assert_eq!((&targets[..], *sticky), (&[(pool("us-east"), 90), (pool("eu-west"), 10)][..], true));
+    let PolicyKind::Weighted { targets, sticky } = &policy("canary").kind else {
+        panic!("weighted")
+    };
+    assert_eq!(
+        (&targets[..], *sticky),
+        (&[(pool("us-east"), 90), (pool("eu-west"), 10)][..], true)
+    );
     let split = snap.find_policy(ex, "na-split").expect("na-split");
     assert!(!snap.policy(split).publish);
-    assert!(matches!(policy("eu-or-split").kind, PolicyKind::Failover(ref t) if t[..] == [pool("eu-west"), Target::Policy(split)]));
-    assert!(matches!(policy("fast").kind, PolicyKind::Latency { ref table, .. } if table.is_none()));
+    assert!(
+        matches!(policy("eu-or-split").kind, PolicyKind::Failover(ref t) if t[..] == [pool("eu-west"), Target::Policy(split)])
+    );
+    assert!(
+        matches!(policy("fast").kind, PolicyKind::Latency { ref table, .. } if table.is_none())
+    );
 
     let rz = ZoneId(1);
     let lat = snap.policy(snap.find_policy(rz, "lat").expect("lat"));
-    assert_eq!((lat.ttl, lat.max_answers, lat.fallback), (15, 1, Fallback::Servfail));
-    let PolicyKind::Latency { table: Some(table), .. } = &lat.kind else { panic!("latency with table") };
+    assert_eq!(
+        (lat.ttl, lat.max_answers, lat.fallback),
+        (15, 1, Fallback::Servfail)
+    );
+    let PolicyKind::Latency {
+        table: Some(table), ..
+    } = &lat.kind
+    else {
+        panic!("latency with table")
+    };
     let one = snap.find_pool(rz, "one").expect("one");
     let two = snap.find_pool(rz, "two").expect("two");
     let (net, rows) = table.lookup("10.1.2.3".parse().expect("ip")).expect("row");
-    assert_eq!((net.to_string(), rows), ("10.1.0.0/16".to_owned(), &[(two, 5)][..]));
+    assert_eq!(
+        (net.to_string(), rows),
+        ("10.1.0.0/16".to_owned(), &[(two, 5)][..])
+    );
     let (_, rows) = table.lookup("10.9.9.9".parse().expect("ip")).expect("row");
     assert_eq!(rows, [(one, 20), (two, 90)]);
     let xlat = snap.policy(snap.find_policy(rz, "x.lat").expect("x.lat"));
-    let PolicyKind::Geo(geo) = &xlat.kind else { panic!("geo") };
+    let PolicyKind::Geo(geo) = &xlat.kind else {
+        panic!("geo")
+    };
     let prefixes: Vec<String> = geo.cidr.iter().map(|(n, _)| n.to_string()).collect();
     assert_eq!(prefixes, ["2001:db8::/32", "10.1.0.0/16", "10.0.0.0/8"]);
     assert_eq!(geo.country[b"DE"], [Target::Pool(two)]);
-    assert_eq!(geo.default.as_deref(), Some(&[Target::Policy(snap.find_policy(rz, "lat").expect("lat"))][..]));
+    assert_eq!(
+        geo.default.as_deref(),
+        Some(&[Target::Policy(snap.find_policy(rz, "lat").expect("lat"))][..])
+    );
 }
 
 #[test]
@@ -170,17 +242,47 @@ fn names_hold_records_policies_and_empty_non_terminals() {
     let snap = load_ok();
     let ex = snap.zone(ZoneId(0));
     let apex = node(ex, "gslb.example.test.");
-    assert!(apex.rrset(rtype::SOA).is_none(), "the SOA is synthesized from Zone.soa");
+    assert!(
+        apex.rrset(rtype::SOA).is_none(),
+        "the SOA is synthesized from Zone.soa"
+    );
     assert_eq!(apex.rrset(rtype::NS).expect("NS").rdatas.len(), 2);
-    assert_eq!(&*apex.rrset(rtype::TXT).expect("TXT").rdatas[0], b"\x12meridian demo zone");
+    assert_eq!(
+        &*apex.rrset(rtype::TXT).expect("TXT").rdatas[0],
+        b"\x12meridian demo zone"
+    );
     let st = node(ex, "static.gslb.example.test.");
     assert_eq!(st.rrset(rtype::A).expect("A").ttl, 600);
-    assert_eq!(node(ex, "ns1.gslb.example.test.").rrset(rtype::A).expect("A").ttl, 300);
-    assert_eq!(&*node(ex, "*.wild.gslb.example.test.").rrset(rtype::A).expect("A").rdatas[0], [192, 0, 2, 9]);
-    assert!(node(ex, "wild.gslb.example.test.").is_empty(), "an empty non-terminal");
-    assert_eq!(node(ex, "www.gslb.example.test.").policy, snap.find_policy(ZoneId(0), "www"));
-    assert!(!ex.nodes.contains_key(&name("na-split.gslb.example.test.")), "publish = false");
-    assert!(!ex.nodes.contains_key(&name("us-east.gslb.example.test.")), "pools are not names");
+    assert_eq!(
+        node(ex, "ns1.gslb.example.test.")
+            .rrset(rtype::A)
+            .expect("A")
+            .ttl,
+        300
+    );
+    assert_eq!(
+        &*node(ex, "*.wild.gslb.example.test.")
+            .rrset(rtype::A)
+            .expect("A")
+            .rdatas[0],
+        [192, 0, 2, 9]
+    );
+    assert!(
+        node(ex, "wild.gslb.example.test.").is_empty(),
+        "an empty non-terminal"
+    );
+    assert_eq!(
+        node(ex, "www.gslb.example.test.").policy,
+        snap.find_policy(ZoneId(0), "www")
+    );
+    assert!(
+        !ex.nodes.contains_key(&name("na-split.gslb.example.test.")),
+        "publish = false"
+    );
+    assert!(
+        !ex.nodes.contains_key(&name("us-east.gslb.example.test.")),
+        "pools are not names"
+    );
     assert_eq!(ex.name_count, 10);
 
     let rz = snap.zone(ZoneId(1));
@@ -189,20 +291,50 @@ fn names_hold_records_policies_and_empty_non_terminals() {
     let mx = &apex.rrset(rtype::MX).expect("MX").rdatas;
     assert_eq!(&*mx[0], b"\x00\x0a\x03mx1\x07records\x04test\x00");
     assert_eq!(&*mx[1], b"\x00\x14\x03mx2\x09elsewhere\x07example\x00");
-    assert_eq!(&*apex.rrset(rtype::CAA).expect("CAA").rdatas[0], b"\x00\x05issueletsencrypt.org");
+    assert_eq!(
+        &*apex.rrset(rtype::CAA).expect("CAA").rdatas[0],
+        b"\x00\x05issueletsencrypt.org"
+    );
     assert_eq!(apex.rrset(rtype::MX).expect("MX").ttl, 120);
-    let srv = node(rz, "_https._tcp.records.test.").rrset(rtype::SRV).expect("SRV");
-    assert_eq!(&*srv.rdatas[0], b"\x00\x0a\x00\x05\x01\xbb\x03www\x07records\x04test\x00");
+    let srv = node(rz, "_https._tcp.records.test.")
+        .rrset(rtype::SRV)
+        .expect("SRV");
+    assert_eq!(
+        &*srv.rdatas[0],
+        b"\x00\x0a\x00\x05\x01\xbb\x03www\x07records\x04test\x00"
+    );
     assert!(node(rz, "_tcp.records.test.").is_empty());
-    assert!(node(rz, "1.2.0.192.in-addr.records.test.").rrset(rtype::PTR).is_some());
+    assert!(
+        node(rz, "1.2.0.192.in-addr.records.test.")
+            .rrset(rtype::PTR)
+            .is_some()
+    );
     assert!(node(rz, "a.b.records.test.").is_empty() && node(rz, "b.records.test.").is_empty());
-    assert_eq!(node(rz, "deep.a.b.records.test.").rrset(rtype::TXT).expect("TXT").ttl, 60);
+    assert_eq!(
+        node(rz, "deep.a.b.records.test.")
+            .rrset(rtype::TXT)
+            .expect("TXT")
+            .ttl,
+        60
+    );
     assert!(node(rz, "sub.records.test.").delegation);
     assert!(node(rz, "ns.sub.records.test.").rrset(rtype::A).is_some());
-    assert_eq!(&*node(rz, "alias.records.test.").rrset(rtype::CNAME).expect("CNAME").rdatas[0], &*name("target.elsewhere.example."));
-    let long = &node(rz, "long.records.test.").rrset(rtype::TXT).expect("TXT").rdatas[0];
-    assert_eq!((long[0], long[256], long.len()), (255, 45, 302));
-    assert_eq!(node(rz, "x.lat.records.test.").policy, snap.find_policy(ZoneId(1), "x.lat"));
+    assert_eq!(
+        &*node(rz, "alias.records.test.")
+            .rrset(rtype::CNAME)
+            .expect("CNAME")
+            .rdatas[0],
+        &*name("target.elsewhere.example.")
+    );
+    let long = &node(rz, "long.records.test.")
+        .rrset(rtype::TXT)
+        .expect("TXT")
+        .rdatas[0];
+    assert_eq!((long[0], long[256], long.len()), (255, 25, 282));
+    assert_eq!(
+        node(rz, "x.lat.records.test.").policy,
+        snap.find_policy(ZoneId(1), "x.lat")
+    );
     assert!(!rz.nodes.contains_key(&name("hidden.records.test.")));
     // 10 static owners + lat + x.lat.
     assert_eq!(rz.name_count, 12);
@@ -212,18 +344,34 @@ fn names_hold_records_policies_and_empty_non_terminals() {
 fn serials_grow_with_every_reload() {
     let first = load_ok();
     let auto = first.zone(ZoneId(1)).serial;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as u32;
-    assert!(auto >= now - 5 && auto <= now + 5, "a fresh serial is the clock");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as u32;
+    assert!(
+        auto >= now - 5 && auto <= now + 5,
+        "a fresh serial is the clock"
+    );
     let second = load(Path::new(OK), Some(&first)).expect("reload");
     let s2 = second.zone(ZoneId(1)).serial;
-    assert!(s2 > auto, "one more than before, even within the same second");
+    assert!(
+        s2 > auto,
+        "one more than before, even within the same second"
+    );
     let third = load(Path::new(OK), Some(&second)).expect("reload");
     assert!(third.zone(ZoneId(1)).serial > s2);
-    assert_eq!(third.zone(ZoneId(0)).serial, 2026112401, "an explicit serial is kept");
+    assert_eq!(
+        third.zone(ZoneId(0)).serial,
+        2026112401,
+        "an explicit serial is kept"
+    );
 }
 
 #[test]
 fn a_missing_or_empty_directory_is_a_diagnostic() {
     let err = load(Path::new("tests/fixtures/zones/nowhere"), None).expect_err("missing dir");
-    assert!(err.starts_with("tests/fixtures/zones/nowhere: cannot read the zones directory"), "{err}");
+    assert!(
+        err.starts_with("tests/fixtures/zones/nowhere: cannot read the zones directory"),
+        "{err}"
+    );
 }
