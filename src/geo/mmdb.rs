@@ -1,9 +1,29 @@
-//! Placeholder until the reader lands.
+//! `GeoDb`: MaxMind DB (`.mmdb`) files of every layout Meridian knows, read through one
+//! tolerant, zero-copy record type.
+//!
+//! Layouts (see /work/shared/notes/geoip.md §3.3):
+//! - GeoIP2/GeoLite2 City and Country, DB-IP, our own test DB: `country.iso_code`,
+//!   `registered_country.iso_code`, `continent.code`, `location.latitude/longitude`,
+//!   `subdivisions[0].iso_code`;
+//! - IPinfo Lite (flat): `country_code`, `continent_code`, `asn` as `"AS15169"`; its
+//!   `country`/`continent` are names and are ignored;
+//! - legacy IPinfo: `country`/`continent` as code strings;
+//! - ip-location-db (flat): `country_code`, top-level `latitude`/`longitude` as float32.
+//!
+//! A lookup decodes the record into [`RawRecord`], whose fields borrow from the database
+//! buffer and whose visitors skip what they do not need, so the DNS path allocates nothing.
+
 use std::net::IpAddr;
 use std::path::Path;
 
-use super::{Locate, Location};
+use ipnet::IpNet;
+use maxminddb::Reader;
 
+use super::countries;
+use super::record::{AsnRecord, RawRecord};
+use super::{Location, Subdivision};
+
+/// Opening a database failed; lookups themselves never fail (a bad record is "no match").
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
     #[error("{path}: {message}")]
@@ -11,16 +31,195 @@ pub enum GeoError {
 }
 
 /// A GeoIP database (City or Country layout) plus an optional ASN database.
-pub struct GeoDb {}
+pub struct GeoDb {
+    city: Reader<Vec<u8>>,
+    asn: Option<Reader<Vec<u8>>>,
+}
+
+/// Where a [`Location`]'s coordinates came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CoordsSource {
+    /// The database record's own `location` (or flat `latitude`/`longitude`).
+    Record,
+    /// The country's capital, from `geoip/countries.csv`.
+    CountryTable,
+    /// The continent's representative point.
+    ContinentTable,
+}
+
+/// Everything the database says about one address, for `meridian geoip` and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoReport {
+    /// The address looked up (`::ffff:a.b.c.d` already turned into `a.b.c.d`).
+    pub ip: IpAddr,
+    /// The database network that holds the address.
+    pub network: IpNet,
+    pub location: Location,
+    pub coords_source: Option<CoordsSource>,
+    /// True when the continent came from the countries table, not the record.
+    pub continent_from_table: bool,
+}
 
 impl GeoDb {
-    pub fn open(_city: &Path, _asn: Option<&Path>) -> Result<GeoDb, GeoError> {
-        Ok(GeoDb {})
+    /// Load a City/Country database and optionally an ASN database into memory.
+    pub fn open(city: &Path, asn: Option<&Path>) -> Result<GeoDb, GeoError> {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| open_error(path, &e.to_string()))
+                .and_then(|bytes| Reader::from_source(bytes).map_err(|e| open_error(path, &e.to_string())))
+        };
+        Ok(GeoDb {
+            city: read(city)?,
+            asn: asn.map(read).transpose()?,
+        })
+    }
+
+    /// Like [`GeoDb::open`], from bytes already in memory (tests, embedded databases).
+    pub fn from_bytes(city: Vec<u8>, asn: Option<Vec<u8>>) -> Result<GeoDb, GeoError> {
+        let parse = |what: &str, bytes: Vec<u8>| {
+            Reader::from_source(bytes).map_err(|e| GeoError::Open {
+                path: format!("<{what} bytes>"),
+                message: e.to_string(),
+            })
+        };
+        Ok(GeoDb {
+            city: parse("city", city)?,
+            asn: asn.map(|b| parse("asn", b)).transpose()?,
+        })
+    }
+
+    /// Everything known about `ip`, or `None` when the database has no record for it.
+    pub fn describe(&self, ip: IpAddr) -> Option<GeoReport> {
+        let ip = ip.to_canonical();
+        let result = self.city.lookup(ip).ok()?;
+        let raw: RawRecord<'_> = result.decode().ok()??;
+        let network = network_of(&result, ip);
+        let mut report = GeoReport {
+            ip,
+            network,
+            location: Location {
+                prefix_len: network.prefix_len(),
+                ..Location::default()
+            },
+            coords_source: None,
+            continent_from_table: false,
+        };
+        fill(&raw, &mut report);
+        if report.location.asn.is_none() {
+            report.location.asn = self.asn_of(ip);
+        }
+        Some(report)
+    }
+
+    /// One line for the server log at start: type, build date, IP version, size.
+    pub fn metadata_summary(&self) -> String {
+        let mut line = summary(self.city.metadata());
+        if let Some(asn) = &self.asn {
+            line.push_str("; asn: ");
+            line.push_str(&summary(asn.metadata()));
+        }
+        line
+    }
+
+    /// `database_type` and build time of the City/Country database, for `meridian geoip`.
+    pub fn database_line(&self) -> String {
+        let meta = self.city.metadata();
+        format!("{}, built {}", meta.database_type, format_epoch(meta.build_epoch))
+    }
+
+    /// The ASN database's (or nothing's) autonomous system number for `ip`.
+    fn asn_of(&self, ip: IpAddr) -> Option<u32> {
+        let result = self.asn.as_ref()?.lookup(ip).ok()?;
+        let raw: AsnRecord = result.decode().ok()??;
+        raw.number()
     }
 }
 
-impl Locate for GeoDb {
-    fn locate(&self, _ip: IpAddr) -> Option<Location> {
-        None
+impl super::Locate for GeoDb {
+    /// The hot path: one tree walk, one borrowed decode, table look-ups; no allocation.
+    fn locate(&self, ip: IpAddr) -> Option<Location> {
+        self.describe(ip).map(|report| report.location)
     }
+}
+
+fn open_error(path: &Path, message: &str) -> GeoError {
+    GeoError::Open {
+        path: path.display().to_string(),
+        message: message.to_owned(),
+    }
+}
+
+/// The database network holding `ip`, in `ip`'s own family: an IPv4 address found in the
+/// IPv4 subtree of an IPv6 database gets its IPv4 prefix (203.0.113.0/25, not /121).
+fn network_of(result: &maxminddb::LookupResult<'_, Vec<u8>>, ip: IpAddr) -> IpNet {
+    let net = result.network().ok();
+    match (net, ip) {
+        (Some(n), IpAddr::V4(_)) if n.is_ipv4() => IpNet::new(n.network(), n.prefix()),
+        // Matched above the IPv4 subtree: the record covers all of IPv4.
+        (_, IpAddr::V4(v4)) => IpNet::new(IpAddr::V4(v4), 0),
+        (Some(n), IpAddr::V6(_)) => IpNet::new(n.network(), n.prefix()),
+        (None, IpAddr::V6(v6)) => IpNet::new(IpAddr::V6(v6), 128),
+    }
+    .map(|n| n.trunc())
+    .expect("prefix comes from a tree walk of the address's own family")
+}
+
+/// Turn a raw record into the report's location, then fill gaps from the tables:
+/// continent from the country, coordinates from the country, else from the continent.
+fn fill(raw: &RawRecord<'_>, report: &mut GeoReport) {
+    let loc = &mut report.location;
+    loc.country = raw.country();
+    loc.subdivision = loc
+        .country
+        .and(raw.subdivisions.0)
+        .and_then(Subdivision::new);
+    loc.continent = raw.continent();
+    loc.asn = raw.asn();
+    let table = loc.country.and_then(countries::country);
+    if loc.continent.is_none() {
+        loc.continent = table.map(|c| c.continent);
+        report.continent_from_table = loc.continent.is_some();
+    }
+    let (coords, source) = match (raw.coords(), table, loc.continent) {
+        (Some(c), _, _) => (Some(c), Some(CoordsSource::Record)),
+        (None, Some(t), _) => (Some(t.coords), Some(CoordsSource::CountryTable)),
+        (None, None, Some(cont)) => (countries::continent_coords(cont), Some(CoordsSource::ContinentTable)),
+        (None, None, None) => (None, None),
+    };
+    loc.coords = coords;
+    report.coords_source = coords.and(source);
+}
+
+fn summary(meta: &maxminddb::Metadata) -> String {
+    format!(
+        "{} built {} (epoch {}), IPv{}, {} nodes, record size {}",
+        meta.database_type,
+        format_epoch(meta.build_epoch),
+        meta.build_epoch,
+        meta.ip_version,
+        meta.node_count,
+        meta.record_size
+    )
+}
+
+/// `2026-01-01T00:00:00Z` from a Unix time, without a date crate (civil-from-days,
+/// Howard Hinnant's algorithm).
+pub(crate) fn format_epoch(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }

@@ -2,9 +2,14 @@
 //! layouts; the policy engine sees only [`Location`] through the [`Locate`] trait, so it
 //! never touches maxminddb.
 
+mod countries;
 mod mmdb;
+mod record;
+mod render;
 
-pub use mmdb::{GeoDb, GeoError};
+pub use countries::{CONTINENTS, Country, continent_coords, countries, country, is_continent};
+pub use mmdb::{CoordsSource, GeoDb, GeoError, GeoReport};
+pub use render::{render_geoip, render_geoip_json};
 
 use std::net::IpAddr;
 
