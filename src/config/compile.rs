@@ -389,10 +389,8 @@ fn check_collisions(
         }
     }
     for pool in pools {
-        let Ok(name) = zc.owner(&pool.name) else {
-            continue;
-        };
-        if let Some(o) = statics.get(&*name) {
+        let name = zc.owner(&pool.name).ok();
+        if let Some(o) = name.as_ref().and_then(|n| statics.get(&**n)) {
             let (line, _) = cx.position(o.span.start);
             cx.err(
                 &pool.span,
@@ -402,7 +400,10 @@ fn check_collisions(
                 ),
             );
         }
-        if let Some(p) = policies.iter().find(|p| p.owner.as_deref() == Some(&*name)) {
+        let same = |p: &&PolicyName| {
+            p.name.eq_ignore_ascii_case(&pool.name) || (name.is_some() && p.owner == name)
+        };
+        if let Some(p) = policies.iter().find(same) {
             let (line, _) = cx.position(p.span.start);
             cx.err(
                 &pool.span,

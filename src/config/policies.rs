@@ -60,10 +60,17 @@ pub(crate) fn compile_policies(
         name: String::new(),
     };
     for (i, (k, _)) in entries.iter().enumerate() {
-        r.policies.insert(
-            k.get_ref().to_ascii_lowercase(),
-            PolicyId((base + i) as u32),
-        );
+        let id = PolicyId((base + i) as u32);
+        if r.policies
+            .insert(k.get_ref().to_ascii_lowercase(), id)
+            .is_some()
+        {
+            let what = k.get_ref();
+            cx.err(
+                &k.span(),
+                format!("policy \"{what}\" is written twice (names are case-insensitive)"),
+            );
+        }
     }
     let mut out = Vec::new();
     for (i, (key, v)) in entries.iter().enumerate() {
@@ -91,11 +98,11 @@ pub(crate) fn compile_policies(
         b.snap.policies.push(policy);
     }
     r.find_cycles(&out, cx);
-    if let Some((span, path)) = &zc.latency_table {
-        if !r.tables.contains_key(path) {
-            // Checked even when no latency policy uses it yet.
-            latency::load(path, span, zc, &r.pools, cx);
-        }
+    if let Some((span, path)) = &zc.latency_table
+        && !r.tables.contains_key(path)
+    {
+        // Checked even when no latency policy uses it yet.
+        latency::load(path, span, zc, &r.pools, cx);
     }
     out
 }
@@ -313,10 +320,13 @@ impl Resolver<'_> {
     ) -> PolicyKind {
         let items = raw::strings(v, "latency", cx).unwrap_or_default();
         for (span, s) in &items {
-            if let Some(id) = self.pools.get(&s.to_ascii_lowercase()) {
-                if !self.has_location[id] {
-                    cx.err(span, format!("policy \"{}\": latency over a pool without location: pool \"{s}\" has no `location`", self.name));
-                }
+            let pool = self.pools.get(&s.to_ascii_lowercase());
+            if pool.is_some_and(|id| !self.has_location[id]) {
+                let name = &self.name;
+                cx.err(
+                    span,
+                    format!("policy \"{name}\": latency over a pool without location: pool \"{s}\" has no `location`"),
+                );
             }
         }
         let targets = self.resolve_all(items, "latency", at, cx);

@@ -236,6 +236,15 @@ pub(crate) fn compile_pools(
     for (key, v) in raw::entries(t) {
         let name = key.get_ref().to_string();
         let what = format!("pool \"{name}\"");
+        if names
+            .iter()
+            .any(|p: &PoolName| p.name.eq_ignore_ascii_case(&name))
+        {
+            cx.err(
+                &key.span(),
+                format!("{what} is written twice (names are case-insensitive)"),
+            );
+        }
         let Some(table) = raw::table(v, &format!("[pools.{name}]"), cx) else {
             continue;
         };

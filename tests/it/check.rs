@@ -44,7 +44,7 @@ fn every_bad_case_reports_its_golden_diagnostics() {
     let mut failures = Vec::new();
     for case in cases {
         let got = match load(&case, None) {
-            Ok(_) => format!("(loaded without errors)\n"),
+            Ok(_) => "(loaded without errors)\n".to_owned(),
             Err(e) => e,
         };
         let golden = case.with_extension("expected");
