@@ -375,3 +375,32 @@ fn a_missing_or_empty_directory_is_a_diagnostic() {
         "{err}"
     );
 }
+
+#[test]
+fn any_line_of_the_example_removed_never_panics_and_points_inside_the_file() {
+    let example = std::fs::read_to_string("zones/example.toml").expect("example");
+    let lines: Vec<&str> = example.lines().collect();
+    let dir = std::env::temp_dir().join(format!("meridian-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for skip in 0..lines.len() {
+        let text: Vec<&str> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != skip)
+            .map(|(_, l)| *l)
+            .collect();
+        std::fs::write(dir.join("zone.toml"), text.join("\n")).expect("write zone");
+        if let Err(diags) = load_dir(&LoadOptions {
+            zones_dir: &dir,
+            previous: None,
+        }) {
+            for d in &diags.0 {
+                assert!(
+                    d.line >= 1 && d.line <= text.len() + 1,
+                    "line {skip} removed: {d}"
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
