@@ -72,14 +72,20 @@ fn read_token(path: &Path) -> Result<Box<[u8]>, TokenFileError> {
     })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(TokenFileError::Empty { path: path.to_path_buf() });
+        return Err(TokenFileError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(token.as_bytes().into())
 }
 
 /// May a request from `peer` (`None`: unknown) with this `Authorization` header change
 /// things?
-pub(super) fn authorize(auth: &Auth, peer: Option<IpAddr>, authorization: Option<&[u8]>) -> Result<(), Denied> {
+pub(super) fn authorize(
+    auth: &Auth,
+    peer: Option<IpAddr>,
+    authorization: Option<&[u8]>,
+) -> Result<(), Denied> {
     match auth {
         Auth::RefuseAll => Err(Denied::Unavailable),
         Auth::LoopbackOnly => match peer {
@@ -87,8 +93,14 @@ pub(super) fn authorize(auth: &Auth, peer: Option<IpAddr>, authorization: Option
             _ => Err(Denied::NotLoopback),
         },
         Auth::Token(want) => {
-            let got = authorization.and_then(bearer_token).ok_or(Denied::MissingToken)?;
-            if constant_time_eq(got, want) { Ok(()) } else { Err(Denied::WrongToken) }
+            let got = authorization
+                .and_then(bearer_token)
+                .ok_or(Denied::MissingToken)?;
+            if constant_time_eq(got, want) {
+                Ok(())
+            } else {
+                Err(Denied::WrongToken)
+            }
         }
     }
 }
@@ -126,8 +138,12 @@ impl Denied {
         match self {
             Denied::MissingToken => "changes need an Authorization: Bearer <token> header",
             Denied::WrongToken => "wrong admin token",
-            Denied::NotLoopback => "changes are accepted from loopback only (no admin token file is configured)",
-            Denied::Unavailable => "the admin token file could not be read at start; changes are disabled",
+            Denied::NotLoopback => {
+                "changes are accepted from loopback only (no admin token file is configured)"
+            }
+            Denied::Unavailable => {
+                "the admin token file could not be read at start; changes are disabled"
+            }
         }
     }
 }
@@ -136,7 +152,12 @@ impl IntoResponse for Denied {
     fn into_response(self) -> Response {
         let body = axum::Json(serde_json::json!({ "error": self.message() }));
         match self.status() {
-            StatusCode::UNAUTHORIZED => (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response(),
+            StatusCode::UNAUTHORIZED => (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                body,
+            )
+                .into_response(),
             status => (status, body).into_response(),
         }
     }
@@ -149,8 +170,14 @@ impl FromRequestParts<AppState> for Authorized {
     type Rejection = Denied;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Denied> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        let header = parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
         match authorize(&state.auth, peer, header) {
             Ok(()) => Ok(Authorized),
             Err(denied) => {
@@ -185,7 +212,11 @@ mod tests {
         ] {
             assert_eq!(authorize(&auth, peer, None), expected, "{peer:?}");
             // A bearer header does not open the loopback rule either.
-            assert_eq!(authorize(&auth, peer, Some(b"Bearer x")), expected, "{peer:?}");
+            assert_eq!(
+                authorize(&auth, peer, Some(b"Bearer x")),
+                expected,
+                "{peer:?}"
+            );
         }
     }
 
@@ -208,14 +239,24 @@ mod tests {
             assert_eq!(authorize(&auth, remote, header), expected, "{header:?}");
         }
         // Loopback is no exemption when a token is configured.
-        assert_eq!(authorize(&auth, ip("127.0.0.1"), None), Err(Denied::MissingToken));
+        assert_eq!(
+            authorize(&auth, ip("127.0.0.1"), None),
+            Err(Denied::MissingToken)
+        );
     }
 
     #[test]
     fn an_unreadable_token_file_refuses_everything() {
-        assert_eq!(authorize(&Auth::RefuseAll, ip("127.0.0.1"), Some(b"Bearer x")), Err(Denied::Unavailable));
-        let missing = std::env::temp_dir().join(format!("meridian-no-token-{}", std::process::id()));
-        assert!(matches!(read_token(&missing), Err(TokenFileError::Read { .. })));
+        assert_eq!(
+            authorize(&Auth::RefuseAll, ip("127.0.0.1"), Some(b"Bearer x")),
+            Err(Denied::Unavailable)
+        );
+        let missing =
+            std::env::temp_dir().join(format!("meridian-no-token-{}", std::process::id()));
+        assert!(matches!(
+            read_token(&missing),
+            Err(TokenFileError::Read { .. })
+        ));
     }
 
     #[test]
@@ -226,7 +267,10 @@ mod tests {
         std::fs::write(&path, "  tok-en \n").expect("write token");
         assert_eq!(&*read_token(&path).expect("readable"), b"tok-en");
         std::fs::write(&path, " \n\t").expect("write token");
-        assert!(matches!(read_token(&path), Err(TokenFileError::Empty { .. })));
+        assert!(matches!(
+            read_token(&path),
+            Err(TokenFileError::Empty { .. })
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

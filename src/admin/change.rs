@@ -28,8 +28,16 @@ pub(super) async fn reload(_: Authorized, State(state): State<AppState>) -> Resp
                 .collect();
             Json(json!({ "zones": zones })).into_response()
         }
-        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({ "errors": e.messages() }))).into_response(),
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reload did not finish: {e}")).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "errors": e.messages() })),
+        )
+            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload did not finish: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -67,16 +75,30 @@ pub(super) async fn clear_override(
 
 /// Apply an override (persisted before it takes effect) and answer with the pool as it is
 /// now: `{"zone", "pool", "state", "previous", "up"}`.
-async fn change(state: &AppState, zone: &str, pool: &str, wanted: Option<Override>) -> Result<Response, ApiError> {
+async fn change(
+    state: &AppState,
+    zone: &str,
+    pool: &str,
+    wanted: Option<Override>,
+) -> Result<Response, ApiError> {
     let control = state.control.clone();
     let (z, p) = (zone.to_string(), pool.to_string());
     // Writes overrides.json: blocking file I/O.
     let previous = tokio::task::spawn_blocking(move || control.set_override(&z, &p, wanted))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("override did not finish: {e}")))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("override did not finish: {e}"),
+            )
+        })?
         .map_err(|e| match e {
-            OverrideChangeError::NoZone(_) | OverrideChangeError::NoPool(..) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
-            OverrideChangeError::Store(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            OverrideChangeError::NoZone(_) | OverrideChangeError::NoPool(..) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            OverrideChangeError::Store(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         })?;
     let world = state.control.world.load();
     let snap = &world.snapshot;

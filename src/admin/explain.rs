@@ -29,15 +29,24 @@ pub(super) async fn explain(
         .map(|n| n.trim())
         .filter(|n| !n.is_empty())
         .ok_or_else(|| bad("missing parameter: name".into()))?;
-    let qtype = parse_qtype(params.get("type").map_or(DEFAULT_QTYPE, String::as_str)).map_err(|e| bad(format!("type: {e}")))?;
+    let qtype = parse_qtype(params.get("type").map_or(DEFAULT_QTYPE, String::as_str))
+        .map_err(|e| bad(format!("type: {e}")))?;
     let (client, source_prefix) = match params.get("client").map(|c| c.trim()) {
-        Some(c) => parse_client(c).map_err(|_| bad(format!("client: expected ADDR or ADDR/LEN, got {c:?}")))?,
+        Some(c) => parse_client(c)
+            .map_err(|_| bad(format!("client: expected ADDR or ADDR/LEN, got {c:?}")))?,
         None => (peer.ip().to_canonical(), None),
     };
     if crate::model::wire::from_text(name).is_none() {
         return Err(bad(format!("name: {name:?} is not a valid domain name")));
     }
     let world = state.control.world.load_full();
-    let e = crate::explain::explain(&world, name, qtype, client, source_prefix, SystemTime::now());
+    let e = crate::explain::explain(
+        &world,
+        name,
+        qtype,
+        client,
+        source_prefix,
+        SystemTime::now(),
+    );
     Ok(Json(e.to_json()))
 }

@@ -160,14 +160,20 @@ const OVERRIDE_STATES: [Override; 3] = [Override::Up, Override::Down, Override::
 
 /// The handler.
 pub(super) async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE)], render(&state.control))
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        render(&state.control),
+    )
 }
 
 /// Every metric, computed now.
 pub fn render(control: &Control) -> String {
     let mut out = Exposition::default();
     dns_metrics(&mut out, &control.dns_stats.totals());
-    probe_metrics(&mut out, &control.prober.get().map(|p| p.stats()).unwrap_or_default());
+    probe_metrics(
+        &mut out,
+        &control.prober.get().map(|p| p.stats()).unwrap_or_default(),
+    );
     health_metrics(&mut out, &control.world.load_full());
     process_metrics(&mut out, control);
     out.text
@@ -176,12 +182,23 @@ pub fn render(control: &Control) -> String {
 fn dns_metrics(out: &mut Exposition, totals: &Totals) {
     out.family(&DNS_QUERIES);
     for ((zone, qtype, rcode), n) in &totals.queries {
-        out.sample(DNS_QUERIES.name, &[("zone", zone), ("qtype", qtype), ("rcode", rcode)], *n);
+        out.sample(
+            DNS_QUERIES.name,
+            &[("zone", zone), ("qtype", qtype), ("rcode", rcode)],
+            *n,
+        );
     }
-    for (metric, series) in [(&POLICY_ANSWERS, &totals.answers), (&POLICY_FAIL_OPEN, &totals.fail_open)] {
+    for (metric, series) in [
+        (&POLICY_ANSWERS, &totals.answers),
+        (&POLICY_FAIL_OPEN, &totals.fail_open),
+    ] {
         out.family(metric);
         for ((zone, policy, pool), n) in series {
-            out.sample(metric.name, &[("zone", zone), ("policy", policy), ("pool", pool)], *n);
+            out.sample(
+                metric.name,
+                &[("zone", zone), ("policy", policy), ("pool", pool)],
+                *n,
+            );
         }
     }
     out.family(&DNS_RESPONSE_SECONDS);
@@ -195,29 +212,59 @@ fn dns_metrics(out: &mut Exposition, totals: &Totals) {
         })
         .collect();
     let count = cumulative.last().copied().unwrap_or(0);
-    out.histogram(DNS_RESPONSE_SECONDS.name, &[], &RESPONSE_TIME_BUCKETS, &cumulative, count, totals.time_sum);
+    out.histogram(
+        DNS_RESPONSE_SECONDS.name,
+        &[],
+        &RESPONSE_TIME_BUCKETS,
+        &cumulative,
+        count,
+        totals.time_sum,
+    );
 }
 
 fn probe_metrics(out: &mut Exposition, stats: &ProbeStats) {
     out.family(&PROBE_RESULTS);
     for c in &stats.checks {
-        out.sample(PROBE_RESULTS.name, &[("check", &c.label), ("result", "ok")], c.ok);
-        out.sample(PROBE_RESULTS.name, &[("check", &c.label), ("result", "fail")], c.fail);
+        out.sample(
+            PROBE_RESULTS.name,
+            &[("check", &c.label), ("result", "ok")],
+            c.ok,
+        );
+        out.sample(
+            PROBE_RESULTS.name,
+            &[("check", &c.label), ("result", "fail")],
+            c.fail,
+        );
     }
     out.family(&PROBE_DURATION);
     for c in &stats.checks {
         let h = &c.duration;
-        out.histogram(PROBE_DURATION.name, &[("check", &c.label)], h.bounds, &h.counts, h.count, h.sum);
+        out.histogram(
+            PROBE_DURATION.name,
+            &[("check", &c.label)],
+            h.bounds,
+            &h.counts,
+            h.count,
+            h.sum,
+        );
     }
 }
 
 fn health_metrics(out: &mut Exposition, world: &World) {
     let (snap, health) = (&*world.snapshot, &*world.health);
-    let pools = || snap.zones.iter().flat_map(|z| z.pools.iter().map(move |p| (z, *p)));
+    let pools = || {
+        snap.zones
+            .iter()
+            .flat_map(|z| z.pools.iter().map(move |p| (z, *p)))
+    };
     out.family(&POOL_UP);
     for (zone, id) in pools() {
         let up = health.pool_up(snap, id);
-        out.sample(POOL_UP.name, &[("zone", &zone.origin), ("pool", &snap.pool(id).name)], u64::from(up));
+        out.sample(
+            POOL_UP.name,
+            &[("zone", &zone.origin), ("pool", &snap.pool(id).name)],
+            u64::from(up),
+        );
     }
     out.family(&ENDPOINT_UP);
     // Keyed so that an address listed twice in a pool is still one series.
@@ -226,23 +273,42 @@ fn health_metrics(out: &mut Exposition, world: &World) {
         let pool = snap.pool(id);
         for e in &pool.endpoints {
             let up = health.endpoint_health(e).is_up();
-            endpoints.insert((zone.origin.as_str(), pool.name.as_str(), e.addr.to_string()), up);
+            endpoints.insert(
+                (zone.origin.as_str(), pool.name.as_str(), e.addr.to_string()),
+                up,
+            );
         }
     }
     for ((zone, pool, address), up) in &endpoints {
-        out.sample(ENDPOINT_UP.name, &[("zone", zone), ("pool", pool), ("address", address)], u64::from(*up));
+        out.sample(
+            ENDPOINT_UP.name,
+            &[("zone", zone), ("pool", pool), ("address", address)],
+            u64::from(*up),
+        );
     }
     out.family(&POOL_OVERRIDE);
     for (zone, id) in pools() {
         let current = health.override_of(id);
         for state in OVERRIDE_STATES {
-            let labels = [("zone", zone.origin.as_str()), ("pool", &snap.pool(id).name), ("state", state.as_str())];
-            out.sample(POOL_OVERRIDE.name, &labels, u64::from(current == Some(state)));
+            let labels = [
+                ("zone", zone.origin.as_str()),
+                ("pool", &snap.pool(id).name),
+                ("state", state.as_str()),
+            ];
+            out.sample(
+                POOL_OVERRIDE.name,
+                &labels,
+                u64::from(current == Some(state)),
+            );
         }
     }
     out.family(&ZONE_SERIAL);
     for zone in &snap.zones {
-        out.sample(ZONE_SERIAL.name, &[("zone", &zone.origin)], u64::from(zone.serial));
+        out.sample(
+            ZONE_SERIAL.name,
+            &[("zone", &zone.origin)],
+            u64::from(zone.serial),
+        );
     }
 }
 
@@ -250,11 +316,19 @@ fn process_metrics(out: &mut Exposition, control: &Control) {
     out.family(&RELOADS);
     out.sample(RELOADS.name, &[], control.reloads.load(Ordering::Relaxed));
     out.family(&RELOAD_ERRORS);
-    out.sample(RELOAD_ERRORS.name, &[], control.reload_errors.load(Ordering::Relaxed));
+    out.sample(
+        RELOAD_ERRORS.name,
+        &[],
+        control.reload_errors.load(Ordering::Relaxed),
+    );
     out.family(&UPTIME);
     out.sample(UPTIME.name, &[], control.started.elapsed().as_secs_f64());
     out.family(&BUILD_INFO);
-    out.sample(BUILD_INFO.name, &[("version", env!("CARGO_PKG_VERSION"))], 1u64);
+    out.sample(
+        BUILD_INFO.name,
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1u64,
+    );
 }
 
 /// A sample value: counts print as integers, everything else as a float.
@@ -297,7 +371,15 @@ impl Exposition {
 
     /// `_bucket` lines (`cumulative[i]` observations at most `bounds[i]`, then `+Inf` =
     /// `count`), `_sum` and `_count`.
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], bounds: &[f64], cumulative: &[u64], count: u64, sum: f64) {
+    fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        bounds: &[f64],
+        cumulative: &[u64],
+        count: u64,
+        sum: f64,
+    ) {
         for (bound, n) in bounds.iter().zip(cumulative) {
             self.bucket(name, labels, &float(*bound), *n);
         }
@@ -353,7 +435,11 @@ fn float(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -389,12 +475,30 @@ mod tests {
         let mut out = Exposition::default();
         dns_metrics(&mut out, &totals);
         let t = &out.text;
-        assert!(t.contains("meridian_dns_response_seconds_bucket{le=\"0.000005\"} 2\n"), "{t}");
-        assert!(t.contains("meridian_dns_response_seconds_bucket{le=\"0.00001\"} 2\n"), "{t}");
-        assert!(t.contains("meridian_dns_response_seconds_bucket{le=\"0.00005\"} 3\n"), "{t}");
-        assert!(t.contains("meridian_dns_response_seconds_bucket{le=\"0.01\"} 3\n"), "{t}");
-        assert!(t.contains("meridian_dns_response_seconds_bucket{le=\"+Inf\"} 7\n"), "{t}");
-        assert!(t.contains("meridian_dns_response_seconds_sum 0.25\n"), "{t}");
+        assert!(
+            t.contains("meridian_dns_response_seconds_bucket{le=\"0.000005\"} 2\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("meridian_dns_response_seconds_bucket{le=\"0.00001\"} 2\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("meridian_dns_response_seconds_bucket{le=\"0.00005\"} 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("meridian_dns_response_seconds_bucket{le=\"0.01\"} 3\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("meridian_dns_response_seconds_bucket{le=\"+Inf\"} 7\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("meridian_dns_response_seconds_sum 0.25\n"),
+            "{t}"
+        );
         assert!(t.contains("meridian_dns_response_seconds_count 7\n"), "{t}");
     }
 
@@ -426,7 +530,12 @@ mod tests {
         assert_eq!(names.len(), ALL.len());
         for m in ALL {
             assert!(m.name.starts_with("meridian_"), "{}", m.name);
-            assert_eq!(m.kind == Kind::Counter, m.name.ends_with("_total"), "{}", m.name);
+            assert_eq!(
+                m.kind == Kind::Counter,
+                m.name.ends_with("_total"),
+                "{}",
+                m.name
+            );
         }
     }
 }

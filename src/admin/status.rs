@@ -58,7 +58,11 @@ fn status_json(control: &Control) -> Value {
 
 fn pool_json(snap: &Snapshot, health: &View, id: PoolId) -> Value {
     let pool = snap.pool(id);
-    let endpoints: Vec<Value> = pool.endpoints.iter().map(|e| endpoint_json(snap, health, e)).collect();
+    let endpoints: Vec<Value> = pool
+        .endpoints
+        .iter()
+        .map(|e| endpoint_json(snap, health, e))
+        .collect();
     json!({
         "zone": snap.zone(pool.zone).origin,
         "pool": pool.name,
@@ -73,7 +77,11 @@ fn pool_json(snap: &Snapshot, health: &View, id: PoolId) -> Value {
 /// An endpoint and the probe behind it. Without a check it is always up and has no results.
 fn endpoint_json(snap: &Snapshot, health: &View, endpoint: &Endpoint) -> Value {
     let probe = endpoint.probe.map(|id| {
-        let status = health.probes.get(id.0 as usize).cloned().unwrap_or_default();
+        let status = health
+            .probes
+            .get(id.0 as usize)
+            .cloned()
+            .unwrap_or_default();
         (snap.probe(id).addr, status)
     });
     let status = probe.as_ref().map(|(_, s)| s);

@@ -157,20 +157,34 @@ impl Server {
         (status, parse_json(&body))
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = req.send().await.expect("admin request");
         let status = resp.status().as_u16();
         (status, resp.text().await.expect("admin body"))
     }
 
-    async fn change(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    async fn change(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
         let (status, body) = self.send(method, path, token, body).await;
         (status, parse_json(&body))
     }
@@ -220,10 +234,14 @@ where
 
 /// One question over UDP, retried a few times (UDP may drop).
 async fn udp_query(server: SocketAddr, name: &str, qtype: u16) -> Message {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp client");
+    let sock = UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind udp client");
     for attempt in 0..DNS_ATTEMPTS {
         let id = 0x4d00 + attempt as u16;
-        sock.send_to(&query_packet(id, name, qtype), server).await.expect("send query");
+        sock.send_to(&query_packet(id, name, qtype), server)
+            .await
+            .expect("send query");
         let mut buf = vec![0u8; 4096];
         if let Ok(Ok((n, _))) = tokio::time::timeout(DNS_TIMEOUT, sock.recv_from(&mut buf)).await {
             let m = Message::from_vec(&buf[..n]).expect("response parses");
@@ -266,28 +284,50 @@ fn check_exposition(text: &str) -> BTreeMap<String, f64> {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, _help) = rest.split_once(' ').unwrap_or((rest, ""));
             assert!(is_metric_name(name), "HELP of a bad name: {line}");
-            assert!(helps.insert(name.to_string(), ()).is_none(), "second HELP: {line}");
+            assert!(
+                helps.insert(name.to_string(), ()).is_none(),
+                "second HELP: {line}"
+            );
             continue;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
             assert!(is_metric_name(name), "TYPE of a bad name: {line}");
-            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
-            assert!(types.insert(name.to_string(), kind.to_string()).is_none(), "second TYPE: {line}");
-            assert!(!closed.contains(&name.to_string()), "TYPE after samples: {line}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                "{line}"
+            );
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "second TYPE: {line}"
+            );
+            assert!(
+                !closed.contains(&name.to_string()),
+                "TYPE after samples: {line}"
+            );
             continue;
         }
-        assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line: {line:?}");
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "unexpected line: {line:?}"
+        );
         let (series, name, value) = parse_sample(line);
-        let family = family_of(&name, &types).unwrap_or_else(|| panic!("sample with no TYPE: {line}"));
+        let family =
+            family_of(&name, &types).unwrap_or_else(|| panic!("sample with no TYPE: {line}"));
         if current.as_deref() != Some(family.as_str()) {
-            assert!(!closed.contains(&family), "samples of {family} are not contiguous");
+            assert!(
+                !closed.contains(&family),
+                "samples of {family} are not contiguous"
+            );
             if let Some(c) = current.take() {
                 closed.push(c);
             }
             current = Some(family.clone());
         }
-        assert!(samples.insert(series, value).is_none(), "duplicate series: {line}");
+        assert!(
+            samples.insert(series, value).is_none(),
+            "duplicate series: {line}"
+        );
     }
     check_histograms(&samples, &types);
     samples
@@ -295,7 +335,9 @@ fn check_exposition(text: &str) -> BTreeMap<String, f64> {
 
 /// `name{labels} value`: the series as written, the name, the value.
 fn parse_sample(line: &str) -> (String, String, f64) {
-    let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line}"));
+    let name_end = line
+        .find(['{', ' '])
+        .unwrap_or_else(|| panic!("no value: {line}"));
     let name = &line[..name_end];
     assert!(is_metric_name(name), "bad metric name: {line}");
     let mut rest = &line[name_end..];
@@ -304,7 +346,9 @@ fn parse_sample(line: &str) -> (String, String, f64) {
         rest = &rest[end..];
     }
     let series = &line[..line.len() - rest.len()];
-    let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space before the value: {line}"));
+    let value = rest
+        .strip_prefix(' ')
+        .unwrap_or_else(|| panic!("no space before the value: {line}"));
     assert!(!value.contains(' '), "timestamps are not emitted: {line}");
     let v = match value {
         "+Inf" => f64::INFINITY,
@@ -324,7 +368,10 @@ fn parse_labels(s: &str) -> Option<usize> {
     }
     loop {
         let start = i;
-        while b.get(i).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_') {
+        while b
+            .get(i)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        {
             i += 1;
         }
         let label = &s[start..i];
@@ -359,7 +406,9 @@ fn parse_labels(s: &str) -> Option<usize> {
 
 fn is_metric_name(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
@@ -379,24 +428,48 @@ fn check_histograms(samples: &BTreeMap<String, f64>, types: &BTreeMap<String, St
     for (family, _) in types.iter().filter(|(_, k)| *k == "histogram") {
         let bucket_prefix = format!("{family}_bucket{{");
         let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-        for (s, v) in samples.iter().filter(|(s, _)| s.starts_with(&bucket_prefix)) {
+        for (s, v) in samples
+            .iter()
+            .filter(|(s, _)| s.starts_with(&bucket_prefix))
+        {
             let labels = &s[bucket_prefix.len()..s.len() - 1];
             let (others, le) = match labels.rsplit_once(",le=\"") {
                 Some((o, le)) => (o.to_string(), le),
-                None => (String::new(), labels.strip_prefix("le=\"").expect("le label")),
+                None => (
+                    String::new(),
+                    labels.strip_prefix("le=\"").expect("le label"),
+                ),
             };
             let le = le.trim_end_matches('"');
-            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().expect("le is a number") };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().expect("le is a number")
+            };
             series.entry(others).or_default().push((bound, *v));
         }
         for (labels, mut buckets) in series {
             buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-            assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{family}{{{labels}}}: buckets decrease");
+            assert!(
+                buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{family}{{{labels}}}: buckets decrease"
+            );
             let last = buckets.last().expect("some bucket");
             assert!(last.0.is_infinite(), "{family}{{{labels}}}: no +Inf bucket");
-            let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-            assert_eq!(samples.get(&format!("{family}_count{braces}")), Some(&last.1), "{family}{braces}: +Inf != _count");
-            assert!(samples.contains_key(&format!("{family}_sum{braces}")), "{family}{braces}: no _sum");
+            let braces = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
+            };
+            assert_eq!(
+                samples.get(&format!("{family}_count{braces}")),
+                Some(&last.1),
+                "{family}{braces}: +Inf != _count"
+            );
+            assert!(
+                samples.contains_key(&format!("{family}_sum{braces}")),
+                "{family}{braces}: no _sum"
+            );
         }
     }
 }
@@ -409,7 +482,11 @@ fn queries_series(qtype: &str, rcode: &str) -> String {
 async fn wait_dead_down(server: &Server) {
     poll("the dead pool to go down", || async {
         let s = server.status().await;
-        let dead = s["pools"].as_array()?.iter().find(|p| p["pool"] == "dead")?.clone();
+        let dead = s["pools"]
+            .as_array()?
+            .iter()
+            .find(|p| p["pool"] == "dead")?
+            .clone();
         (dead["up"] == false).then_some(())
     })
     .await;
@@ -428,54 +505,112 @@ async fn healthz_metrics_and_status_describe_the_running_server() {
     let (code, body) = server.get_json("/nope").await;
     assert_eq!((code, body["error"].is_string()), (404, true), "{body}");
 
-    let before = server.metrics().await.get(&queries_series("A", "NOERROR")).copied().unwrap_or(0.0);
+    let before = server
+        .metrics()
+        .await
+        .get(&queries_series("A", "NOERROR"))
+        .copied()
+        .unwrap_or(0.0);
     for _ in 0..3 {
         assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [PRIMARY]);
     }
     udp_query(server.dns, &format!("nothing.{ZONE}"), 1).await;
     let metrics = poll("the query counters", || async {
         let m = server.metrics().await;
-        let noerror = m.get(&queries_series("A", "NOERROR")).copied().unwrap_or(0.0);
-        let nxdomain = m.get(&queries_series("A", "NXDOMAIN")).copied().unwrap_or(0.0);
+        let noerror = m
+            .get(&queries_series("A", "NOERROR"))
+            .copied()
+            .unwrap_or(0.0);
+        let nxdomain = m
+            .get(&queries_series("A", "NXDOMAIN"))
+            .copied()
+            .unwrap_or(0.0);
         (noerror >= before + 3.0 && nxdomain >= 1.0).then_some(m)
     })
     .await;
-    let answers = format!("meridian_policy_answers_total{{zone=\"{ZONE}\",policy=\"api\",pool=\"primary\"}}");
+    let answers =
+        format!("meridian_policy_answers_total{{zone=\"{ZONE}\",policy=\"api\",pool=\"primary\"}}");
     assert!(metrics[&answers] >= 3.0, "{answers}");
     assert!(metrics["meridian_dns_response_seconds_count"] >= 4.0);
-    assert_eq!(metrics[&format!("meridian_pool_up{{zone=\"{ZONE}\",pool=\"primary\"}}")], 1.0);
-    assert_eq!(metrics[&format!("meridian_endpoint_up{{zone=\"{ZONE}\",pool=\"secondary\",address=\"{SECONDARY}\"}}")], 1.0);
+    assert_eq!(
+        metrics[&format!("meridian_pool_up{{zone=\"{ZONE}\",pool=\"primary\"}}")],
+        1.0
+    );
+    assert_eq!(
+        metrics[&format!(
+            "meridian_endpoint_up{{zone=\"{ZONE}\",pool=\"secondary\",address=\"{SECONDARY}\"}}"
+        )],
+        1.0
+    );
     for state in ["up", "down", "drain"] {
-        assert_eq!(metrics[&format!("meridian_pool_override{{zone=\"{ZONE}\",pool=\"primary\",state=\"{state}\"}}")], 0.0);
+        assert_eq!(
+            metrics[&format!(
+                "meridian_pool_override{{zone=\"{ZONE}\",pool=\"primary\",state=\"{state}\"}}"
+            )],
+            0.0
+        );
     }
-    assert_eq!(metrics[&format!("meridian_zone_serial{{zone=\"{ZONE}\"}}")], 1.0);
+    assert_eq!(
+        metrics[&format!("meridian_zone_serial{{zone=\"{ZONE}\"}}")],
+        1.0
+    );
     assert_eq!(metrics["meridian_reloads_total"], 0.0);
     assert_eq!(metrics["meridian_reload_errors_total"], 0.0);
     assert!(metrics["meridian_uptime_seconds"] >= 0.0);
-    assert_eq!(metrics[&format!("meridian_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))], 1.0);
+    assert_eq!(
+        metrics[&format!(
+            "meridian_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )],
+        1.0
+    );
 
     // The closed port fails its probe: the pool, its endpoint and the probe counters show it.
     wait_dead_down(&server).await;
     let metrics = poll("the probe counters", || async {
         let m = server.metrics().await;
-        m.iter().any(|(k, v)| k.starts_with("meridian_probe_results_total{check=\"tcp:") && k.ends_with("result=\"fail\"}") && *v >= 1.0).then_some(m)
+        m.iter()
+            .any(|(k, v)| {
+                k.starts_with("meridian_probe_results_total{check=\"tcp:")
+                    && k.ends_with("result=\"fail\"}")
+                    && *v >= 1.0
+            })
+            .then_some(m)
     })
     .await;
-    assert_eq!(metrics[&format!("meridian_pool_up{{zone=\"{ZONE}\",pool=\"dead\"}}")], 0.0);
-    assert_eq!(metrics[&format!("meridian_endpoint_up{{zone=\"{ZONE}\",pool=\"dead\",address=\"198.51.100.3\"}}")], 0.0);
-    assert!(metrics.keys().any(|k| k.starts_with("meridian_probe_duration_seconds_bucket{check=\"tcp:")));
+    assert_eq!(
+        metrics[&format!("meridian_pool_up{{zone=\"{ZONE}\",pool=\"dead\"}}")],
+        0.0
+    );
+    assert_eq!(
+        metrics[&format!(
+            "meridian_endpoint_up{{zone=\"{ZONE}\",pool=\"dead\",address=\"198.51.100.3\"}}"
+        )],
+        0.0
+    );
+    assert!(
+        metrics
+            .keys()
+            .any(|k| k.starts_with("meridian_probe_duration_seconds_bucket{check=\"tcp:"))
+    );
 
     let s = server.status().await;
     assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
     assert!(s["uptime_seconds"].as_f64().expect("uptime") >= 0.0);
     assert!(s["started_at"].as_str().expect("started_at").ends_with('Z'));
     let zone = &s["zones"][0];
-    assert_eq!((&zone["origin"], &zone["serial"]), (&json!(ZONE), &json!(1)));
+    assert_eq!(
+        (&zone["origin"], &zone["serial"]),
+        (&json!(ZONE), &json!(1))
+    );
     assert!(zone["file"].as_str().expect("file").ends_with("zone.toml"));
     assert!(zone["loaded_at"].is_string());
     let pools = s["pools"].as_array().expect("pools");
     assert_eq!(pools.len(), 3);
-    let primary = pools.iter().find(|p| p["pool"] == "primary").expect("primary");
+    let primary = pools
+        .iter()
+        .find(|p| p["pool"] == "primary")
+        .expect("primary");
     assert_eq!(primary["zone"], ZONE);
     assert_eq!(primary["up"], true);
     assert_eq!(primary["override"], Value::Null);
@@ -483,14 +618,20 @@ async fn healthz_metrics_and_status_describe_the_running_server() {
     assert_eq!(primary["endpoints"][0]["address"], PRIMARY);
     assert_eq!(primary["endpoints"][0]["state"], "up");
     let dead = pools.iter().find(|p| p["pool"] == "dead").expect("dead");
-    assert_eq!((&dead["check"], &dead["min_healthy"]), (&json!("closed"), &json!(1)));
+    assert_eq!(
+        (&dead["check"], &dead["min_healthy"]),
+        (&json!("closed"), &json!(1))
+    );
     let e = &dead["endpoints"][0];
     assert_eq!(e["address"], "198.51.100.3");
     assert_eq!(e["probe_address"], "127.0.0.1");
     assert_eq!(e["state"], "down");
     assert_eq!(e["last_result"], "fail");
     assert!(e["last_error"].is_string(), "{e}");
-    assert!(e["last_rtt_ms"].is_number() && e["last_at"].is_string(), "{e}");
+    assert!(
+        e["last_rtt_ms"].is_number() && e["last_at"].is_string(),
+        "{e}"
+    );
     assert!(e["failures"].as_u64().expect("failures") >= 1);
     assert_eq!(e["passes"], 0);
     assert_eq!(s["overrides"], json!([]));
@@ -503,21 +644,42 @@ async fn explain_answers_from_live_health_and_rejects_bad_parameters() {
     std::fs::write(dir.zone_file(), zone_toml(1, closed_port())).expect("write zone");
     let server = Server::start(settings(&dir, None)).await;
 
-    let (code, e) = server.get_json(&format!("/v1/explain?name=api.{ZONE}&client=192.0.2.7")).await;
+    let (code, e) = server
+        .get_json(&format!("/v1/explain?name=api.{ZONE}&client=192.0.2.7"))
+        .await;
     assert_eq!(code, 200, "{e}");
-    assert_eq!((&e["name"], &e["type"], &e["client"]), (&json!(format!("api.{ZONE}")), &json!("A"), &json!("192.0.2.7")));
+    assert_eq!(
+        (&e["name"], &e["type"], &e["client"]),
+        (
+            &json!(format!("api.{ZONE}")),
+            &json!("A"),
+            &json!("192.0.2.7")
+        )
+    );
     assert_eq!(e["policy"], "api");
     assert_eq!(e["answers"][0]["data"], PRIMARY);
     assert!(e["trace"].as_array().is_some_and(|t| !t.is_empty()), "{e}");
-    assert!(e["text"].as_str().expect("text").contains("policy api"), "{e}");
+    assert!(
+        e["text"].as_str().expect("text").contains("policy api"),
+        "{e}"
+    );
 
-    let (code, e) = server.get_json(&format!("/v1/explain?name=api.{ZONE}&type=aaaa&client=81.2.69.142/24")).await;
+    let (code, e) = server
+        .get_json(&format!(
+            "/v1/explain?name=api.{ZONE}&type=aaaa&client=81.2.69.142/24"
+        ))
+        .await;
     assert_eq!(code, 200, "{e}");
-    assert_eq!((&e["type"], &e["ecs"]), (&json!("AAAA"), &json!("81.2.69.0/24")));
+    assert_eq!(
+        (&e["type"], &e["ecs"]),
+        (&json!("AAAA"), &json!("81.2.69.0/24"))
+    );
 
     // Live health: once the probes take `dead` down, `tail` moves on to `secondary`.
     wait_dead_down(&server).await;
-    let (_, e) = server.get_json(&format!("/v1/explain?name=tail.{ZONE}&client=192.0.2.7")).await;
+    let (_, e) = server
+        .get_json(&format!("/v1/explain?name=tail.{ZONE}&client=192.0.2.7"))
+        .await;
     assert_eq!(e["answers"][0]["data"], SECONDARY, "{e}");
 
     for query in [
@@ -543,17 +705,26 @@ async fn reload_applies_new_serials_or_keeps_the_old_config() {
     let server = Server::start(settings(&dir, None)).await;
     let post = reqwest::Method::POST;
 
-    std::fs::write(dir.zone_file(), zone_toml(2, port).replace(PRIMARY, "198.51.100.11")).expect("edit zone");
+    std::fs::write(
+        dir.zone_file(),
+        zone_toml(2, port).replace(PRIMARY, "198.51.100.11"),
+    )
+    .expect("edit zone");
     let (code, body) = server.change(post.clone(), "/v1/reload", None, None).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body, json!({"zones": [{"origin": ZONE, "serial": 2}]}));
-    assert_eq!(server.resolve(&format!("api.{ZONE}")).await, ["198.51.100.11"]);
+    assert_eq!(
+        server.resolve(&format!("api.{ZONE}")).await,
+        ["198.51.100.11"]
+    );
 
     // A broken zone: 422 with every error at file:line:col; the serial-2 config keeps serving.
-    let broken = zone_toml(3, port).replace(PRIMARY, "198.51.100.11").replace(
-        &format!("A = [\"{SECONDARY}\"]"),
-        "A = [\"not-an-address\"]\nbogus_key = 1",
-    );
+    let broken = zone_toml(3, port)
+        .replace(PRIMARY, "198.51.100.11")
+        .replace(
+            &format!("A = [\"{SECONDARY}\"]"),
+            "A = [\"not-an-address\"]\nbogus_key = 1",
+        );
     std::fs::write(dir.zone_file(), broken).expect("break zone");
     let (code, body) = server.change(post, "/v1/reload", None, None).await;
     assert_eq!(code, 422, "{body}");
@@ -561,15 +732,33 @@ async fn reload_applies_new_serials_or_keeps_the_old_config() {
     assert!(errors.len() >= 2, "{body}");
     for e in errors {
         let e = e.as_str().expect("error text");
-        let at = e.split("zone.toml:").nth(1).unwrap_or_else(|| panic!("no file: {e}"));
+        let at = e
+            .split("zone.toml:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no file: {e}"));
         let mut pos = at.splitn(3, ':');
-        assert!(pos.next().is_some_and(|l| l.parse::<u32>().is_ok()), "no line: {e}");
-        assert!(pos.next().is_some_and(|c| c.parse::<u32>().is_ok()), "no column: {e}");
+        assert!(
+            pos.next().is_some_and(|l| l.parse::<u32>().is_ok()),
+            "no line: {e}"
+        );
+        assert!(
+            pos.next().is_some_and(|c| c.parse::<u32>().is_ok()),
+            "no column: {e}"
+        );
     }
-    assert_eq!(server.resolve(&format!("api.{ZONE}")).await, ["198.51.100.11"]);
+    assert_eq!(
+        server.resolve(&format!("api.{ZONE}")).await,
+        ["198.51.100.11"]
+    );
     assert_eq!(server.status().await["zones"][0]["serial"], 2);
     let m = server.metrics().await;
-    assert_eq!((m["meridian_reloads_total"], m["meridian_reload_errors_total"]), (1.0, 1.0));
+    assert_eq!(
+        (
+            m["meridian_reloads_total"],
+            m["meridian_reload_errors_total"]
+        ),
+        (1.0, 1.0)
+    );
     server.stop().await;
 }
 
@@ -585,12 +774,18 @@ async fn overrides_need_the_token_move_answers_and_survive_a_restart() {
     let down = Some(r#"{"state":"down"}"#);
     let token = Some("t0ken-for-tests");
 
-    for (who, code) in [(None, 401), (Some("wrong"), 401), (Some("t0ken-for-tests-"), 401)] {
+    for (who, code) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some("t0ken-for-tests-"), 401),
+    ] {
         let (c, body) = server.change(put.clone(), &path, who, down).await;
         assert_eq!(c, code, "{who:?}: {body}");
         assert!(body["error"].is_string(), "{body}");
     }
-    let (c, _) = server.change(reqwest::Method::POST, "/v1/reload", None, None).await;
+    let (c, _) = server
+        .change(reqwest::Method::POST, "/v1/reload", None, None)
+        .await;
     assert_eq!(c, 401);
     assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [PRIMARY]);
 
@@ -608,31 +803,59 @@ async fn overrides_need_the_token_move_answers_and_survive_a_restart() {
     }
 
     // Down: the failover policy answers from the next pool, over real DNS.
-    let (c, v) = server.change(put.clone(), "/v1/overrides/ADMIN.test/primary", token, down).await;
+    let (c, v) = server
+        .change(put.clone(), "/v1/overrides/ADMIN.test/primary", token, down)
+        .await;
     assert_eq!(c, 200, "{v}");
-    assert_eq!(v, json!({"zone": ZONE, "pool": "primary", "state": "down", "previous": null, "up": false}));
+    assert_eq!(
+        v,
+        json!({"zone": ZONE, "pool": "primary", "state": "down", "previous": null, "up": false})
+    );
     assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [SECONDARY]);
     let m = server.metrics().await;
-    assert_eq!(m[&format!("meridian_pool_override{{zone=\"{ZONE}\",pool=\"primary\",state=\"down\"}}")], 1.0);
-    assert_eq!(m[&format!("meridian_pool_up{{zone=\"{ZONE}\",pool=\"primary\"}}")], 0.0);
+    assert_eq!(
+        m[&format!("meridian_pool_override{{zone=\"{ZONE}\",pool=\"primary\",state=\"down\"}}")],
+        1.0
+    );
+    assert_eq!(
+        m[&format!("meridian_pool_up{{zone=\"{ZONE}\",pool=\"primary\"}}")],
+        0.0
+    );
 
     // Delete: back to the probes (no check: up).
     let (c, v) = server.change(delete.clone(), &path, token, None).await;
     assert_eq!(c, 200, "{v}");
-    assert_eq!((&v["state"], &v["previous"], &v["up"]), (&Value::Null, &json!("down"), &json!(true)));
+    assert_eq!(
+        (&v["state"], &v["previous"], &v["up"]),
+        (&Value::Null, &json!("down"), &json!(true))
+    );
     assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [PRIMARY]);
     let (c, _) = server.change(delete, &path, None, None).await;
     assert_eq!(c, 401);
 
     // Drain, then restart on the same state dir: still pinned.
-    let (c, v) = server.change(put, &path, token, Some(r#"{"state":"drain"}"#)).await;
+    let (c, v) = server
+        .change(put, &path, token, Some(r#"{"state":"drain"}"#))
+        .await;
     assert_eq!(c, 200, "{v}");
     server.stop().await;
     let server = Server::start(settings(&dir, Some(token_file))).await;
     let s = server.status().await;
-    assert_eq!(s["overrides"], json!([{"zone": ZONE, "pool": "primary", "state": "drain"}]));
-    let primary = s["pools"].as_array().expect("pools").iter().find(|p| p["pool"] == "primary").cloned().expect("primary");
-    assert_eq!((&primary["override"], &primary["up"]), (&json!("drain"), &json!(false)));
+    assert_eq!(
+        s["overrides"],
+        json!([{"zone": ZONE, "pool": "primary", "state": "drain"}])
+    );
+    let primary = s["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["pool"] == "primary")
+        .cloned()
+        .expect("primary");
+    assert_eq!(
+        (&primary["override"], &primary["up"]),
+        (&json!("drain"), &json!(false))
+    );
     assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [SECONDARY]);
     server.stop().await;
 }
@@ -645,14 +868,22 @@ async fn without_a_token_loopback_peers_may_change() {
     let path = format!("/v1/overrides/{ZONE}/secondary");
     // The peer is 127.0.0.1: accepted with no header (the non-loopback refusal is unit-tested
     // in admin::auth, since every peer here is loopback).
-    let (c, v) = server.change(reqwest::Method::PUT, &path, None, Some(r#"{"state":"up"}"#)).await;
+    let (c, v) = server
+        .change(reqwest::Method::PUT, &path, None, Some(r#"{"state":"up"}"#))
+        .await;
     assert_eq!(c, 200, "{v}");
     assert_eq!((&v["state"], &v["up"]), (&json!("up"), &json!(true)));
-    let (c, v) = server.change(reqwest::Method::DELETE, &path, None, None).await;
+    let (c, v) = server
+        .change(reqwest::Method::DELETE, &path, None, None)
+        .await;
     assert_eq!(c, 200, "{v}");
-    let (c, v) = server.change(reqwest::Method::POST, "/v1/reload", None, None).await;
+    let (c, v) = server
+        .change(reqwest::Method::POST, "/v1/reload", None, None)
+        .await;
     assert_eq!(c, 200, "{v}");
-    let (c, v) = server.change(reqwest::Method::GET, "/v1/reload", None, None).await;
+    let (c, v) = server
+        .change(reqwest::Method::GET, "/v1/reload", None, None)
+        .await;
     assert_eq!(c, 405, "{v}");
     server.stop().await;
 }
