@@ -2,18 +2,20 @@
 //! overrides, on its own listener beside the DNS workers.
 //!
 //! Everything here reads the world the DNS path serves (one `load` per request) or writes it
-//! through [`Control`]; nothing here runs on, or locks anything of, the DNS hot path. Read
-//! endpoints are open; changes go through [`auth::Authorized`]. Every error is a JSON
+//! through [`Control`]; nothing here runs on the DNS hot path (a scrape takes each worker's
+//! totals lock once, which the worker takes once per flush). Read
+//! endpoints are open; changes go through `auth::Authorized`. Every error is a JSON
 //! `{"error": "..."}` body.
 //!
 //! | route | handler |
 //! |---|---|
 //! | `GET /healthz` | `"ok"` while serving |
 //! | `GET /metrics` | [`metrics::render`] |
-//! | `GET /v1/status` | [`status::status`] |
-//! | `GET /v1/explain?name=&type=&client=` | [`explain::explain`] |
-//! | `POST /v1/reload` | [`change::reload`] |
-//! | `PUT`/`DELETE /v1/overrides/{zone}/{pool}` | [`change::set_override`], [`change::clear_override`] |
+//! | `GET /v1/status` | `status::status` |
+//! | `GET /v1/explain?name=&type=&client=` | `explain::explain` |
+//! | `POST /v1/reload` | `change::reload` |
+//! | `GET /v1/overrides` | `status::overrides`: the stored overrides |
+//! | `PUT`/`DELETE /v1/overrides/{zone}/{pool}` | `change::set_override`, `change::clear_override` |
 
 mod auth;
 mod change;
@@ -86,6 +88,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/explain", get(explain::explain))
         .route("/v1/reload", post(change::reload))
+        .route("/v1/overrides", get(status::overrides))
         .route(
             "/v1/overrides/{zone}/{pool}",
             put(change::set_override).delete(change::clear_override),

@@ -41,11 +41,7 @@ fn status_json(control: &Control) -> Value {
         .flat_map(|z| z.pools.iter())
         .map(|id| pool_json(snap, &world.health, *id))
         .collect();
-    let overrides: Vec<Value> = control
-        .overrides()
-        .into_iter()
-        .map(|((zone, pool), state)| json!({ "zone": zone, "pool": pool, "state": state.as_str() }))
-        .collect();
+    let overrides = overrides_json(control);
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": control.started.elapsed().as_secs_f64(),
@@ -54,6 +50,19 @@ fn status_json(control: &Control) -> Value {
         "pools": pools,
         "overrides": overrides,
     })
+}
+
+/// `GET /v1/overrides`: every stored override, also those of pools a reload removed.
+pub(super) async fn overrides(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "overrides": overrides_json(&state.control) }))
+}
+
+fn overrides_json(control: &Control) -> Vec<Value> {
+    control
+        .overrides()
+        .into_iter()
+        .map(|((zone, pool), state)| json!({ "zone": zone, "pool": pool, "state": state.as_str() }))
+        .collect()
 }
 
 fn pool_json(snap: &Snapshot, health: &View, id: PoolId) -> Value {
@@ -91,7 +100,7 @@ fn endpoint_json(snap: &Snapshot, health: &View, endpoint: &Endpoint) -> Value {
         "state": health.endpoint_health(endpoint).as_str(),
         "last_result": status.and_then(last_result),
         "last_error": status.and_then(|s| s.last_error.as_deref()),
-        "last_rtt_ms": status.and_then(|s| s.last_rtt).map(|d| d.as_secs_f64() * 1000.0),
+        "last_rtt_ms": status.and_then(|s| s.last_rtt).map(|d| d.as_micros() as f64 / 1000.0),
         "last_at": status.and_then(|s| s.last_at).map(rfc3339),
         "failures": status.map_or(0, |s| s.failures),
         "passes": status.map_or(0, |s| s.passes),

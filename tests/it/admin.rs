@@ -857,6 +857,12 @@ async fn overrides_need_the_token_move_answers_and_survive_a_restart() {
         (&json!("drain"), &json!(false))
     );
     assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [SECONDARY]);
+    let (c, v) = server.get_json("/v1/overrides").await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"overrides": [{"zone": ZONE, "pool": "primary", "state": "drain"}]})
+    );
     server.stop().await;
 }
 
