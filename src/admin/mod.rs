@@ -3,9 +3,8 @@
 //!
 //! Everything here reads the world the DNS path serves (one `load` per request) or writes it
 //! through [`Control`]; nothing here runs on the DNS hot path (a scrape takes each worker's
-//! totals lock once, which the worker takes once per flush). Read
-//! endpoints are open; changes go through `auth::Authorized`. Every error is a JSON
-//! `{"error": "..."}` body.
+//! totals lock once, which the worker takes once per flush). Read endpoints are open;
+//! changes go through `auth::Authorized`. Every error is a JSON `{"error": "..."}` body.
 //!
 //! | route | handler |
 //! |---|---|
