@@ -24,13 +24,55 @@ pub struct Country {
 /// The seven continent codes GeoIP databases use, with a representative point each
 /// (GeoNames' continent coordinates).
 pub const CONTINENTS: [([u8; 2], Coords); 7] = [
-    (*b"AF", Coords { lat: 7.1881, lon: 21.0938 }),
-    (*b"AN", Coords { lat: -78.1586, lon: 16.4063 }),
-    (*b"AS", Coords { lat: 29.8406, lon: 89.2969 }),
-    (*b"EU", Coords { lat: 48.6910, lon: 9.1406 }),
-    (*b"NA", Coords { lat: 46.0732, lon: -100.5469 }),
-    (*b"OC", Coords { lat: -18.3128, lon: 138.5156 }),
-    (*b"SA", Coords { lat: -14.6049, lon: -57.6563 }),
+    (
+        *b"AF",
+        Coords {
+            lat: 7.1881,
+            lon: 21.0938,
+        },
+    ),
+    (
+        *b"AN",
+        Coords {
+            lat: -78.1586,
+            lon: 16.4063,
+        },
+    ),
+    (
+        *b"AS",
+        Coords {
+            lat: 29.8406,
+            lon: 89.2969,
+        },
+    ),
+    (
+        *b"EU",
+        Coords {
+            lat: 48.6910,
+            lon: 9.1406,
+        },
+    ),
+    (
+        *b"NA",
+        Coords {
+            lat: 46.0732,
+            lon: -100.5469,
+        },
+    ),
+    (
+        *b"OC",
+        Coords {
+            lat: -18.3128,
+            lon: 138.5156,
+        },
+    ),
+    (
+        *b"SA",
+        Coords {
+            lat: -14.6049,
+            lon: -57.6563,
+        },
+    ),
 ];
 
 /// The table's source, compiled into the binary so a server needs no extra file.
@@ -61,7 +103,10 @@ pub fn countries() -> impl Iterator<Item = &'static Country> {
 
 /// The representative point of a continent code (AF AN AS EU NA OC SA).
 pub fn continent_coords(code: [u8; 2]) -> Option<Coords> {
-    CONTINENTS.iter().find(|(c, _)| *c == code).map(|(_, coords)| *coords)
+    CONTINENTS
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, coords)| *coords)
 }
 
 /// Whether `code` is one of the seven continent codes.
@@ -113,7 +158,15 @@ mod tests {
 
     #[test]
     fn continents_follow_geonames() {
-        for (code, continent) in [("RU", "EU"), ("TR", "AS"), ("CY", "EU"), ("EG", "AF"), ("PA", "NA"), ("AQ", "AN"), ("XK", "EU")] {
+        for (code, continent) in [
+            ("RU", "EU"),
+            ("TR", "AS"),
+            ("CY", "EU"),
+            ("EG", "AF"),
+            ("PA", "NA"),
+            ("AQ", "AN"),
+            ("XK", "EU"),
+        ] {
             let c = country(code.as_bytes().try_into().expect("2 bytes")).expect(code);
             assert_eq!(&c.continent, continent.as_bytes(), "{code}");
             assert!(is_continent(c.continent));
@@ -125,7 +178,10 @@ mod tests {
         let gb = country(*b"gb").expect("GB");
         assert_eq!(gb.name, "United Kingdom");
         assert!((gb.coords.lat - 51.5).abs() < 0.1 && (gb.coords.lon + 0.13).abs() < 0.1);
-        assert_eq!(country(*b"BQ").expect("BQ").name, "Bonaire, Saint Eustatius and Saba");
+        assert_eq!(
+            country(*b"BQ").expect("BQ").name,
+            "Bonaire, Saint Eustatius and Saba"
+        );
         assert!(country(*b"ZZ").is_none());
         assert!(country(*b"1A").is_none());
         assert!(continent_coords(*b"EU").is_some());

@@ -66,7 +66,9 @@ impl GeoDb {
         let read = |path: &Path| {
             std::fs::read(path)
                 .map_err(|e| open_error(path, &e.to_string()))
-                .and_then(|bytes| Reader::from_source(bytes).map_err(|e| open_error(path, &e.to_string())))
+                .and_then(|bytes| {
+                    Reader::from_source(bytes).map_err(|e| open_error(path, &e.to_string()))
+                })
         };
         Ok(GeoDb {
             city: read(city)?,
@@ -124,7 +126,11 @@ impl GeoDb {
     /// `database_type` and build time of the City/Country database, for `meridian geoip`.
     pub fn database_line(&self) -> String {
         let meta = self.city.metadata();
-        format!("{}, built {}", meta.database_type, format_epoch(meta.build_epoch))
+        format!(
+            "{}, built {}",
+            meta.database_type,
+            format_epoch(meta.build_epoch)
+        )
     }
 
     /// The ASN database's (or nothing's) autonomous system number for `ip`.
@@ -183,7 +189,10 @@ fn fill(raw: &RawRecord<'_>, report: &mut GeoReport) {
     let (coords, source) = match (raw.coords(), table, loc.continent) {
         (Some(c), _, _) => (Some(c), Some(CoordsSource::Record)),
         (None, Some(t), _) => (Some(t.coords), Some(CoordsSource::CountryTable)),
-        (None, None, Some(cont)) => (countries::continent_coords(cont), Some(CoordsSource::ContinentTable)),
+        (None, None, Some(cont)) => (
+            countries::continent_coords(cont),
+            Some(CoordsSource::ContinentTable),
+        ),
         (None, None, None) => (None, None),
     };
     loc.coords = coords;
@@ -222,4 +231,73 @@ pub(crate) fn format_epoch(epoch: u64) -> String {
         secs / 60 % 60,
         secs % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geo::Locate;
+
+    const CSV: &str = "192.0.2.0/25,EU,GB,ENG,51.5,-0.12,20,\n\
+                       192.0.2.128/26,,DE,,,,,\n\
+                       2001:db8::/33,OC,,,,,,\n";
+
+    fn db() -> GeoDb {
+        GeoDb::from_bytes(gen_mmdb::build(CSV).expect("csv"), None).expect("reader")
+    }
+
+    #[test]
+    fn ipv4_prefix_is_counted_in_ipv4_bits() {
+        let db = db();
+        let r = db
+            .describe("192.0.2.1".parse().expect("ip"))
+            .expect("found");
+        assert_eq!(
+            (r.network.to_string(), r.location.prefix_len),
+            ("192.0.2.0/25".into(), 25)
+        );
+        let r = db
+            .describe("::ffff:192.0.2.130".parse().expect("ip"))
+            .expect("found");
+        assert_eq!(r.network.to_string(), "192.0.2.128/26");
+        let r = db
+            .describe("2001:db8::1".parse().expect("ip"))
+            .expect("found");
+        assert_eq!(r.network.to_string(), "2001:db8::/33");
+    }
+
+    #[test]
+    fn gaps_are_filled_from_the_tables() {
+        let db = db();
+        let de = db
+            .describe("192.0.2.130".parse().expect("ip"))
+            .expect("found");
+        assert_eq!(de.location.continent, Some(*b"EU"));
+        assert!(de.continent_from_table);
+        assert_eq!(de.coords_source, Some(CoordsSource::CountryTable));
+        let oc = db
+            .locate("2001:db8::1".parse().expect("ip"))
+            .expect("found");
+        assert_eq!(oc.coords, countries::continent_coords(*b"OC"));
+        assert_eq!(db.locate("192.0.2.200".parse().expect("ip")), None);
+    }
+
+    #[test]
+    fn epochs_format_as_utc() {
+        assert_eq!(format_epoch(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_epoch(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(format_epoch(951_827_696), "2000-02-29T12:34:56Z");
+    }
+
+    #[test]
+    fn summary_names_type_epoch_and_size() {
+        let s = db().metadata_summary();
+        assert!(
+            s.starts_with(
+                "Meridian-Test-City built 2026-01-01T00:00:00Z (epoch 1767225600), IPv6, "
+            ),
+            "{s}"
+        );
+        assert!(s.contains(" nodes, record size "), "{s}");
+    }
 }

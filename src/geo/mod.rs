@@ -22,9 +22,10 @@ pub struct Location {
     pub country: Option<[u8; 2]>,
     /// The database's first subdivision code (`WA` in `US`); up to 3 characters.
     pub subdivision: Option<Subdivision>,
-    /// AF AN AS EU NA OC SA.
+    /// AF AN AS EU NA OC SA; from the record, else the country's (countries table).
     pub continent: Option<[u8; 2]>,
-    /// From the record, else the country's centroid from `geoip/countries.csv`.
+    /// From the record, else the country's capital from `geoip/countries.csv`, else the
+    /// continent's point ([`CONTINENTS`]); `None` for a record with neither.
     pub coords: Option<Coords>,
     /// Prefix length of the database network that holds the address (ECS scope).
     pub prefix_len: u8,

@@ -65,7 +65,9 @@ impl RawRecord<'_> {
     /// Record coordinates: nested `location`, else top-level; (0, 0) counts as none, since
     /// some flat files write zeros for "unknown".
     pub(super) fn coords(&self) -> Option<Coords> {
-        let nested = self.location.and_then(|l| Some((l.latitude?, l.longitude?)));
+        let nested = self
+            .location
+            .and_then(|l| Some((l.latitude?, l.longitude?)));
         let (lat, lon) = nested.or(self.latitude.zip(self.longitude))?;
         let (lat, lon) = (lat.0, lon.0);
         let valid = (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon);

@@ -26,7 +26,10 @@ pub fn render_geoip(db: &GeoDb, ip: IpAddr) -> String {
     match db.describe(ip) {
         None => {
             let _ = writeln!(out, "address: {}", ip.to_canonical());
-            let _ = writeln!(out, "found: no (the database has no record for this address)");
+            let _ = writeln!(
+                out,
+                "found: no (the database has no record for this address)"
+            );
         }
         Some(r) => write_report(&mut out, &r),
     }
@@ -63,7 +66,11 @@ fn write_report(out: &mut String, r: &GeoReport) {
     let dash = || "-".to_owned();
     let _ = writeln!(out, "address: {}", r.ip);
     let _ = writeln!(out, "network: {}", r.network);
-    let _ = writeln!(out, "country: {}", loc.country.as_ref().map_or("-", code_str));
+    let _ = writeln!(
+        out,
+        "country: {}",
+        loc.country.as_ref().map_or("-", code_str)
+    );
     let _ = writeln!(out, "subdivision: {}", subdivision(r).unwrap_or_else(dash));
     let continent = match loc.continent {
         None => dash(),
@@ -76,7 +83,11 @@ fn write_report(out: &mut String, r: &GeoReport) {
         _ => dash(),
     };
     let _ = writeln!(out, "coordinates: {coords}");
-    let _ = writeln!(out, "asn: {}", loc.asn.map_or_else(dash, |a| format!("AS{a}")));
+    let _ = writeln!(
+        out,
+        "asn: {}",
+        loc.asn.map_or_else(dash, |a| format!("AS{a}"))
+    );
 }
 
 /// `US-CA`: the SPEC §3 form geo rules match on.

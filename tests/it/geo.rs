@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use gen_mmdb::mmdb_writer::{IpVersion, Value, Writer};
-use meridian::geo::{CoordsSource, GeoDb, Locate, Location, code_str, render_geoip, render_geoip_json};
+use meridian::geo::{
+    CoordsSource, GeoDb, Locate, Location, code_str, render_geoip, render_geoip_json,
+};
 
 fn path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
@@ -34,6 +36,15 @@ fn summary(loc: &Location) -> (Option<String>, Option<String>, Option<String>, u
     )
 }
 
+/// One row of the shipped-database table: address, country, subdivision, continent, prefix.
+type Expect = (
+    &'static str,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    u8,
+);
+
 fn near(loc: &Location, lat: f64, lon: f64) -> bool {
     loc.coords
         .is_some_and(|c| (c.lat - lat).abs() < 0.01 && (c.lon - lon).abs() < 0.01)
@@ -55,7 +66,7 @@ fn shipped_db_table() {
     let db = shipped();
     let s = |c: &str| Some(c.to_owned());
     #[rustfmt::skip]
-    let table: &[(&str, Option<String>, Option<String>, Option<String>, u8)] = &[
+    let table: &[Expect] = &[
         // address          country  subdivision continent prefix
         ("203.0.113.7",     s("GB"), s("ENG"), s("EU"), 25),
         ("203.0.113.200",   s("IN"), s("MH"),  s("AS"), 25),
@@ -77,8 +88,14 @@ fn shipped_db_table() {
         ("2001:db8:ffff::1", None,   None,     None,    48),
     ];
     for (addr, country, sub, cont, prefix) in table {
-        let loc = db.locate(ip(addr)).unwrap_or_else(|| panic!("{addr} not found"));
-        assert_eq!(summary(&loc), (country.clone(), sub.clone(), cont.clone(), *prefix), "{addr}");
+        let loc = db
+            .locate(ip(addr))
+            .unwrap_or_else(|| panic!("{addr} not found"));
+        assert_eq!(
+            summary(&loc),
+            (country.clone(), sub.clone(), cont.clone(), *prefix),
+            "{addr}"
+        );
     }
 }
 
@@ -86,14 +103,26 @@ fn shipped_db_table() {
 fn team_lead_expectations() {
     let db = shipped();
     let gb = db.locate(ip("203.0.113.7")).expect("found");
-    assert_eq!((code(gb.country), code(gb.continent), gb.prefix_len), (Some("GB".into()), Some("EU".into()), 25));
+    assert_eq!(
+        (code(gb.country), code(gb.continent), gb.prefix_len),
+        (Some("GB".into()), Some("EU".into()), 25)
+    );
     assert!(near(&gb, 51.5074, -0.1278), "{gb:?}");
     let ca = db.locate(ip("198.51.100.7")).expect("found");
-    assert_eq!(ca.subdivision.map(|s| s.as_str().to_owned()).as_deref(), Some("CA"));
+    assert_eq!(
+        ca.subdivision.map(|s| s.as_str().to_owned()).as_deref(),
+        Some("CA")
+    );
     let india = db.locate(ip("203.0.113.200")).expect("found");
-    assert_eq!((code(india.country), code(india.continent)), (Some("IN".into()), Some("AS".into())));
+    assert_eq!(
+        (code(india.country), code(india.continent)),
+        (Some("IN".into()), Some("AS".into()))
+    );
     let lo = db.locate(ip("127.0.0.1")).expect("found");
-    assert_eq!((code(lo.country), code(lo.continent)), (Some("US".into()), Some("NA".into())));
+    assert_eq!(
+        (code(lo.country), code(lo.continent)),
+        (Some("US".into()), Some("NA".into()))
+    );
     assert!(near(&lo, 39.04, -77.49));
 }
 
@@ -113,7 +142,13 @@ fn mapped_and_aliased_addresses_are_ipv4() {
 #[test]
 fn unknown_addresses_are_none() {
     let db = shipped();
-    for addr in ["8.8.8.8", "10.1.2.3", "2001:4860::1", "2001:db9::1", "0.0.0.0"] {
+    for addr in [
+        "8.8.8.8",
+        "10.1.2.3",
+        "2001:4860::1",
+        "2001:db9::1",
+        "0.0.0.0",
+    ] {
         assert_eq!(db.locate(ip(addr)), None, "{addr}");
         assert_eq!(db.describe(ip(addr)), None, "{addr}");
     }
@@ -148,10 +183,16 @@ fn render_text_and_json() {
         "asn: -",
         "database: Meridian-Test-City, built 2026-01-01T00:00:00Z",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
     }
     let text = render_geoip(&db, ip("192.0.2.241"));
-    assert!(text.contains("(country capital, countries table)"), "{text}");
+    assert!(
+        text.contains("(country capital, countries table)"),
+        "{text}"
+    );
     let text = render_geoip(&db, ip("8.8.8.8"));
     assert!(text.contains("found: no"), "{text}");
     let json = render_geoip_json(&db, ip("203.0.113.7"));
@@ -160,14 +201,22 @@ fn render_text_and_json() {
     assert_eq!(json["network"], "203.0.113.0/25");
     assert_eq!(render_geoip_json(&db, ip("8.8.8.8"))["found"], false);
     let summary = db.metadata_summary();
-    assert!(summary.starts_with("Meridian-Test-City built 2026-01-01T00:00:00Z (epoch 1767225600), IPv6"), "{summary}");
+    assert!(
+        summary
+            .starts_with("Meridian-Test-City built 2026-01-01T00:00:00Z (epoch 1767225600), IPv6"),
+        "{summary}"
+    );
 }
 
 #[test]
 fn open_errors_name_the_file() {
-    let err = GeoDb::open(&path("geoip/nope.mmdb"), None).err().expect("missing file");
+    let err = GeoDb::open(&path("geoip/nope.mmdb"), None)
+        .err()
+        .expect("missing file");
     assert!(err.to_string().contains("geoip/nope.mmdb"), "{err}");
-    let err = GeoDb::open(&path("geoip/test-city.csv"), None).err().expect("not an mmdb");
+    let err = GeoDb::open(&path("geoip/test-city.csv"), None)
+        .err()
+        .expect("not an mmdb");
     assert!(err.to_string().contains("test-city.csv"), "{err}");
     assert!(GeoDb::from_bytes(b"garbage".to_vec(), None).is_err());
 }
@@ -182,11 +231,17 @@ fn maxmind(name: &str) -> GeoDb {
 fn maxmind_city_test_db() {
     let db = maxmind("GeoIP2-City-Test.mmdb");
     let gb = db.locate(ip("81.2.69.142")).expect("81.2.69.142");
-    assert_eq!(summary(&gb), (Some("GB".into()), Some("ENG".into()), Some("EU".into()), 31));
+    assert_eq!(
+        summary(&gb),
+        (Some("GB".into()), Some("ENG".into()), Some("EU".into()), 31)
+    );
     assert!(near(&gb, 51.5142, -0.0931), "{gb:?}");
     assert_eq!(db.locate(ip("::ffff:81.2.69.142")), Some(gb));
     let wa = db.locate(ip("216.160.83.56")).expect("216.160.83.56");
-    assert_eq!(summary(&wa), (Some("US".into()), Some("WA".into()), Some("NA".into()), 29));
+    assert_eq!(
+        summary(&wa),
+        (Some("US".into()), Some("WA".into()), Some("NA".into()), 29)
+    );
     assert!(near(&wa, 47.2513, -122.3149));
     let eu = db.describe(ip("2.3.3.1")).expect("continent-only record");
     assert_eq!(summary(&eu.location), (None, None, Some("EU".into()), 24));
@@ -194,11 +249,17 @@ fn maxmind_city_test_db() {
     let anycast = db.locate(ip("214.1.1.1")).expect("traits-only record");
     assert_eq!(summary(&anycast), (None, None, None, 24));
     assert_eq!(anycast.coords, None);
-    let v6 = db.locate(ip("2a02:d500::1")).expect("location without country");
+    let v6 = db
+        .locate(ip("2a02:d500::1"))
+        .expect("location without country");
     assert_eq!((v6.country, code(v6.continent)), (None, Some("EU".into())));
     assert!(near(&v6, 48.69096, 9.14062));
     assert_eq!(db.locate(ip("8.8.8.8")), None);
-    assert!(db.metadata_summary().starts_with("GeoIP2-City "), "{}", db.metadata_summary());
+    assert!(
+        db.metadata_summary().starts_with("GeoIP2-City "),
+        "{}",
+        db.metadata_summary()
+    );
 }
 
 #[test]
@@ -208,7 +269,10 @@ fn maxmind_country_test_db_fills_coordinates() {
     assert_eq!(code(report.location.country).as_deref(), Some("GB"));
     assert_eq!(code(report.location.continent).as_deref(), Some("EU"));
     assert_eq!(report.coords_source, Some(CoordsSource::CountryTable));
-    assert!(near(&report.location, 51.5085, -0.1257), "London: {report:?}");
+    assert!(
+        near(&report.location, 51.5085, -0.1257),
+        "London: {report:?}"
+    );
     let se = db.locate(ip("89.160.20.130")).expect("found");
     assert_eq!(code(se.country).as_deref(), Some("SE"));
     assert!(se.coords.is_some());
@@ -219,13 +283,19 @@ fn maxmind_country_test_db_fills_coordinates() {
 fn flat_db(version: IpVersion, records: &[(&str, Value)]) -> GeoDb {
     let mut w = Writer::builder("Flat-Test").ip_version(version).build();
     for (net, value) in records {
-        w.insert_value(net.parse::<ipnet::IpNet>().expect("net"), value.clone()).expect("insert");
+        w.insert_value(net.parse::<ipnet::IpNet>().expect("net"), value.clone())
+            .expect("insert");
     }
     GeoDb::from_bytes(w.to_bytes().expect("bytes"), None).expect("reader")
 }
 
 fn map(entries: &[(&str, Value)]) -> Value {
-    Value::Map(entries.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<BTreeMap<_, _>>())
+    Value::Map(
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    )
 }
 
 #[test]
@@ -244,8 +314,14 @@ fn ip_location_db_flat_f32_ipv4_only() {
     );
     let loc = db.locate(ip("192.0.2.9")).expect("found");
     // No continent in the record: from the countries table.
-    assert_eq!(summary(&loc), (Some("JP".into()), None, Some("AS".into()), 24));
-    assert_eq!(loc.coords.map(|c| (c.lat, c.lon)), Some((35.6895, 139.6917)));
+    assert_eq!(
+        summary(&loc),
+        (Some("JP".into()), None, Some("AS".into()), 24)
+    );
+    assert_eq!(
+        loc.coords.map(|c| (c.lat, c.lon)),
+        Some((35.6895, 139.6917))
+    );
     // An IPv6 lookup in an IPv4-only database is no match, not an error.
     assert_eq!(db.locate(ip("2001:db8::1")), None);
     assert_eq!(db.locate(ip("::ffff:192.0.2.9")), Some(loc));
@@ -269,7 +345,10 @@ fn ipinfo_lite_flat() {
     );
     let report = db.describe(ip("198.51.100.1")).expect("found");
     let loc = report.location;
-    assert_eq!(summary(&loc), (Some("US".into()), None, Some("NA".into()), 24));
+    assert_eq!(
+        summary(&loc),
+        (Some("US".into()), None, Some("NA".into()), 24)
+    );
     assert_eq!(loc.asn, Some(15169));
     assert!(!report.continent_from_table);
     assert_eq!(report.coords_source, Some(CoordsSource::CountryTable));
@@ -289,7 +368,10 @@ fn legacy_ipinfo_codes_as_strings() {
         )],
     );
     let loc = db.locate(ip("2001:db8::5")).expect("found");
-    assert_eq!(summary(&loc), (Some("DE".into()), None, Some("EU".into()), 32));
+    assert_eq!(
+        summary(&loc),
+        (Some("DE".into()), None, Some("EU".into()), 32)
+    );
     assert_eq!(loc.asn, Some(3320));
 }
 
@@ -301,9 +383,13 @@ fn asn_database_joins_the_city_record() {
         ("autonomous_system_number", Value::U32(64_500)),
         ("autonomous_system_organization", Value::from("Example")),
     ]);
-    w.insert_value("203.0.113.0/24".parse::<ipnet::IpNet>().expect("net"), rec).expect("insert");
+    w.insert_value("203.0.113.0/24".parse::<ipnet::IpNet>().expect("net"), rec)
+        .expect("insert");
     let db = GeoDb::from_bytes(city, Some(w.to_bytes().expect("bytes"))).expect("reader");
-    assert_eq!(db.locate(ip("203.0.113.7")).expect("found").asn, Some(64_500));
+    assert_eq!(
+        db.locate(ip("203.0.113.7")).expect("found").asn,
+        Some(64_500)
+    );
     assert_eq!(db.locate(ip("198.51.100.7")).expect("found").asn, None);
     assert!(render_geoip(&db, ip("203.0.113.7")).contains("asn: AS64500"));
     assert!(db.metadata_summary().contains("; asn: GeoLite2-ASN"));

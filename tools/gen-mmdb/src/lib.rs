@@ -36,7 +36,8 @@ pub const DESCRIPTION: &str =
     "Meridian test GeoIP database: documentation and loopback ranges only, not real geodata";
 
 /// The CSV header line `build` expects (it is also accepted as the first data line's skip).
-pub const HEADER: &str = "network,continent,country,subdivision,latitude,longitude,accuracy_radius,label";
+pub const HEADER: &str =
+    "network,continent,country,subdivision,latitude,longitude,accuracy_radius,label";
 
 /// One parsed CSV row.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,17 +90,25 @@ pub fn parse(csv: &str) -> Result<Vec<Row>, String> {
 fn parse_row(line: &str) -> Result<Row, String> {
     let cols: Vec<&str> = line.split(',').map(str::trim).collect();
     if cols.len() < 7 {
-        return Err(format!("expected at least 7 columns ({HEADER}), got {}", cols.len()));
+        return Err(format!(
+            "expected at least 7 columns ({HEADER}), got {}",
+            cols.len()
+        ));
     }
     let opt = |s: &str| (!s.is_empty()).then(|| s.to_ascii_uppercase());
-    let network: IpNet = cols[0].parse().map_err(|_| format!("bad network {:?}", cols[0]))?;
+    let network: IpNet = cols[0]
+        .parse()
+        .map_err(|_| format!("bad network {:?}", cols[0]))?;
     let coords = match (cols[4], cols[5]) {
         ("", "") => None,
         (lat, lon) => Some((parse_f64(lat, -90.0, 90.0)?, parse_f64(lon, -180.0, 180.0)?)),
     };
     let accuracy_radius = match cols[6] {
         "" => None,
-        s => Some(s.parse().map_err(|_| format!("bad accuracy_radius {s:?}"))?),
+        s => Some(
+            s.parse()
+                .map_err(|_| format!("bad accuracy_radius {s:?}"))?,
+        ),
     };
     let row = Row {
         network: network.trunc(),
@@ -124,20 +133,22 @@ fn check_codes(row: &Row) -> Result<(), String> {
     let alpha = |s: &str, lens: std::ops::RangeInclusive<usize>| {
         lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
     };
-    if let Some(c) = &row.continent {
-        if !["AF", "AN", "AS", "EU", "NA", "OC", "SA"].contains(&c.as_str()) {
-            return Err(format!("bad continent {c:?}"));
-        }
+    if let Some(c) = &row.continent
+        && !["AF", "AN", "AS", "EU", "NA", "OC", "SA"].contains(&c.as_str())
+    {
+        return Err(format!("bad continent {c:?}"));
     }
-    if let Some(c) = &row.country {
-        if !alpha(c, 2..=2) {
-            return Err(format!("bad country {c:?}"));
-        }
+    if let Some(c) = &row.country
+        && !alpha(c, 2..=2)
+    {
+        return Err(format!("bad country {c:?}"));
     }
-    if let Some(s) = &row.subdivision {
-        if !alpha(s, 1..=3) || row.country.is_none() {
-            return Err(format!("bad subdivision {s:?} (1-3 characters, needs a country)"));
-        }
+    if let Some(s) = &row.subdivision
+        && (!alpha(s, 1..=3) || row.country.is_none())
+    {
+        return Err(format!(
+            "bad subdivision {s:?} (1-3 characters, needs a country)"
+        ));
     }
     Ok(())
 }
@@ -154,7 +165,10 @@ pub fn record(row: &Row) -> Value {
         map.insert("registered_country".to_owned(), code("iso_code", c));
     }
     if let Some(s) = &row.subdivision {
-        map.insert("subdivisions".to_owned(), Value::array([code("iso_code", s)]));
+        map.insert(
+            "subdivisions".to_owned(),
+            Value::array([code("iso_code", s)]),
+        );
     }
     if let Some((lat, lon)) = row.coords {
         let mut loc = BTreeMap::new();
