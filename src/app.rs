@@ -95,8 +95,18 @@ pub async fn start(settings: Settings) -> Result<Running> {
         let bound = tcp.local_addr()?;
         tracing::info!(%bound, workers = sockets.len(), "dns listening (udp+tcp)");
         dns.push(bound);
-        udp_threads.extend(listen::spawn_udp(sockets, world.clone(), &control.dns_stats, stop_udp.clone())?);
-        tasks.spawn(listen::serve_tcp(tcp, world.clone(), control.dns_stats.clone(), stop_rx.clone()));
+        udp_threads.extend(listen::spawn_udp(
+            sockets,
+            world.clone(),
+            &control.dns_stats,
+            stop_udp.clone(),
+        )?);
+        tasks.spawn(listen::serve_tcp(
+            tcp,
+            world.clone(),
+            control.dns_stats.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     let weak: Weak<Control> = Arc::downgrade(&control);
@@ -114,7 +124,11 @@ pub async fn start(settings: Settings) -> Result<Running> {
                 .with_context(|| format!("admin: cannot listen on {addr}"))?;
             let bound = listener.local_addr()?;
             tracing::info!(%bound, "admin listening");
-            tasks.spawn(crate::admin::serve(listener, control.clone(), stop_rx.clone()));
+            tasks.spawn(crate::admin::serve(
+                listener,
+                control.clone(),
+                stop_rx.clone(),
+            ));
             Some(bound)
         }
         None => None,
@@ -132,10 +146,15 @@ pub async fn start(settings: Settings) -> Result<Running> {
 
 /// UDP sockets (one per worker) and a TCP listener on the same address and port.
 fn bind_dns(addr: SocketAddr, workers: usize) -> Result<(Vec<std::net::UdpSocket>, TcpListener)> {
-    let attempts = if addr.port() == 0 { PORT_ZERO_ATTEMPTS } else { 1 };
+    let attempts = if addr.port() == 0 {
+        PORT_ZERO_ATTEMPTS
+    } else {
+        1
+    };
     let mut last = None;
     for _ in 0..attempts {
-        let sockets = listen::bind_udp(addr, workers).with_context(|| format!("dns: cannot listen on udp {addr}"))?;
+        let sockets = listen::bind_udp(addr, workers)
+            .with_context(|| format!("dns: cannot listen on udp {addr}"))?;
         let port = sockets[0].local_addr()?.port();
         match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
             Ok(tcp) => {
@@ -145,7 +164,10 @@ fn bind_dns(addr: SocketAddr, workers: usize) -> Result<(Vec<std::net::UdpSocket
             Err(e) => last = Some(e),
         }
     }
-    Err(anyhow!("dns: cannot listen on tcp {addr}: {}", last.map_or_else(String::new, |e| e.to_string())))
+    Err(anyhow!(
+        "dns: cannot listen on tcp {addr}: {}",
+        last.map_or_else(String::new, |e| e.to_string())
+    ))
 }
 
 impl Running {
@@ -193,9 +215,12 @@ async fn wait_for_signals(control: &Arc<Control>) -> Result<()> {
 
 /// Logs to stderr; hickory and the HTTP stack at warn so that nothing logs per query.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_proto=warn,hyper=warn,reqwest=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,hickory_proto=warn,hyper=warn,reqwest=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

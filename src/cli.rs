@@ -23,7 +23,11 @@ pub const DEFAULT_GEOIP: &str = "geoip/test-city.mmdb";
 pub const DEFAULT_STATE: &str = "state";
 
 #[derive(Parser, Debug)]
-#[command(name = "meridian", version, about = "Authoritative DNS traffic manager: geo, latency, weighted and failover answers from health-checked pools")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Authoritative DNS traffic manager: geo, latency, weighted and failover answers from health-checked pools"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -147,14 +151,18 @@ impl Settings {
     pub fn resolve(common: &CommonArgs, serve: Option<&ServeArgs>) -> Result<Settings> {
         let file = match &common.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-                toml::from_str::<FileSettings>(&text).with_context(|| format!("{}: bad settings", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("{}: cannot read", path.display()))?;
+                toml::from_str::<FileSettings>(&text)
+                    .with_context(|| format!("{}: bad settings", path.display()))?
             }
             None => FileSettings::default(),
         };
         let listen = match serve.map(|s| s.listen.clone()).filter(|l| !l.is_empty()) {
             Some(l) => l,
-            None => file.listen.unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")]),
+            None => file
+                .listen
+                .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")]),
         };
         let admin_text = serve
             .and_then(|s| s.admin.clone())
@@ -162,7 +170,10 @@ impl Settings {
             .unwrap_or_else(|| DEFAULT_ADMIN.to_string());
         let admin = match admin_text.as_str() {
             "off" => None,
-            a => Some(a.parse().with_context(|| format!("--admin {a}: expected ADDR:PORT or off"))?),
+            a => Some(
+                a.parse()
+                    .with_context(|| format!("--admin {a}: expected ADDR:PORT or off"))?,
+            ),
         };
         let geoip = match common.geoip.clone().or(file.geoip) {
             Some(p) => Some(p),
@@ -171,11 +182,20 @@ impl Settings {
         Ok(Settings {
             listen,
             admin,
-            admin_token_file: serve.and_then(|s| s.admin_token_file.clone()).or(file.admin_token_file),
-            zones: common.zones.clone().or(file.zones).unwrap_or_else(|| DEFAULT_ZONES.into()),
+            admin_token_file: serve
+                .and_then(|s| s.admin_token_file.clone())
+                .or(file.admin_token_file),
+            zones: common
+                .zones
+                .clone()
+                .or(file.zones)
+                .unwrap_or_else(|| DEFAULT_ZONES.into()),
             geoip,
             asn: common.asn.clone().or(file.asn),
-            state: serve.and_then(|s| s.state.clone()).or(file.state).unwrap_or_else(|| DEFAULT_STATE.into()),
+            state: serve
+                .and_then(|s| s.state.clone())
+                .or(file.state)
+                .unwrap_or_else(|| DEFAULT_STATE.into()),
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
@@ -193,7 +213,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Geoip(args) => {
             let settings = Settings::resolve(&args.common, None)?;
             let db = open_geo(&settings)?.context("no GeoIP database: pass --geoip FILE")?;
-            print!("{:?}", crate::geo::Locate::locate(&db, args.ip)); // TODO render
+            print!("{}", crate::geo::render_geoip(&db, args.ip));
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -248,7 +268,14 @@ fn explain_cmd(args: &ExplainArgs) -> Result<ExitCode> {
     let qtype = parse_qtype(args.qtype.as_deref().unwrap_or("A"))?;
     let (addr, source_prefix) = parse_client(&args.client)?;
     let world = explain::offline_world(snap, geo, &args.down)?;
-    let e = explain::explain(&world, &args.name, qtype, addr, source_prefix, std::time::SystemTime::now());
+    let e = explain::explain(
+        &world,
+        &args.name,
+        qtype,
+        addr,
+        source_prefix,
+        std::time::SystemTime::now(),
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&e.to_json())?);
     } else {
@@ -267,9 +294,15 @@ pub fn parse_qtype(s: &str) -> Result<u16> {
 /// `ADDR` or `ADDR/LEN` (an ECS client subnet, address masked to LEN).
 pub fn parse_client(s: &str) -> Result<(IpAddr, Option<u8>)> {
     match s.split_once('/') {
-        None => Ok((s.parse().with_context(|| format!("--client {s}: not an address"))?, None)),
+        None => Ok((
+            s.parse()
+                .with_context(|| format!("--client {s}: not an address"))?,
+            None,
+        )),
         Some(_) => {
-            let net: ipnet::IpNet = s.parse().with_context(|| format!("--client {s}: not ADDR/LEN"))?;
+            let net: ipnet::IpNet = s
+                .parse()
+                .with_context(|| format!("--client {s}: not ADDR/LEN"))?;
             Ok((net.trunc().addr(), Some(net.prefix_len())))
         }
     }

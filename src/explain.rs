@@ -11,9 +11,8 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use serde_json::json;
 
-use crate::dns::handler::{Transport, handle};
-use crate::dns::lookup::{Scratch, wildcard_node};
-use crate::dns::stats::LocalStats;
+use crate::dns::handler::{Local, Transport, handle};
+use crate::dns::lookup::wildcard_node;
 use crate::geo::{GeoDb, Locate, Location, code_str};
 use crate::health::{Override, View};
 use crate::model::{PolicyId, Snapshot, rtype, wire};
@@ -68,7 +67,14 @@ pub fn offline_world(snap: Snapshot, geo: Option<Arc<GeoDb>>, down: &[String]) -
 }
 
 /// Ask `name`/`qtype` as `client` (an ECS subnet when `source_prefix` is given).
-pub fn explain(world: &World, name: &str, qtype: u16, client: IpAddr, source_prefix: Option<u8>, now: SystemTime) -> Explanation {
+pub fn explain(
+    world: &World,
+    name: &str,
+    qtype: u16,
+    client: IpAddr,
+    source_prefix: Option<u8>,
+    now: SystemTime,
+) -> Explanation {
     let mut e = Explanation {
         name: name.to_string(),
         qtype,
@@ -90,8 +96,20 @@ pub fn explain(world: &World, name: &str, qtype: u16, client: IpAddr, source_pre
     let seed = rand::random::<u64>();
     let packet = query_packet(&qname, qtype, client, source_prefix);
     let mut out = Vec::new();
-    let src = if source_prefix.is_some() { IpAddr::from([127, 0, 0, 1]) } else { client };
-    handle(world, &packet, src, Transport::Tcp, seed, &mut out, &mut Scratch::default(), &mut LocalStats::default());
+    let src = if source_prefix.is_some() {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        client
+    };
+    handle(
+        world,
+        &packet,
+        src,
+        Transport::Tcp,
+        seed,
+        &mut out,
+        &mut Local::default(),
+    );
     read_response(&out, &mut e);
     match policy_at(&world.snapshot, &qname) {
         Some(id) => {
@@ -123,7 +141,10 @@ fn policy_at(snap: &Snapshot, qname: &[u8]) -> Option<PolicyId> {
     let mut name = qname.to_vec();
     for _ in 0..MAX_CNAME_HOPS {
         let zone = snap.zone(snap.find_zone(&name)?);
-        let node = zone.nodes.get(&name[..]).or_else(|| wildcard_node(zone, &name))?;
+        let node = zone
+            .nodes
+            .get(&name[..])
+            .or_else(|| wildcard_node(zone, &name))?;
         if let Some(p) = node.policy {
             return Some(p);
         }
@@ -133,7 +154,20 @@ fn policy_at(snap: &Snapshot, qname: &[u8]) -> Option<PolicyId> {
 }
 
 fn query_packet(qname: &[u8], qtype: u16, client: IpAddr, source_prefix: Option<u8>) -> Vec<u8> {
-    let mut p = vec![0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(source_prefix.is_some())];
+    let mut p = vec![
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(source_prefix.is_some()),
+    ];
     p.extend_from_slice(qname);
     p.extend_from_slice(&qtype.to_be_bytes());
     p.extend_from_slice(&1u16.to_be_bytes());
@@ -161,7 +195,8 @@ fn read_response(out: &[u8], e: &mut Explanation) {
     };
     e.rcode = msg.metadata.response_code.to_string();
     for r in msg.answers.iter().chain(msg.authorities.iter()) {
-        e.answers.push((r.record_type().to_string(), r.ttl, r.data.to_string()));
+        e.answers
+            .push((r.record_type().to_string(), r.ttl, r.data.to_string()));
     }
     if let Some(edns) = &msg.edns
         && let Some(EdnsOption::Subnet(s)) = edns.option(EdnsCode::Subnet)
@@ -173,12 +208,20 @@ fn read_response(out: &[u8], e: &mut Explanation) {
 impl Explanation {
     /// SPEC §6 text.
     pub fn to_text(&self) -> String {
-        let mut out = format!("{} {} from {}", self.name, rtype::name(self.qtype), self.client);
+        let mut out = format!(
+            "{} {} from {}",
+            self.name,
+            rtype::name(self.qtype),
+            self.client
+        );
         match self.source_prefix {
             Some(p) => out.push_str(&format!(" (ECS {}/{p})\n", self.client)),
             None => out.push_str(" (no ECS)\n"),
         }
-        out.push_str(&format!("  geoip: {}\n", geoip_text(self.geoip.as_ref(), self.client)));
+        out.push_str(&format!(
+            "  geoip: {}\n",
+            geoip_text(self.geoip.as_ref(), self.client)
+        ));
         if let Some(note) = &self.note {
             out.push_str(&format!("  {note}\n"));
         }
@@ -197,7 +240,11 @@ impl Explanation {
             .map(|(_, _, d)| d.as_str())
             .collect();
         let mut s = if self.rcode == "No Error" || self.rcode == "NOERROR" {
-            if answers.is_empty() { "NODATA".to_string() } else { answers.join(" ") }
+            if answers.is_empty() {
+                "NODATA".to_string()
+            } else {
+                answers.join(" ")
+            }
         } else {
             self.rcode.clone()
         };

@@ -5,13 +5,16 @@
 //! resolved into ids, so answering a query never looks a string up or meets a config error.
 //! Domain names are kept as lowercase, uncompressed wire format ([`WireName`]).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
+use rustc_hash::FxHashMap;
+
+/// Names to values, hashed fast (see the note on `rustc-hash` in Cargo.toml).
+pub type NameMap<V> = FxHashMap<WireName, V>;
 
 /// A domain name in lowercase, uncompressed wire format, root label included
 /// (`\x03www\x04gslb\x07example\x04test\x00`).
@@ -35,7 +38,7 @@ pub struct ProbeId(pub u32);
 pub struct Snapshot {
     pub zones: Vec<Zone>,
     /// Zone origin (lowercase wire) to zone.
-    pub zone_by_origin: HashMap<WireName, ZoneId>,
+    pub zone_by_origin: NameMap<ZoneId>,
     pub pools: Vec<Pool>,
     pub policies: Vec<Policy>,
     /// Every distinct (probe address, check) pair, probed once however many pools use it.
@@ -58,7 +61,7 @@ pub struct Zone {
     /// Default TTL of policy answers.
     pub policy_ttl: u32,
     /// Every name of the zone, empty non-terminals included (with no data).
-    pub nodes: HashMap<WireName, Node>,
+    pub nodes: NameMap<Node>,
     /// Number of names an operator wrote (static and published policies).
     pub name_count: usize,
     /// Names of the zone's pools, for the admin API and explain.
@@ -134,16 +137,22 @@ pub struct Pool {
 
 impl Pool {
     pub fn v4(&self) -> impl Iterator<Item = (usize, Ipv4Addr)> + '_ {
-        self.endpoints.iter().enumerate().filter_map(|(i, e)| match e.addr {
-            IpAddr::V4(a) => Some((i, a)),
-            IpAddr::V6(_) => None,
-        })
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e.addr {
+                IpAddr::V4(a) => Some((i, a)),
+                IpAddr::V6(_) => None,
+            })
     }
     pub fn v6(&self) -> impl Iterator<Item = (usize, Ipv6Addr)> + '_ {
-        self.endpoints.iter().enumerate().filter_map(|(i, e)| match e.addr {
-            IpAddr::V6(a) => Some((i, a)),
-            IpAddr::V4(_) => None,
-        })
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| match e.addr {
+                IpAddr::V6(a) => Some((i, a)),
+                IpAddr::V4(_) => None,
+            })
     }
 }
 
@@ -306,11 +315,11 @@ pub struct GeoRules {
     /// Sorted by prefix length, longest first.
     pub cidr: Vec<(IpNet, Vec<Target>)>,
     /// Key `CC-XX`, uppercase.
-    pub subdivision: HashMap<String, Vec<Target>>,
+    pub subdivision: FxHashMap<String, Vec<Target>>,
     /// Key ISO 3166-1 alpha-2, uppercase.
-    pub country: HashMap<[u8; 2], Vec<Target>>,
+    pub country: FxHashMap<[u8; 2], Vec<Target>>,
     /// Key continent code (AF AN AS EU NA OC SA).
-    pub continent: HashMap<[u8; 2], Vec<Target>>,
+    pub continent: FxHashMap<[u8; 2], Vec<Target>>,
     pub default: Option<Vec<Target>>,
 }
 

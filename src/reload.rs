@@ -97,8 +97,16 @@ impl Control {
             Some(p) => p.reconfigure(snapshot.clone()),
             None => vec![ProbeStatus::default(); snapshot.probes.len()],
         };
-        let overrides = self.overrides.lock().expect("overrides lock is never poisoned").resolve(&snapshot);
-        let serials = snapshot.zones.iter().map(|z| (z.origin.clone(), z.serial)).collect();
+        let overrides = self
+            .overrides
+            .lock()
+            .expect("overrides lock is never poisoned")
+            .resolve(&snapshot);
+        let serials = snapshot
+            .zones
+            .iter()
+            .map(|z| (z.origin.clone(), z.serial))
+            .collect();
         self.world.store(Arc::new(World {
             snapshot,
             health: Arc::new(View { probes, overrides }),
@@ -110,7 +118,10 @@ impl Control {
     }
 
     #[allow(clippy::type_complexity)]
-    fn compile(&self, previous: &Snapshot) -> Result<(Snapshot, Option<Arc<crate::geo::GeoDb>>), ReloadError> {
+    fn compile(
+        &self,
+        previous: &Snapshot,
+    ) -> Result<(Snapshot, Option<Arc<crate::geo::GeoDb>>), ReloadError> {
         let snap = config::load_dir(&LoadOptions {
             zones_dir: &self.settings.zones,
             previous: Some(previous),
@@ -138,7 +149,12 @@ impl Control {
     }
 
     /// Pin a pool (`None` clears the override); persisted before it takes effect.
-    pub fn set_override(&self, zone: &str, pool: &str, state: Option<Override>) -> Result<Option<Override>, OverrideChangeError> {
+    pub fn set_override(
+        &self,
+        zone: &str,
+        pool: &str,
+        state: Option<Override>,
+    ) -> Result<Option<Override>, OverrideChangeError> {
         let _writer = self.publish.lock().expect("publish lock is never poisoned");
         let current = self.world.load_full();
         let snap = &current.snapshot;
@@ -148,7 +164,10 @@ impl Control {
         snap.find_pool(z, pool)
             .ok_or_else(|| OverrideChangeError::NoPool(zone.to_string(), pool.to_string()))?;
         let origin = &snap.zone(z).origin;
-        let mut store = self.overrides.lock().expect("overrides lock is never poisoned");
+        let mut store = self
+            .overrides
+            .lock()
+            .expect("overrides lock is never poisoned");
         let previous = match state {
             Some(s) => {
                 let prev = store.get(origin, pool);
@@ -166,13 +185,21 @@ impl Control {
             }),
             geo: current.geo.clone(),
         }));
-        tracing::info!(zone = origin, pool, state = state.map_or("cleared", |s| s.as_str()), "override");
+        tracing::info!(
+            zone = origin,
+            pool,
+            state = state.map_or("cleared", |s| s.as_str()),
+            "override"
+        );
         Ok(previous)
     }
 
     /// Every stored override: ((zone, pool), state).
     pub fn overrides(&self) -> Vec<((String, String), Override)> {
-        let store = self.overrides.lock().expect("overrides lock is never poisoned");
+        let store = self
+            .overrides
+            .lock()
+            .expect("overrides lock is never poisoned");
         store.entries().map(|(k, v)| (k.clone(), v)).collect()
     }
 }

@@ -17,8 +17,8 @@ use super::raw;
 use super::values;
 use super::{policies, pools, records};
 use crate::model::{
-    CheckSpec, Node, PolicyId, PoolId, ProbeId, ProbeKey, Snapshot, Soa, WireName, Zone, ZoneId,
-    rtype, wire,
+    CheckSpec, NameMap, Node, PolicyId, PoolId, ProbeId, ProbeKey, Snapshot, Soa, WireName, Zone,
+    ZoneId, rtype, wire,
 };
 
 /// SPEC §2 defaults.
@@ -422,8 +422,8 @@ fn lay_out_names(
     apex: &[u8],
     owners: Vec<records::Owner>,
     policies: &[PolicyName],
-) -> HashMap<WireName, Node> {
-    let mut nodes: HashMap<WireName, Node> = HashMap::new();
+) -> NameMap<Node> {
+    let mut nodes = NameMap::<Node>::default();
     for o in owners {
         let delegation = &*o.name != apex && o.rrsets.iter().any(|r| r.rtype == rtype::NS);
         nodes.insert(

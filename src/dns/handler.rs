@@ -24,6 +24,13 @@ pub enum Transport {
     Tcp,
 }
 
+/// What a worker (a UDP thread, a TCP connection) keeps from query to query.
+#[derive(Default)]
+pub struct Local {
+    pub scratch: Scratch,
+    pub stats: LocalStats,
+}
+
 /// Answer `packet` from `src` into `out`; false when nothing is to be sent.
 pub fn handle(
     world: &World,
@@ -32,15 +39,19 @@ pub fn handle(
     transport: Transport,
     seed: u64,
     out: &mut Vec<u8>,
-    scratch: &mut Scratch,
-    stats: &mut LocalStats,
+    local: &mut Local,
 ) -> bool {
+    let Local { scratch, stats } = local;
     let q = match wire::parse(packet) {
         Ok(q) => q,
         Err((Reject::Drop, _)) => return false,
         Err((reject, id)) => {
             let flags = u16::from_be_bytes([packet[2], packet[3]]);
-            let code = if reject == Reject::NotImp { rcode::NOTIMP } else { rcode::FORMERR };
+            let code = if reject == Reject::NotImp {
+                rcode::NOTIMP
+            } else {
+                rcode::FORMERR
+            };
             response::bare(out, id.unwrap_or(0), flags, code);
             stats.query(None, 0, u16::from(code));
             return true;
@@ -57,7 +68,8 @@ pub fn handle(
     let zone = (q.qclass == CLASS_IN)
         .then(|| snap.find_zone(q.qname.as_wire()))
         .flatten();
-    let Some(zone) = zone.filter(|_| q.qtype != AXFR && q.qtype != IXFR && q.qtype != rtype::OPT) else {
+    let Some(zone) = zone.filter(|_| q.qtype != AXFR && q.qtype != IXFR && q.qtype != rtype::OPT)
+    else {
         response::error(out, &q, u16::from(rcode::REFUSED));
         stats.query(None, q.qtype, u16::from(rcode::REFUSED));
         return true;

@@ -18,9 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::handler::{Transport, handle};
-use super::lookup::Scratch;
-use super::stats::{DnsStats, LocalStats, WorkerTotals};
+use super::handler::{Local, Transport, handle};
+use super::stats::{DnsStats, WorkerTotals};
 use crate::world::{SharedWorld, World};
 
 /// Datagrams taken per recvmmsg call (the echo baseline of the capacity bench uses 64).
@@ -34,6 +33,8 @@ const UDP_POLL: Duration = Duration::from_millis(200);
 /// Counters are folded into the shared totals after this many queries or this long.
 const STATS_FLUSH_QUERIES: u64 = 4096;
 const STATS_FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// A TCP connection folds its counters in after this many queries, and when it closes.
+const TCP_STATS_FLUSH_QUERIES: u64 = 64;
 /// RFC 7766 §6.2.3: close idle connections; 10 s as BIND and Unbound do by default.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent TCP connections over all listeners; beyond it new ones are closed at once.
@@ -90,7 +91,12 @@ struct Batch {
     send_index: Vec<usize>,
 }
 
-fn udp_worker(sock: std::net::UdpSocket, world: SharedWorld, totals: Arc<WorkerTotals>, stop: Arc<AtomicBool>) {
+fn udp_worker(
+    sock: std::net::UdpSocket,
+    world: SharedWorld,
+    totals: Arc<WorkerTotals>,
+    stop: Arc<AtomicBool>,
+) {
     let fd = sock.as_raw_fd();
     let mut cache = Cache::new(world);
     let mut b = Batch {
@@ -103,8 +109,7 @@ fn udp_worker(sock: std::net::UdpSocket, world: SharedWorld, totals: Arc<WorkerT
     };
     let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut scratch = Scratch::default();
-    let mut stats = LocalStats::default();
+    let mut local = Local::default();
     let mut seed = rand::random::<u64>() | 1;
     let mut last_world: Option<Arc<World>> = None;
     let mut last_flush = Instant::now();
@@ -122,7 +127,7 @@ fn udp_worker(sock: std::net::UdpSocket, world: SharedWorld, totals: Arc<WorkerT
         if let Some(prev) = &last_world
             && !Arc::ptr_eq(prev, world)
         {
-            stats.flush(&prev.snapshot, &totals);
+            local.stats.flush(&prev.snapshot, &totals);
         }
         if last_world.as_ref().is_none_or(|p| !Arc::ptr_eq(p, world)) {
             last_world = Some(world.clone());
@@ -135,7 +140,15 @@ fn udp_worker(sock: std::net::UdpSocket, world: SharedWorld, totals: Arc<WorkerT
             let Some(src) = peer_ip(&peer) else { continue };
             seed = xorshift(seed);
             let packet = &b.recv[i][..b.lens[i]];
-            if handle(world, packet, src, Transport::Udp, seed, &mut b.out[i], &mut scratch, &mut stats) {
+            if handle(
+                world,
+                packet,
+                src,
+                Transport::Udp,
+                seed,
+                &mut b.out[i],
+                &mut local,
+            ) {
                 b.send_peers.push(Some(peer));
                 b.send_index.push(i);
             }
@@ -143,25 +156,40 @@ fn udp_worker(sock: std::net::UdpSocket, world: SharedWorld, totals: Arc<WorkerT
         if n > 0 {
             let per_query = started.elapsed() / n as u32;
             for _ in 0..n {
-                stats.response_time(per_query);
+                local.stats.response_time(per_query);
             }
         }
         send(fd, &mut send_headers, &b);
-        if stats.pending() >= STATS_FLUSH_QUERIES || last_flush.elapsed() >= STATS_FLUSH_EVERY {
-            stats.flush(&world.snapshot, &totals);
+        if local.stats.pending() >= STATS_FLUSH_QUERIES || last_flush.elapsed() >= STATS_FLUSH_EVERY
+        {
+            local.stats.flush(&world.snapshot, &totals);
             last_flush = Instant::now();
         }
     }
     if let Some(w) = last_world {
-        stats.flush(&w.snapshot, &totals);
+        local.stats.flush(&w.snapshot, &totals);
     }
 }
 
 /// One recvmmsg: blocks for the first datagram (up to the socket timeout), then takes what
 /// is queued.
-fn receive(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, b: &mut Batch) -> nix::Result<usize> {
-    let mut slices: Vec<[io::IoSliceMut<'_>; 1]> = b.recv.iter_mut().map(|buf| [io::IoSliceMut::new(buf)]).collect();
-    let results = recvmmsg(fd, headers, slices.iter_mut(), MsgFlags::MSG_WAITFORONE, None)?;
+fn receive(
+    fd: i32,
+    headers: &mut MultiHeaders<SockaddrStorage>,
+    b: &mut Batch,
+) -> nix::Result<usize> {
+    let mut slices: Vec<[io::IoSliceMut<'_>; 1]> = b
+        .recv
+        .iter_mut()
+        .map(|buf| [io::IoSliceMut::new(buf)])
+        .collect();
+    let results = recvmmsg(
+        fd,
+        headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_WAITFORONE,
+        None,
+    )?;
     let mut n = 0;
     for (i, msg) in results.enumerate() {
         b.lens[i] = msg.bytes;
@@ -179,7 +207,14 @@ fn send(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, b: &Batch) {
             .iter()
             .map(|&i| [io::IoSlice::new(&b.out[i])])
             .collect();
-        match sendmmsg(fd, headers, slices.iter(), &b.send_peers[from..], [], MsgFlags::empty()) {
+        match sendmmsg(
+            fd,
+            headers,
+            slices.iter(),
+            &b.send_peers[from..],
+            [],
+            MsgFlags::empty(),
+        ) {
             Ok(sent) => {
                 let sent = sent.count();
                 if sent == 0 {
@@ -201,7 +236,8 @@ fn peer_ip(peer: &SockaddrStorage) -> Option<IpAddr> {
     if let Some(v4) = peer.as_sockaddr_in() {
         return Some(IpAddr::V4(v4.ip()));
     }
-    peer.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()).to_canonical())
+    peer.as_sockaddr_in6()
+        .map(|v6| IpAddr::V6(v6.ip()).to_canonical())
 }
 
 fn xorshift(mut x: u64) -> u64 {
@@ -211,7 +247,12 @@ fn xorshift(mut x: u64) -> u64 {
 }
 
 /// Serve TCP on `listener` until `stop` turns true.
-pub async fn serve_tcp(listener: TcpListener, world: SharedWorld, stats: Arc<DnsStats>, mut stop: watch::Receiver<bool>) {
+pub async fn serve_tcp(
+    listener: TcpListener,
+    world: SharedWorld,
+    stats: Arc<DnsStats>,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
     let totals = stats.register();
     loop {
@@ -254,8 +295,7 @@ async fn tcp_connection(
     let mut w = BufWriter::new(w);
     let mut msg = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(4096);
-    let mut scratch = Scratch::default();
-    let mut stats = LocalStats::default();
+    let mut local = Local::default();
     let mut seed = rand::random::<u64>() | 1;
     let result = loop {
         let len = tokio::select! {
@@ -273,10 +313,18 @@ async fn tcp_connection(
         let started = Instant::now();
         let world = world.load();
         seed = xorshift(seed);
-        let reply = handle(&world, &msg, peer, Transport::Tcp, seed, &mut out, &mut scratch, &mut stats);
-        stats.response_time(started.elapsed());
-        if stats.pending() >= 64 {
-            stats.flush(&world.snapshot, &totals);
+        let reply = handle(
+            &world,
+            &msg,
+            peer,
+            Transport::Tcp,
+            seed,
+            &mut out,
+            &mut local,
+        );
+        local.stats.response_time(started.elapsed());
+        if local.stats.pending() >= TCP_STATS_FLUSH_QUERIES {
+            local.stats.flush(&world.snapshot, &totals);
         }
         drop(world);
         if !reply {
@@ -290,6 +338,6 @@ async fn tcp_connection(
         }
     };
     let _ = w.flush().await;
-    stats.flush(&world.load().snapshot, &totals);
+    local.stats.flush(&world.load().snapshot, &totals);
     result
 }

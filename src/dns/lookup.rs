@@ -41,7 +41,14 @@ pub struct Lookup<'a, L: Locate + ?Sized> {
 
 impl<L: Locate + ?Sized> Lookup<'_, L> {
     /// Answer `qname`/`qtype` from `zone` into `w`.
-    pub fn run(&self, zone_id: ZoneId, qname: &[u8], qtype: u16, w: &mut Writer<'_>, scratch: &mut Scratch) -> Found {
+    pub fn run(
+        &self,
+        zone_id: ZoneId,
+        qname: &[u8],
+        qtype: u16,
+        w: &mut Writer<'_>,
+        scratch: &mut Scratch,
+    ) -> Found {
         let zone = self.snap.zone(zone_id);
         let mut found = Found {
             rcode: rcode::NOERROR,
@@ -51,14 +58,19 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
         let mut name: &[u8] = qname;
         let mut owner = Owner::Qname;
         for _ in 0..MAX_CNAME_HOPS {
-            if let Some(cut) = delegation(zone, name) {
+            let exact = zone.nodes.get(name);
+            let cut = match exact {
+                Some(n) if n.delegation => Some(name),
+                _ => delegation_above(zone, name),
+            };
+            if let Some(cut) = cut {
                 if owner_is_qname(owner) {
                     referral(zone, cut, w);
                     found.authoritative = false;
                 }
                 return found;
             }
-            let Some(node) = zone.nodes.get(name).or_else(|| wildcard_node(zone, name)) else {
+            let Some(node) = exact.or_else(|| wildcard_node(zone, name)) else {
                 found.rcode = rcode::NXDOMAIN;
                 negative(zone, w);
                 return found;
@@ -66,7 +78,13 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
             if let Some(cname) = node.rrset(rtype::CNAME)
                 && qtype != rtype::CNAME
             {
-                w.record(Section::Answer, owner, rtype::CNAME, cname.ttl, &cname.rdatas[0]);
+                w.record(
+                    Section::Answer,
+                    owner,
+                    rtype::CNAME,
+                    cname.ttl,
+                    &cname.rdatas[0],
+                );
                 let target = &cname.rdatas[0];
                 if !wire::is_within(target, &zone.origin_wire) {
                     return found;
@@ -145,11 +163,25 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
             return false;
         };
         found.policy = Some((policy, pool, fail_open));
-        policy::select_addresses(self.snap, self.health, &decision, want_v6, &mut scratch.addrs);
+        policy::select_addresses(
+            self.snap,
+            self.health,
+            &decision,
+            want_v6,
+            &mut scratch.addrs,
+        );
         for addr in &scratch.addrs {
             match addr {
-                IpAddr::V4(a) => w.record(Section::Answer, owner, rtype::A, decision.ttl, &a.octets()),
-                IpAddr::V6(a) => w.record(Section::Answer, owner, rtype::AAAA, decision.ttl, &a.octets()),
+                IpAddr::V4(a) => {
+                    w.record(Section::Answer, owner, rtype::A, decision.ttl, &a.octets())
+                }
+                IpAddr::V6(a) => w.record(
+                    Section::Answer,
+                    owner,
+                    rtype::AAAA,
+                    decision.ttl,
+                    &a.octets(),
+                ),
             }
         }
         !scratch.addrs.is_empty()
@@ -169,10 +201,11 @@ fn owner_is_qname(o: Owner<'_>) -> bool {
     matches!(o, Owner::Qname)
 }
 
-/// The highest delegation point at or above `name`, below the apex.
-fn delegation<'z>(zone: &'z Zone, name: &'z [u8]) -> Option<&'z [u8]> {
+/// The highest delegation point strictly above `name` and below the apex (a name right
+/// under the apex costs no lookup).
+fn delegation_above<'z>(zone: &'z Zone, name: &'z [u8]) -> Option<&'z [u8]> {
     let mut cut = None;
-    let mut at = name;
+    let mut at = wire::parent(name)?;
     while at.len() > zone.origin_wire.len() {
         if zone.nodes.get(at).is_some_and(|n| n.delegation) {
             cut = Some(at);
@@ -195,7 +228,9 @@ pub(crate) fn wildcard_node<'z>(zone: &'z Zone, name: &[u8]) -> Option<&'z Node>
     buf[0] = 1;
     buf[1] = b'*';
     buf[2..2 + encloser.len()].copy_from_slice(encloser);
-    zone.nodes.get(&buf[..2 + encloser.len()]).filter(|n| !n.is_empty())
+    zone.nodes
+        .get(&buf[..2 + encloser.len()])
+        .filter(|n| !n.is_empty())
 }
 
 /// A referral: the cut's NS in authority, in-zone glue in additional.
@@ -223,5 +258,10 @@ fn referral(zone: &Zone, cut: &[u8], w: &mut Writer<'_>) {
 /// NODATA / NXDOMAIN: the SOA in authority, TTL min(SOA TTL, MINIMUM) (RFC 2308 §3).
 fn negative(zone: &Zone, w: &mut Writer<'_>) {
     let ttl = zone.soa_ttl.min(zone.soa.minimum);
-    w.soa(Section::Authority, Owner::Name(&zone.origin_wire), ttl, zone);
+    w.soa(
+        Section::Authority,
+        Owner::Name(&zone.origin_wire),
+        ttl,
+        zone,
+    );
 }

@@ -65,7 +65,14 @@ impl<'b> Writer<'b> {
     }
 
     /// Add one record.
-    pub fn record(&mut self, section: Section, owner: Owner<'_>, rtype: u16, ttl: u32, rdata: &[u8]) {
+    pub fn record(
+        &mut self,
+        section: Section,
+        owner: Owner<'_>,
+        rtype: u16,
+        ttl: u32,
+        rdata: &[u8],
+    ) {
         self.header(section, owner, rtype, ttl, rdata.len());
         self.buf.extend_from_slice(rdata);
     }
@@ -106,7 +113,11 @@ impl<'b> Writer<'b> {
     pub fn finish(self, q: &Query<'_>, meta: Meta, limit: Option<usize>) {
         let Writer { buf, counts, .. } = self;
         let question_end = HEADER_LEN + q.question.len();
-        let opt_len = if q.edns.is_some() { opt_size(meta.ecs) } else { 0 };
+        let opt_len = if q.edns.is_some() {
+            opt_size(meta.ecs)
+        } else {
+            0
+        };
         let mut counts = counts;
         let mut tc = false;
         if let Some(limit) = limit

@@ -2,7 +2,7 @@
 //! [`LocalStats`] by snapshot ids, and now and then folds them, by name, into its own
 //! [`WorkerTotals`], which `/metrics` sums over workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +16,10 @@ pub const RESPONSE_TIME_BUCKETS: [f64; 10] = [
 /// A worker's counters since its last flush, keyed by ids of the snapshot it answered from.
 #[derive(Default)]
 pub struct LocalStats {
-    queries: HashMap<(Option<ZoneId>, u16, u16), u64>,
-    answers: HashMap<(PolicyId, PoolId, bool), u64>,
+    /// (packed zone/qtype/rcode, count); a handful of keys, most recent first.
+    queries: Vec<(u64, u64)>,
+    /// (packed policy/pool/fail-open, count).
+    answers: Vec<(u64, u64)>,
     buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
     time_sum: f64,
     pending: u64,
@@ -25,17 +27,27 @@ pub struct LocalStats {
 
 impl LocalStats {
     pub fn query(&mut self, zone: Option<ZoneId>, qtype: u16, rcode: u16) {
-        *self.queries.entry((zone, qtype, rcode)).or_default() += 1;
+        let zone = zone.map_or(NO_ZONE, |z| z.0);
+        bump(
+            &mut self.queries,
+            u64::from(zone) << 32 | u64::from(qtype) << 16 | u64::from(rcode),
+        );
         self.pending += 1;
     }
 
     pub fn answer(&mut self, policy: PolicyId, pool: PoolId, fail_open: bool) {
-        *self.answers.entry((policy, pool, fail_open)).or_default() += 1;
+        bump(
+            &mut self.answers,
+            u64::from(policy.0) << 32 | u64::from(pool.0) << 1 | u64::from(fail_open),
+        );
     }
 
     pub fn response_time(&mut self, d: Duration) {
         let s = d.as_secs_f64();
-        let i = RESPONSE_TIME_BUCKETS.iter().position(|b| s <= *b).unwrap_or(RESPONSE_TIME_BUCKETS.len());
+        let i = RESPONSE_TIME_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(RESPONSE_TIME_BUCKETS.len());
         self.buckets[i] += 1;
         self.time_sum += s;
     }
@@ -48,14 +60,21 @@ impl LocalStats {
     /// Fold into `totals`, naming ids with the snapshot they came from.
     pub fn flush(&mut self, snap: &Snapshot, totals: &WorkerTotals) {
         let mut t = totals.0.lock().expect("stats lock is never poisoned");
-        for ((zone, qtype, rcode), n) in self.queries.drain() {
-            let zone = zone.map_or_else(String::new, |z| snap.zone(z).origin.clone());
+        for (key, n) in self.queries.drain(..) {
+            let zone = (key >> 32) as u32;
+            let zone = if zone == NO_ZONE {
+                String::new()
+            } else {
+                snap.zone(ZoneId(zone)).origin.clone()
+            };
+            let (qtype, rcode) = ((key >> 16) as u16, key as u16);
             *t.queries
                 .entry((zone, rtype::name(qtype).into_owned(), rcode_name(rcode)))
                 .or_default() += n;
         }
-        for ((policy, pool, fail_open), n) in self.answers.drain() {
-            let p = snap.policy(policy);
+        for (key, n) in self.answers.drain(..) {
+            let p = snap.policy(PolicyId((key >> 32) as u32));
+            let (pool, fail_open) = (PoolId((key as u32) >> 1), key & 1 == 1);
             let key = (
                 snap.zone(p.zone).origin.clone(),
                 p.name.clone(),
@@ -71,6 +90,21 @@ impl LocalStats {
         }
         t.time_sum += std::mem::take(&mut self.time_sum);
         self.pending = 0;
+    }
+}
+
+/// Zone id of queries answered by no zone (REFUSED, FORMERR ...).
+const NO_ZONE: u32 = u32::MAX;
+
+/// Count one `key` in a short list kept in most-recently-used order.
+fn bump(list: &mut Vec<(u64, u64)>, key: u64) {
+    match list.iter().position(|(k, _)| *k == key) {
+        Some(0) => list[0].1 += 1,
+        Some(i) => {
+            list[i].1 += 1;
+            list.swap(0, i);
+        }
+        None => list.insert(0, (key, 1)),
     }
 }
 
@@ -117,14 +151,22 @@ impl DnsStats {
     /// A new worker's own totals.
     pub fn register(&self) -> Arc<WorkerTotals> {
         let t = Arc::new(WorkerTotals::default());
-        self.workers.lock().expect("stats lock is never poisoned").push(t.clone());
+        self.workers
+            .lock()
+            .expect("stats lock is never poisoned")
+            .push(t.clone());
         t
     }
 
     /// The sum over workers.
     pub fn totals(&self) -> Totals {
         let mut sum = Totals::default();
-        for w in self.workers.lock().expect("stats lock is never poisoned").iter() {
+        for w in self
+            .workers
+            .lock()
+            .expect("stats lock is never poisoned")
+            .iter()
+        {
             sum.add(&w.0.lock().expect("stats lock is never poisoned"));
         }
         sum

@@ -102,7 +102,8 @@ pub fn parse(packet: &[u8]) -> Result<Query<'_>, (Reject, Option<u16>)> {
         buf: [0; MAX_NAME],
         len: 0,
     };
-    let at = read_question_name(packet, HEADER_LEN, &mut qname).ok_or((Reject::FormErr, Some(id)))?;
+    let at =
+        read_question_name(packet, HEADER_LEN, &mut qname).ok_or((Reject::FormErr, Some(id)))?;
     let fixed = packet.get(at..at + 4).ok_or((Reject::FormErr, Some(id)))?;
     let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
     let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
@@ -143,7 +144,12 @@ fn read_question_name(packet: &[u8], mut at: usize, out: &mut NameBuf) -> Option
 }
 
 /// Walk the remaining records; return the OPT of the additional section, if any.
-fn read_records(packet: &[u8], mut at: usize, n: usize, additional_from: usize) -> Result<Option<Edns>, Reject> {
+fn read_records(
+    packet: &[u8],
+    mut at: usize,
+    n: usize,
+    additional_from: usize,
+) -> Result<Option<Edns>, Reject> {
     let mut edns = None;
     for i in 0..n {
         let name_start = at;
@@ -153,7 +159,9 @@ fn read_records(packet: &[u8], mut at: usize, n: usize, additional_from: usize) 
         let class = u16::from_be_bytes([fixed[2], fixed[3]]);
         let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
         let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
-        let rdata = packet.get(at + 10..at + 10 + rdlen).ok_or(Reject::FormErr)?;
+        let rdata = packet
+            .get(at + 10..at + 10 + rdlen)
+            .ok_or(Reject::FormErr)?;
         at += 10 + rdlen;
         if rtype != OPT {
             continue;
@@ -252,7 +260,20 @@ mod tests {
     use super::*;
 
     fn query(name: &[u8], opt: Option<&[u8]>) -> Vec<u8> {
-        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())];
+        let mut p = vec![
+            0x12,
+            0x34,
+            0x01,
+            0x00,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            u8::from(opt.is_some()),
+        ];
         p.extend_from_slice(name);
         p.extend_from_slice(&[0, 1, 0, 1]);
         if let Some(opt) = opt {
@@ -277,7 +298,10 @@ mod tests {
     fn validates_ecs() {
         let ok = query(b"\x01a\x00", Some(&[0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113]));
         let e = parse(&ok).expect("valid").edns.expect("edns");
-        assert_eq!(e.ecs.expect("ecs").addr, "203.0.113.0".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            e.ecs.expect("ecs").addr,
+            "203.0.113.0".parse::<IpAddr>().expect("ip")
+        );
         for bad in [
             &[0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113, 1][..], // trailing byte in option
             &[0, 8, 0, 7, 0, 1, 24, 5, 203, 0, 113],        // scope set
@@ -287,7 +311,11 @@ mod tests {
         ] {
             let mut b = bad.to_vec();
             b[3] = (b.len() - 4) as u8;
-            assert_eq!(parse(&query(b"\x01a\x00", Some(&b))).err(), Some((Reject::FormErr, Some(0x1234))), "{bad:?}");
+            assert_eq!(
+                parse(&query(b"\x01a\x00", Some(&b))).err(),
+                Some((Reject::FormErr, Some(0x1234))),
+                "{bad:?}"
+            );
         }
     }
 

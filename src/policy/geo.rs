@@ -32,7 +32,14 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
     }
     let snap = w.ctx.snap;
     for m in chain.iter().flatten() {
-        w.note("rule", || format!("{} {} -> {}", m.level, key_text(m.key), targets_text(snap, m.targets)));
+        w.note("rule", || {
+            format!(
+                "{} {} -> {}",
+                m.level,
+                key_text(m.key),
+                targets_text(snap, m.targets)
+            )
+        });
         if let Some(pool) = w.first_up(m.targets) {
             return Some(pool);
         }
@@ -152,7 +159,7 @@ fn level_matches<'r>(rules: &'r GeoRules, loc: &Location, chain: &mut [Option<Ma
 }
 
 /// `CC-XX` without allocating.
-fn subdivision_key<'b>(buf: &'b mut [u8; 6], cc: [u8; 2], sub: crate::geo::Subdivision) -> &'b str {
+fn subdivision_key(buf: &mut [u8; 6], cc: [u8; 2], sub: crate::geo::Subdivision) -> &str {
     buf[..2].copy_from_slice(&cc);
     buf[2] = b'-';
     let s = sub.as_str().as_bytes();

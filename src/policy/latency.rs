@@ -41,7 +41,9 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
         let Some(pool) = w.eval(t) else { continue };
         let est = estimate(w, pool, rows.map(|(_, r)| r));
         let snap = w.ctx.snap;
-        w.note("estimate", || format!("{}: {}", snap.pool(pool).name, est.text()));
+        w.note("estimate", || {
+            format!("{}: {}", snap.pool(pool).name, est.text())
+        });
         if best.is_none_or(|(_, b)| est < b) {
             best = Some((pool, est));
         }

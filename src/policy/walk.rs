@@ -51,7 +51,9 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
         }
         let policy = self.ctx.snap.policy(id);
         if policy.fallback == Fallback::Servfail {
-            self.note("servfail", || "nothing is up: SERVFAIL (fallback = \"servfail\")".into());
+            self.note("servfail", || {
+                "nothing is up: SERVFAIL (fallback = \"servfail\")".into()
+            });
             return Outcome::Servfail;
         }
         let pool = self.fail_open_pool(Target::Policy(id), 0);
@@ -71,7 +73,9 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             return None;
         }
         let policy = self.ctx.snap.policy(id);
-        self.note("policy", || format!("policy {} ({})", policy.name, policy.kind.as_str()));
+        self.note("policy", || {
+            format!("policy {} ({})", policy.name, policy.kind.as_str())
+        });
         self.depth += 1;
         let chosen = match &policy.kind {
             PolicyKind::Failover(targets) => self.first_up(targets),
@@ -117,7 +121,9 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
     /// `fallback = "nearest"`: the up pool of the zone nearest the client.
     fn nearest(&mut self, zone: ZoneId) -> Option<PoolId> {
         let Some(from) = self.client_coords() else {
-            self.note("fallback", || "fallback nearest: client has no coordinates".into());
+            self.note("fallback", || {
+                "fallback nearest: client has no coordinates".into()
+            });
             return None;
         };
         let snap = self.ctx.snap;
@@ -133,11 +139,15 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
         match best {
             Some((pool, km)) => {
                 let name = &snap.pool(pool).name;
-                self.note("fallback", || format!("fallback nearest: {name} ({km:.0} km)"));
+                self.note("fallback", || {
+                    format!("fallback nearest: {name} ({km:.0} km)")
+                });
                 Some(pool)
             }
             None => {
-                self.note("fallback", || "fallback nearest: no up pool with a location".into());
+                self.note("fallback", || {
+                    "fallback nearest: no up pool with a location".into()
+                });
                 None
             }
         }
@@ -197,7 +207,8 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
     pub(super) fn note_chosen(&mut self, pool: PoolId) {
         if T::ON {
             let name = &self.ctx.snap.pool(pool).name;
-            self.trace.step(self.depth, "chosen", format!("{name}: chosen"));
+            self.trace
+                .step(self.depth, "chosen", format!("{name}: chosen"));
         }
     }
 
@@ -211,7 +222,12 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
 }
 
 /// `eu-west: down (2 failures, last: connection refused, 4s ago)`.
-fn pool_state<L: Locate + ?Sized>(ctx: &Ctx<'_, L>, pool: PoolId, up: bool, now: SystemTime) -> String {
+fn pool_state<L: Locate + ?Sized>(
+    ctx: &Ctx<'_, L>,
+    pool: PoolId,
+    up: bool,
+    now: SystemTime,
+) -> String {
     let p = ctx.snap.pool(pool);
     let mut text = format!("{}: {}", p.name, if up { "up" } else { "down" });
     if let Some(o) = ctx.health.override_of(pool) {
@@ -270,8 +286,14 @@ mod tests {
 
     #[test]
     fn distances_are_great_circle() {
-        let dublin = Coords { lat: 53.35, lon: -6.26 };
-        let ashburn = Coords { lat: 39.04, lon: -77.49 };
+        let dublin = Coords {
+            lat: 53.35,
+            lon: -6.26,
+        };
+        let ashburn = Coords {
+            lat: 39.04,
+            lon: -77.49,
+        };
         let km = distance_km(dublin, ashburn);
         assert!((5400.0..5600.0).contains(&km), "{km}");
         assert_eq!(distance_km(dublin, dublin), 0.0);

@@ -3,7 +3,7 @@
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 
-use crate::support::{Query, Server, answers, ecs_scope, ip, settings, tcp, udp, zone_dir};
+use crate::support::{Query, Server, answers, ecs_scope, ip, settings, tcp, udp_wait, zone_dir};
 
 const A: u16 = 1;
 const NS: u16 = 2;
@@ -73,7 +73,10 @@ async fn static_answers_are_authoritative_and_echo_the_case() {
         assert_eq!(m.answers[0].ttl, 600);
     }
     let m = s.ask(&Query::new("gslb.example.test", NS)).await;
-    assert_eq!(answers(&m), ["ns1.gslb.example.test.", "ns2.gslb.example.test."]);
+    assert_eq!(
+        answers(&m),
+        ["ns1.gslb.example.test.", "ns2.gslb.example.test."]
+    );
     let m = s.ask(&Query::new("gslb.example.test", SOA)).await;
     assert_eq!(m.answers[0].record_type(), RecordType::SOA);
     s.stop().await;
@@ -92,7 +95,10 @@ async fn negative_answers_carry_the_soa_with_the_negative_ttl() {
     assert!(nodata.answers.is_empty());
     assert_eq!(nodata.authorities[0].record_type(), RecordType::SOA);
     let extra = s.ask(&Query::new("nope.extra.test", A)).await;
-    assert_eq!(extra.authorities[0].ttl, 60, "min(zone ttl 120, minimum 60)");
+    assert_eq!(
+        extra.authorities[0].ttl, 60,
+        "min(zone ttl 120, minimum 60)"
+    );
     s.stop().await;
 }
 
@@ -111,7 +117,11 @@ async fn cnames_inside_the_zone_are_followed_in_one_answer() {
     let m = s.ask(&Query::new("docs.gslb.example.test", A)).await;
     assert_eq!(m.answers[0].record_type(), RecordType::CNAME);
     assert_eq!(m.answers[0].data.to_string(), "www.gslb.example.test.");
-    assert!(m.answers[1..].iter().all(|r| r.record_type() == RecordType::A));
+    assert!(
+        m.answers[1..]
+            .iter()
+            .all(|r| r.record_type() == RecordType::A)
+    );
     assert!(m.answers.len() >= 2, "the policy answer follows the CNAME");
     assert_eq!(m.answers[1].name.to_string(), "www.gslb.example.test.");
     let cname_only = s.ask(&Query::new("docs.gslb.example.test", 5)).await;
@@ -127,9 +137,14 @@ async fn cnames_inside_the_zone_are_followed_in_one_answer() {
 #[tokio::test]
 async fn wildcards_synthesise_the_asked_name() {
     let s = example_with_extra().await;
-    let m = s.ask(&Query::new("anything.wild.gslb.example.test", A)).await;
+    let m = s
+        .ask(&Query::new("anything.wild.gslb.example.test", A))
+        .await;
     assert_eq!(answers(&m), ["192.0.2.9"]);
-    assert_eq!(m.answers[0].name.to_string(), "anything.wild.gslb.example.test.");
+    assert_eq!(
+        m.answers[0].name.to_string(),
+        "anything.wild.gslb.example.test."
+    );
     let deeper = s.ask(&Query::new("a.b.wild.gslb.example.test", A)).await;
     assert_eq!(answers(&deeper), ["192.0.2.9"]);
     let nodata = s.ask(&Query::new("x.wild.gslb.example.test", TXT)).await;
@@ -146,7 +161,13 @@ async fn ns_below_the_apex_is_a_referral_with_glue() {
     assert!(m.answers.is_empty());
     assert_eq!(m.authorities[0].record_type(), RecordType::NS);
     assert_eq!(m.authorities[0].name.to_string(), "sub.extra.test.");
-    assert_eq!(m.additionals.iter().filter(|r| r.record_type() == RecordType::A).count(), 1);
+    assert_eq!(
+        m.additionals
+            .iter()
+            .filter(|r| r.record_type() == RecordType::A)
+            .count(),
+        1
+    );
     s.stop().await;
 }
 
@@ -168,9 +189,17 @@ async fn udp_answers_that_do_not_fit_are_truncated_and_tcp_has_them_all() {
     let fits = s.ask(&Query::new("big.extra.test", TXT).edns(4096)).await;
     assert!(!fits.metadata.truncation);
     assert_eq!(fits.answers.len(), 8);
-    let capped = s.udp(&Query::new("big.extra.test", TXT).edns(600).packet()).await.expect("reply");
+    let capped = s
+        .udp(&Query::new("big.extra.test", TXT).edns(600).packet())
+        .await
+        .expect("reply");
     assert!(capped.len() <= 600);
-    assert!(Message::from_vec(&capped).expect("parses").metadata.truncation);
+    assert!(
+        Message::from_vec(&capped)
+            .expect("parses")
+            .metadata
+            .truncation
+    );
     let over_tcp = s.ask_tcp(&Query::new("big.extra.test", TXT)).await;
     assert_eq!(over_tcp.answers.len(), 8);
     s.stop().await;
@@ -179,14 +208,20 @@ async fn udp_answers_that_do_not_fit_are_truncated_and_tcp_has_them_all() {
 #[tokio::test]
 async fn edns_is_honoured_and_versions_above_zero_get_badvers() {
     let s = example_with_extra().await;
-    let m = s.ask(&Query::new("static.gslb.example.test", A).edns(1232)).await;
+    let m = s
+        .ask(&Query::new("static.gslb.example.test", A).edns(1232))
+        .await;
     assert_eq!(m.edns.as_ref().expect("OPT echoed").max_payload(), 1232);
     let plain = s.ask(&Query::new("static.gslb.example.test", A)).await;
     assert!(plain.edns.is_none(), "no OPT without EDNS");
     let mut v1 = Query::new("static.gslb.example.test", A).edns(1232);
     v1.edns_version = 1;
     let m = s.ask(&v1).await;
-    assert_eq!(u16::from(rcode(&m)), 16, "BADVERS (shares 16 with TSIG BADSIG)");
+    assert_eq!(
+        u16::from(rcode(&m)),
+        16,
+        "BADVERS (shares 16 with TSIG BADSIG)"
+    );
     let mut unknown = Query::new("static.gslb.example.test", A).edns(1232);
     unknown.options.push((65001, vec![1, 2, 3]));
     assert_eq!(answers(&s.ask(&unknown).await), ["192.0.2.1", "192.0.2.2"]);
@@ -196,7 +231,9 @@ async fn edns_is_honoured_and_versions_above_zero_get_badvers() {
 #[tokio::test]
 async fn ecs_is_echoed_with_scope_zero_for_static_data_and_malformed_ecs_is_formerr() {
     let s = example_with_extra().await;
-    let m = s.ask(&Query::new("static.gslb.example.test", A).ecs(ip("203.0.113.7"), 24)).await;
+    let m = s
+        .ask(&Query::new("static.gslb.example.test", A).ecs(ip("203.0.113.7"), 24))
+        .await;
     assert_eq!(ecs_scope(&m), Some((24, 0)));
     let mut bad = Query::new("static.gslb.example.test", A).edns(1232);
     bad.options.push((8, vec![0, 1, 20, 0, 203, 0, 113])); // bits set past /20
@@ -225,7 +262,10 @@ async fn malformed_packets_get_formerr_notimp_or_silence() {
     let m = Message::from_vec(&s.udp(truncated_question).await.expect("reply")).expect("parses");
     assert_eq!(rcode(&m), ResponseCode::FormErr);
     // Still serving.
-    assert_eq!(answers(&s.ask(&Query::new("static.gslb.example.test", A)).await).len(), 2);
+    assert_eq!(
+        answers(&s.ask(&Query::new("static.gslb.example.test", A)).await).len(),
+        2
+    );
     s.stop().await;
 }
 
@@ -233,7 +273,14 @@ async fn malformed_packets_get_formerr_notimp_or_silence() {
 async fn tcp_answers_pipelined_queries_in_order() {
     let s = example_with_extra().await;
     let mut packets = Vec::new();
-    for (i, name) in ["static.gslb.example.test", "nope.gslb.example.test", "ns1.gslb.example.test"].iter().enumerate() {
+    for (i, name) in [
+        "static.gslb.example.test",
+        "nope.gslb.example.test",
+        "ns1.gslb.example.test",
+    ]
+    .iter()
+    .enumerate()
+    {
         let mut q = Query::new(name, A);
         q.id = i as u16 + 1;
         packets.push(q.packet());
@@ -241,7 +288,10 @@ async fn tcp_answers_pipelined_queries_in_order() {
     let replies = tcp(s.dns, &packets).await;
     assert_eq!(replies.len(), 3);
     for (i, r) in replies.iter().enumerate() {
-        assert_eq!(Message::from_vec(r).expect("parses").metadata.id, i as u16 + 1);
+        assert_eq!(
+            Message::from_vec(r).expect("parses").metadata.id,
+            i as u16 + 1
+        );
     }
     s.stop().await;
 }
@@ -252,21 +302,47 @@ async fn a_failed_reload_keeps_serving_and_a_good_one_swaps_everything() {
     let dir = zone_dir("reload", &[("example.toml", &example)]);
     let s = Server::start(settings(&dir, Some("geoip/test-city.mmdb"))).await;
     let control = s.running.control.clone();
-    std::fs::write(dir.join("broken.toml"), "origin = \"broken.test.\"\nbogus = 1\n").expect("write");
-    let err = control.reload().expect_err("a broken file fails the reload");
-    assert!(err.messages().iter().any(|m| m.contains("broken.toml:2:1")), "{:?}", err.messages());
-    assert_eq!(answers(&s.ask(&Query::new("static.gslb.example.test", A)).await).len(), 2);
+    std::fs::write(
+        dir.join("broken.toml"),
+        "origin = \"broken.test.\"\nbogus = 1\n",
+    )
+    .expect("write");
+    let err = control
+        .reload()
+        .expect_err("a broken file fails the reload");
+    assert!(
+        err.messages().iter().any(|m| m.contains("broken.toml:2:1")),
+        "{:?}",
+        err.messages()
+    );
+    assert_eq!(
+        answers(&s.ask(&Query::new("static.gslb.example.test", A)).await).len(),
+        2
+    );
     std::fs::remove_file(dir.join("broken.toml")).expect("remove");
-    std::fs::write(dir.join("example.toml"), example.replace("192.0.2.1\", \"192.0.2.2", "192.0.2.77")).expect("edit");
+    std::fs::write(
+        dir.join("example.toml"),
+        example.replace("192.0.2.1\", \"192.0.2.2", "192.0.2.77"),
+    )
+    .expect("edit");
     let serials = control.reload().expect("reload");
     assert_eq!(serials.len(), 1);
-    assert_eq!(answers(&s.ask(&Query::new("static.gslb.example.test", A)).await), ["192.0.2.77"]);
+    assert_eq!(
+        answers(&s.ask(&Query::new("static.gslb.example.test", A)).await),
+        ["192.0.2.77"]
+    );
     s.stop().await;
 }
 
 #[tokio::test]
 async fn the_serial_grows_on_every_reload_when_the_file_sets_none() {
-    let dir = zone_dir("serial", &[("z.toml", "origin = \"z.test.\"\n[soa]\nmname = \"ns.z.test.\"\nrname = \"h.z.test.\"\n")]);
+    let dir = zone_dir(
+        "serial",
+        &[(
+            "z.toml",
+            "origin = \"z.test.\"\n[soa]\nmname = \"ns.z.test.\"\nrname = \"h.z.test.\"\n",
+        )],
+    );
     let s = Server::start(settings(&dir, None)).await;
     let serial = |m: &Message| match &m.answers[0].data {
         hickory_proto::rr::RData::SOA(soa) => soa.serial,
@@ -283,9 +359,17 @@ async fn the_serial_grows_on_every_reload_when_the_file_sets_none() {
 async fn aaaa_and_a_of_one_client_come_from_the_same_pool() {
     let s = example_with_extra().await;
     let client = ip("198.51.100.7");
-    let a = s.ask(&Query::new("www.gslb.example.test", A).ecs(client, 24)).await;
-    let aaaa = s.ask(&Query::new("www.gslb.example.test", AAAA).ecs(client, 24)).await;
-    assert!(answers(&a).iter().all(|x| x.starts_with("198.51.100.")), "{:?}", answers(&a));
+    let a = s
+        .ask(&Query::new("www.gslb.example.test", A).ecs(client, 24))
+        .await;
+    let aaaa = s
+        .ask(&Query::new("www.gslb.example.test", AAAA).ecs(client, 24))
+        .await;
+    assert!(
+        answers(&a).iter().all(|x| x.starts_with("198.51.100.")),
+        "{:?}",
+        answers(&a)
+    );
     assert_eq!(answers(&aaaa), ["2001:db8:1::10"]);
     s.stop().await;
 }
@@ -294,8 +378,10 @@ async fn aaaa_and_a_of_one_client_come_from_the_same_pool() {
 async fn udp_and_random_bytes_never_stop_the_server() {
     let s = example_with_extra().await;
     let mut seed = 0x1234_5678_9abc_def0u64;
-    let base = Query::new("www.gslb.example.test", A).ecs(ip("203.0.113.7"), 24).packet();
-    for i in 0..300 {
+    let base = Query::new("www.gslb.example.test", A)
+        .ecs(ip("203.0.113.7"), 24)
+        .packet();
+    for i in 0..120 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
@@ -305,12 +391,67 @@ async fn udp_and_random_bytes_never_stop_the_server() {
             p[at] = (seed >> 32) as u8;
             p.truncate(p.len() - (seed >> 40) as usize % 4);
         } else {
-            p = (0..(seed % 64) as usize).map(|j| (seed >> (j % 56)) as u8).collect();
+            p = (0..(seed % 64) as usize)
+                .map(|j| (seed >> (j % 56)) as u8)
+                .collect();
         }
-        if let Some(reply) = udp(s.dns, &p).await {
+        if let Some(reply) = udp_wait(s.dns, &p, std::time::Duration::from_millis(150)).await {
             Message::from_vec(&reply).expect("every reply parses");
         }
     }
-    assert_eq!(answers(&s.ask(&Query::new("static.gslb.example.test", A)).await).len(), 2);
+    assert_eq!(
+        answers(&s.ask(&Query::new("static.gslb.example.test", A)).await).len(),
+        2
+    );
     s.stop().await;
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Any bytes into the handler: no panic, and every reply re-parses with the question
+    /// id it was sent with.
+    #[test]
+    fn the_packet_path_never_panics_and_every_reply_parses(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+        mutate_valid in proptest::prelude::any::<bool>(),
+        at in proptest::prelude::any::<usize>(),
+    ) {
+        use meridian::dns::handler::{Local, Transport, handle};
+        let world = example_world();
+        let mut packet = bytes.clone();
+        if mutate_valid {
+            packet = Query::new("www.gslb.example.test", A).ecs(ip("203.0.113.7"), 24).packet();
+            let i = at % packet.len();
+            packet[i] = bytes.first().copied().unwrap_or(0xff);
+            packet.truncate(packet.len() - (at >> 8) % 3);
+        }
+        let mut out = Vec::new();
+        let mut local = Local::default();
+        for transport in [Transport::Udp, Transport::Tcp] {
+            if handle(&world, &packet, ip("192.0.2.1"), transport, 9, &mut out, &mut local) {
+                let m = Message::from_vec(&out).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}")))?;
+                proptest::prop_assert_eq!(m.metadata.id, u16::from_be_bytes([packet[0], packet[1]]));
+            }
+        }
+    }
+}
+
+/// The example zone and database as the DNS path sees them, without sockets.
+fn example_world() -> &'static meridian::world::World {
+    static WORLD: std::sync::OnceLock<meridian::world::World> = std::sync::OnceLock::new();
+    WORLD.get_or_init(|| {
+        let snap = meridian::config::load_dir(&meridian::config::LoadOptions {
+            zones_dir: std::path::Path::new("zones"),
+            previous: None,
+        })
+        .expect("example loads");
+        let geo = meridian::geo::GeoDb::open(std::path::Path::new("geoip/test-city.mmdb"), None)
+            .expect("db");
+        meridian::world::World {
+            health: std::sync::Arc::new(meridian::health::View::unknown(&snap)),
+            snapshot: std::sync::Arc::new(snap),
+            geo: Some(std::sync::Arc::new(geo)),
+        }
+    })
 }

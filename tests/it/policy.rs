@@ -66,10 +66,13 @@ struct Table(Vec<(IpNet, Location)>);
 
 impl Locate for Table {
     fn locate(&self, ip: IpAddr) -> Option<Location> {
-        self.0.iter().find(|(n, _)| n.contains(&ip)).map(|(n, l)| Location {
-            prefix_len: n.prefix_len(),
-            ..*l
-        })
+        self.0
+            .iter()
+            .find(|(n, _)| n.contains(&ip))
+            .map(|(n, l)| Location {
+                prefix_len: n.prefix_len(),
+                ..*l
+            })
     }
 }
 
@@ -90,7 +93,10 @@ fn table() -> Table {
     Table(vec![
         (net("81.2.69.0/24"), loc("GB", None, "EU", 51.5, -0.13)),
         (net("203.0.113.128/25"), loc("IN", None, "AS", 19.07, 72.87)),
-        (net("198.51.100.0/25"), loc("US", Some("CA"), "NA", 37.4, -122.1)),
+        (
+            net("198.51.100.0/25"),
+            loc("US", Some("CA"), "NA", 37.4, -122.1),
+        ),
         (net("192.0.2.0/26"), loc("JP", None, "AS", 35.68, 139.69)),
         (net("10.0.0.0/16"), loc("US", None, "NA", 39.0, -77.0)),
     ])
@@ -118,8 +124,20 @@ fn pool(snap: &Snapshot, name: &str) -> PoolId {
     snap.find_pool(ZoneId(0), name).expect("pool")
 }
 
-fn decide(snap: &Snapshot, view: &View, geo: &Table, policy: &str, client: &str, source: Option<u8>, seed: u64) -> Decision {
-    let ctx = Ctx { snap, health: view, geo };
+fn decide(
+    snap: &Snapshot,
+    view: &View,
+    geo: &Table,
+    policy: &str,
+    client: &str,
+    source: Option<u8>,
+    seed: u64,
+) -> Decision {
+    let ctx = Ctx {
+        snap,
+        health: view,
+        geo,
+    };
     let id = snap.find_policy(ZoneId(0), policy).expect("policy");
     let client = Client {
         addr: ip(client),
@@ -131,7 +149,11 @@ fn decide(snap: &Snapshot, view: &View, geo: &Table, policy: &str, client: &str,
 fn chosen(snap: &Snapshot, d: &Decision) -> String {
     match d.outcome {
         Outcome::Pool { pool, fail_open } => {
-            format!("{}{}", snap.pool(pool).name, if fail_open { " (fail open)" } else { "" })
+            format!(
+                "{}{}",
+                snap.pool(pool).name,
+                if fail_open { " (fail open)" } else { "" }
+            )
         }
         Outcome::Servfail => "SERVFAIL".into(),
     }
@@ -151,7 +173,13 @@ fn policies_choose_as_the_spec_says() {
         ("geo", "10.1.2.3", &[], "eu", 8),
         ("geo", "8.8.8.8", &[], "us", 24),
         ("geo", "203.0.113.200", &["ap"], "eu", 25),
-        ("geo", "81.2.69.1", &["eu", "us", "ap"], "eu (fail open)", 24),
+        (
+            "geo",
+            "81.2.69.1",
+            &["eu", "us", "ap"],
+            "eu (fail open)",
+            24,
+        ),
         ("geonext", "203.0.113.200", &[], "ap", 25),
         ("geonext", "203.0.113.200", &["ap"], "eu", 25),
         ("geonext", "203.0.113.200", &["ap", "eu"], "us", 25),
@@ -170,9 +198,16 @@ fn policies_choose_as_the_spec_says() {
         let view = health(&snap, down);
         let d = decide(&snap, &view, &geo, policy, client, Some(32), 42);
         if *want != "*" {
-            assert_eq!(chosen(&snap, &d), *want, "{policy} from {client} with {down:?} down");
+            assert_eq!(
+                chosen(&snap, &d),
+                *want,
+                "{policy} from {client} with {down:?} down"
+            );
         }
-        assert_eq!(d.scope, *scope, "scope of {policy} from {client} with {down:?} down");
+        assert_eq!(
+            d.scope, *scope,
+            "scope of {policy} from {client} with {down:?} down"
+        );
     }
 }
 
@@ -218,7 +253,9 @@ fn weighted_shares_converge_to_their_weights() {
     let n = 20_000u64;
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..n {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let d = decide(&snap, &view, &geo, "w", "81.2.69.1", None, seed >> 11);
         *counts.entry(chosen(&snap, &d)).or_default() += 1;
     }
@@ -295,15 +332,25 @@ async fn the_example_zone_answers_ecs_clients_by_location() {
         ("203.0.113.7", 0, &["198.51.100.10", "198.51.100.11"], 0),
     ];
     for (client, prefix, want, scope) in rows {
-        let m = s.ask(&Query::new("www.gslb.example.test", 1).ecs(ip(client), *prefix)).await;
+        let m = s
+            .ask(&Query::new("www.gslb.example.test", 1).ecs(ip(client), *prefix))
+            .await;
         assert_eq!(answers(&m), *want, "{client}/{prefix}");
         assert_eq!(ecs_scope(&m), Some((*prefix, *scope)), "{client}/{prefix}");
         assert_eq!(m.answers[0].ttl, 30);
     }
-    let api = s.ask(&Query::new("api.gslb.example.test", 1).ecs(ip("203.0.113.7"), 24)).await;
-    assert_eq!(ecs_scope(&api), Some((24, 0)), "failover does not depend on the client");
+    let api = s
+        .ask(&Query::new("api.gslb.example.test", 1).ecs(ip("203.0.113.7"), 24))
+        .await;
+    assert_eq!(
+        ecs_scope(&api),
+        Some((24, 0)),
+        "failover does not depend on the client"
+    );
     assert_eq!(api.answers[0].ttl, 10);
-    let canary = s.ask(&Query::new("canary.gslb.example.test", 1).ecs(ip("203.0.113.7"), 24)).await;
+    let canary = s
+        .ask(&Query::new("canary.gslb.example.test", 1).ecs(ip("203.0.113.7"), 24))
+        .await;
     assert_eq!(ecs_scope(&canary), Some((24, 24)), "sticky weighted: /24");
     s.stop().await;
 }
@@ -331,9 +378,15 @@ geo.default = "other"
     }
     let dir = zone_dir("maxmind", &[("mm.toml", zone)]);
     let s = Server::start(settings(&dir, Some(db))).await;
-    let rows: &[(&str, &str)] = &[("81.2.69.142", "192.0.2.1"), ("89.160.20.113", "192.0.2.2"), ("8.8.8.8", "192.0.2.3")];
+    let rows: &[(&str, &str)] = &[
+        ("81.2.69.142", "192.0.2.1"),
+        ("89.160.20.113", "192.0.2.2"),
+        ("8.8.8.8", "192.0.2.3"),
+    ];
     for (client, want) in rows {
-        let m = s.ask(&Query::new("www.mm.test", 1).ecs(ip(client), 32)).await;
+        let m = s
+            .ask(&Query::new("www.mm.test", 1).ecs(ip(client), 32))
+            .await;
         assert_eq!(answers(&m), [*want], "{client}");
     }
     s.stop().await;

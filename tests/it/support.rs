@@ -80,7 +80,10 @@ impl Server {
     }
 
     pub async fn ask_tcp(&self, q: &Query) -> Message {
-        let bytes = tcp(self.dns, &[q.packet()]).await.pop().expect("a TCP reply");
+        let bytes = tcp(self.dns, &[q.packet()])
+            .await
+            .pop()
+            .expect("a TCP reply");
         Message::from_vec(&bytes).expect("reply parses")
     }
 
@@ -130,7 +133,7 @@ impl Query {
         let mut data = family.to_be_bytes().to_vec();
         data.extend_from_slice(&[prefix, 0]);
         let mut addr_bytes = bytes[..n].to_vec();
-        if prefix % 8 != 0 {
+        if !prefix.is_multiple_of(8) {
             let last = addr_bytes.len() - 1;
             addr_bytes[last] &= 0xffu8 << (8 - prefix % 8);
         }
@@ -172,10 +175,15 @@ impl Query {
 
 /// One datagram out, the reply back (`None` after a short wait: the server stayed silent).
 pub async fn udp(server: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
+    udp_wait(server, packet, Duration::from_millis(700)).await
+}
+
+/// As [`udp`], waiting at most `wait` for the reply.
+pub async fn udp_wait(server: SocketAddr, packet: &[u8], wait: Duration) -> Option<Vec<u8>> {
     let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     sock.send_to(packet, server).await.expect("send");
     let mut buf = vec![0u8; 65535];
-    match tokio::time::timeout(Duration::from_millis(700), sock.recv(&mut buf)).await {
+    match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
         Ok(Ok(n)) => Some(buf[..n].to_vec()),
         _ => None,
     }

@@ -9,9 +9,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use meridian::config::{LoadOptions, load_dir};
-use meridian::dns::handler::{Transport, handle};
-use meridian::dns::lookup::Scratch;
-use meridian::dns::stats::LocalStats;
+use meridian::dns::handler::{Local, Transport, handle};
 use meridian::geo::GeoDb;
 use meridian::health::View;
 use meridian::model::ZoneId;
@@ -24,7 +22,8 @@ fn world() -> World {
         previous: None,
     })
     .expect("the example zone loads");
-    let geo = GeoDb::open(Path::new("geoip/test-city.mmdb"), None).expect("the test database opens");
+    let geo =
+        GeoDb::open(Path::new("geoip/test-city.mmdb"), None).expect("the test database opens");
     World {
         health: Arc::new(View::unknown(&snap)),
         snapshot: Arc::new(snap),
@@ -44,7 +43,10 @@ fn policies(c: &mut Criterion) {
         source_prefix: Some(24),
     };
     for name in ["www", "api", "canary", "fast", "eu-or-split"] {
-        let id = w.snapshot.find_policy(ZoneId(0), name).expect("example policy");
+        let id = w
+            .snapshot
+            .find_policy(ZoneId(0), name)
+            .expect("example policy");
         let mut seed = 1u64;
         c.bench_function(&format!("answer/{name}"), |b| {
             b.iter(|| {
@@ -63,7 +65,9 @@ fn query(name: &str, ecs: bool) -> Vec<u8> {
     }
     p.extend_from_slice(&[0, 0, 1, 0, 1]);
     if ecs {
-        p.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113]);
+        p.extend_from_slice(&[
+            0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113,
+        ]);
     }
     p
 }
@@ -72,15 +76,24 @@ fn handler(c: &mut Criterion) {
     let w = world();
     let src: IpAddr = "127.0.0.1".parse().expect("addr");
     let mut out = Vec::with_capacity(1232);
-    let mut scratch = Scratch::default();
-    let mut stats = LocalStats::default();
+    let mut local = Local::default();
     for (label, packet) in [
         ("handle/static", query("static.gslb.example.test", false)),
         ("handle/geo+ecs", query("www.gslb.example.test", true)),
         ("handle/nxdomain", query("nope.gslb.example.test", false)),
     ] {
         c.bench_function(label, |b| {
-            b.iter(|| black_box(handle(&w, &packet, src, Transport::Udp, 7, &mut out, &mut scratch, &mut stats)))
+            b.iter(|| {
+                black_box(handle(
+                    &w,
+                    &packet,
+                    src,
+                    Transport::Udp,
+                    7,
+                    &mut out,
+                    &mut local,
+                ))
+            })
         });
     }
 }
