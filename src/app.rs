@@ -77,11 +77,11 @@ pub async fn start(settings: Settings) -> Result<Running> {
     let mut health = View::unknown(&snapshot);
     health.overrides = overrides.resolve(&snapshot);
     let snapshot = Arc::new(snapshot);
-    let world = Arc::new(ArcSwap::from_pointee(World {
-        snapshot: snapshot.clone(),
-        health: Arc::new(health),
+    let world = Arc::new(ArcSwap::from_pointee(World::new(
+        snapshot.clone(),
+        Arc::new(health),
         geo,
-    }));
+    )));
     let control = Arc::new(Control::new(settings.clone(), world.clone(), overrides));
 
     let (stop, stop_rx) = watch::channel(false);

@@ -59,11 +59,7 @@ pub fn offline_world(snap: Snapshot, geo: Option<Arc<GeoDb>>, down: &[String]) -
             health.overrides[p.0 as usize] = Some(Override::Down);
         }
     }
-    Ok(World {
-        snapshot: Arc::new(snap),
-        health: Arc::new(health),
-        geo,
-    })
+    Ok(World::new(Arc::new(snap), Arc::new(health), geo))
 }
 
 /// Ask `name`/`qtype` as `client` (an ECS subnet when `source_prefix` is given).

@@ -107,11 +107,11 @@ impl Control {
             .iter()
             .map(|z| (z.origin.clone(), z.serial))
             .collect();
-        self.world.store(Arc::new(World {
+        self.world.store(Arc::new(World::new(
             snapshot,
-            health: Arc::new(View { probes, overrides }),
+            Arc::new(View { probes, overrides }),
             geo,
-        }));
+        )));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(?serials, "reloaded");
         Ok(serials)
@@ -138,14 +138,14 @@ impl Control {
         if probes.len() != current.snapshot.probes.len() {
             return;
         }
-        self.world.store(Arc::new(World {
-            snapshot: current.snapshot.clone(),
-            health: Arc::new(View {
+        self.world.store(Arc::new(World::new(
+            current.snapshot.clone(),
+            Arc::new(View {
                 probes,
                 overrides: current.health.overrides.clone(),
             }),
-            geo: current.geo.clone(),
-        }));
+            current.geo.clone(),
+        )));
     }
 
     /// Pin a pool (`None` clears the override); persisted before it takes effect.
@@ -177,14 +177,14 @@ impl Control {
             None => store.clear(origin, pool)?,
         };
         let overrides = store.resolve(snap);
-        self.world.store(Arc::new(World {
-            snapshot: current.snapshot.clone(),
-            health: Arc::new(View {
+        self.world.store(Arc::new(World::new(
+            current.snapshot.clone(),
+            Arc::new(View {
                 probes: current.health.probes.clone(),
                 overrides,
             }),
-            geo: current.geo.clone(),
-        }));
+            current.geo.clone(),
+        )));
         tracing::info!(
             zone = origin,
             pool,

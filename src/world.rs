@@ -2,6 +2,7 @@
 //! GeoIP database, swapped together so that a query loads one consistent state once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -14,6 +15,22 @@ pub struct World {
     /// Indexed like `snapshot`.
     pub health: Arc<View>,
     pub geo: Option<Arc<GeoDb>>,
+    /// Unique per world (never reused in a process): per-worker caches key on it.
+    pub generation: u64,
+}
+
+/// Source of [`World::generation`].
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl World {
+    pub fn new(snapshot: Arc<Snapshot>, health: Arc<View>, geo: Option<Arc<GeoDb>>) -> World {
+        World {
+            snapshot,
+            health,
+            geo,
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
 }
 
 /// The current world, read lock-free by every DNS worker.

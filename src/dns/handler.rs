@@ -2,7 +2,11 @@
 //! REFUSED), one world load per query, the lookup, and ECS/EDNS on the way out. Shared by
 //! the UDP workers and the TCP connections; a bad packet becomes an rcode, never a panic.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+
+use super::decisions::DecisionCache;
+use super::geocache::{Cached, GeoCache};
 
 use super::lookup::{Lookup, Scratch};
 use super::response::{self, Meta, Writer, rcode};
@@ -29,6 +33,8 @@ pub enum Transport {
 pub struct Local {
     pub scratch: Scratch,
     pub stats: LocalStats,
+    pub geo: RefCell<GeoCache>,
+    pub decisions: RefCell<DecisionCache>,
 }
 
 /// Answer `packet` from `src` into `out`; false when nothing is to be sent.
@@ -41,7 +47,12 @@ pub fn handle(
     out: &mut Vec<u8>,
     local: &mut Local,
 ) -> bool {
-    let Local { scratch, stats } = local;
+    let Local {
+        scratch,
+        stats,
+        geo,
+        decisions,
+    } = local;
     let q = match wire::parse(packet) {
         Ok(q) => q,
         Err((Reject::Drop, _)) => return false,
@@ -80,9 +91,12 @@ pub fn handle(
         source_prefix: ecs.map(|e| e.source_prefix),
     };
     let lookup = Lookup {
-        snap,
-        health: &world.health,
-        geo: &world.geo,
+        world,
+        decisions,
+        geo: &Cached {
+            db: &world.geo,
+            cache: geo,
+        },
         client,
         seed,
     };

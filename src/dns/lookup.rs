@@ -2,13 +2,16 @@
 //! delegations, exact names, CNAME chains inside the zone, policy names, NODATA and
 //! NXDOMAIN with the SOA (TTL per RFC 2308).
 
+use std::cell::RefCell;
 use std::net::IpAddr;
+
+use super::decisions::DecisionCache;
 
 use super::response::{Owner, Section, Writer, rcode};
 use crate::geo::Locate;
-use crate::health::View;
-use crate::model::{Node, PolicyId, PoolId, Snapshot, Zone, ZoneId, rtype, wire};
+use crate::model::{Node, PolicyId, PoolId, Zone, ZoneId, rtype, wire};
 use crate::policy::{self, Client, Ctx, Decision, NoTrace, Outcome};
+use crate::world::World;
 
 /// CNAME hops followed inside the zone before giving up (loops included).
 const MAX_CNAME_HOPS: usize = 8;
@@ -32,11 +35,11 @@ pub struct Scratch {
 
 /// Everything a lookup reads.
 pub struct Lookup<'a, L: Locate + ?Sized> {
-    pub snap: &'a Snapshot,
-    pub health: &'a View,
+    pub world: &'a World,
     pub geo: &'a L,
     pub client: Client,
     pub seed: u64,
+    pub decisions: &'a RefCell<DecisionCache>,
 }
 
 impl<L: Locate + ?Sized> Lookup<'_, L> {
@@ -49,7 +52,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
         w: &mut Writer<'_>,
         scratch: &mut Scratch,
     ) -> Found {
-        let zone = self.snap.zone(zone_id);
+        let zone = &self.world.snapshot.zone(zone_id);
         let mut found = Found {
             rcode: rcode::NOERROR,
             authoritative: true,
@@ -164,8 +167,8 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
         };
         found.policy = Some((policy, pool, fail_open));
         policy::select_addresses(
-            self.snap,
-            self.health,
+            &self.world.snapshot,
+            &self.world.health,
             &decision,
             want_v6,
             &mut scratch.addrs,
@@ -189,11 +192,15 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
 
     fn decide(&self, policy: PolicyId) -> Decision {
         let ctx = Ctx {
-            snap: self.snap,
-            health: self.health,
+            snap: &self.world.snapshot,
+            health: &self.world.health,
             geo: self.geo,
         };
-        policy::answer(&ctx, policy, self.client, self.seed, &mut NoTrace)
+        self.decisions
+            .borrow_mut()
+            .get_or(self.world, policy, self.client, self.seed, || {
+                policy::answer(&ctx, policy, self.client, self.seed, &mut NoTrace)
+            })
     }
 }
 

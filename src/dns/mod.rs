@@ -2,6 +2,8 @@
 //! (handler.rs), the authoritative lookup (lookup.rs), response writing with EDNS, ECS and
 //! truncation (response.rs), per-worker counters (stats.rs) and the sockets (listen.rs).
 
+pub mod decisions;
+pub mod geocache;
 pub mod handler;
 pub mod listen;
 pub mod lookup;

@@ -123,24 +123,28 @@ pub fn parse(packet: &[u8]) -> Result<Query<'_>, (Reject, Option<u16>)> {
 }
 
 /// The question name: uncompressed labels only (nothing earlier to point at), lowercased.
-fn read_question_name(packet: &[u8], mut at: usize, out: &mut NameBuf) -> Option<usize> {
-    let mut len = 0usize;
+/// Length octets are at most 63, below `A`, so lowercasing the whole run leaves them be.
+fn read_question_name(packet: &[u8], start: usize, out: &mut NameBuf) -> Option<usize> {
+    let mut at = start;
     loop {
-        let l = *packet.get(at)? as usize;
-        if l > 63 || len + 1 + l > MAX_NAME {
+        let l = usize::from(*packet.get(at)?);
+        if l > 63 {
             return None;
         }
-        let label = packet.get(at..at + 1 + l)?;
-        for (d, s) in out.buf[len..len + 1 + l].iter_mut().zip(label) {
-            *d = s.to_ascii_lowercase();
-        }
-        len += 1 + l;
         at += 1 + l;
+        if at - start > MAX_NAME {
+            return None;
+        }
         if l == 0 {
-            out.len = len as u8;
-            return Some(at);
+            break;
         }
     }
+    let name = packet.get(start..at)?;
+    let dst = &mut out.buf[..name.len()];
+    dst.copy_from_slice(name);
+    dst.make_ascii_lowercase();
+    out.len = name.len() as u8;
+    Some(at)
 }
 
 /// Walk the remaining records; return the OPT of the additional section, if any.

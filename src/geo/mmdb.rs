@@ -34,6 +34,15 @@ pub enum GeoError {
 pub struct GeoDb {
     city: Reader<Vec<u8>>,
     asn: Option<Reader<Vec<u8>>>,
+    /// Unique per opened database, so caches can tell a reopened file from the old one.
+    id: u64,
+}
+
+/// Source of [`GeoDb::id`].
+static NEXT_DB_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_db_id() -> u64 {
+    NEXT_DB_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Where a [`Location`]'s coordinates came from.
@@ -61,6 +70,11 @@ pub struct GeoReport {
 }
 
 impl GeoDb {
+    /// Unique per opened database (never reused in a process).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Load a City/Country database and optionally an ASN database into memory.
     pub fn open(city: &Path, asn: Option<&Path>) -> Result<GeoDb, GeoError> {
         let read = |path: &Path| {
@@ -71,6 +85,7 @@ impl GeoDb {
                 })
         };
         Ok(GeoDb {
+            id: next_db_id(),
             city: read(city)?,
             asn: asn.map(read).transpose()?,
         })
@@ -85,6 +100,7 @@ impl GeoDb {
             })
         };
         Ok(GeoDb {
+            id: next_db_id(),
             city: parse("city", city)?,
             asn: asn.map(|b| parse("asn", b)).transpose()?,
         })

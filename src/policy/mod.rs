@@ -49,6 +49,12 @@ pub struct Decision {
     pub max_answers: usize,
     /// Endpoint order seed: per query, or the client hash when sticky.
     pub order_seed: u64,
+    /// The order seed is the sticky client hash, not the per-query seed.
+    pub sticky_order: bool,
+    /// The choice drew on the per-query seed (non-sticky weighted): another query from the
+    /// same client may get another pool. Otherwise the decision is a function of the world
+    /// and the client alone, and may be reused for them.
+    pub uses_seed: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +84,8 @@ pub fn answer<L: Locate + ?Sized, T: Trace>(
         ttl: p.ttl,
         max_answers: p.max_answers,
         order_seed: walker.order_seed,
+        sticky_order: walker.sticky_order,
+        uses_seed: walker.uses_seed,
     }
 }
 

@@ -24,6 +24,8 @@ pub(super) struct Walker<'c, 'a, L: Locate + ?Sized, T: Trace> {
     location: Option<Option<Location>>,
     pub(super) scope: Scope,
     pub(super) order_seed: u64,
+    pub(super) sticky_order: bool,
+    pub(super) uses_seed: bool,
     pub(super) depth: usize,
 }
 
@@ -37,6 +39,8 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             location: None,
             scope: Scope::default(),
             order_seed: seed,
+            sticky_order: false,
+            uses_seed: false,
             depth: 0,
         }
     }

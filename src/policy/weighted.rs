@@ -40,6 +40,7 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
         let key = sticky_key(w.client.addr, policy_name);
         w.scope.widen(client_prefix(w.client.addr));
         w.order_seed = key;
+        w.sticky_order = true;
         rendezvous(w, key, targets, evals, weight_of)
     } else {
         let total: u64 = targets
@@ -48,6 +49,7 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
             .filter(|(_, e)| e.is_some())
             .map(|((_, weight), _)| weight_of(*weight))
             .sum();
+        w.uses_seed = true;
         pick(w.seed, total, targets, evals, weight_of)
     };
     let pool = evals[index?]?;

@@ -448,10 +448,11 @@ fn example_world() -> &'static meridian::world::World {
         .expect("example loads");
         let geo = meridian::geo::GeoDb::open(std::path::Path::new("geoip/test-city.mmdb"), None)
             .expect("db");
-        meridian::world::World {
-            health: std::sync::Arc::new(meridian::health::View::unknown(&snap)),
-            snapshot: std::sync::Arc::new(snap),
-            geo: Some(std::sync::Arc::new(geo)),
-        }
+        let health = std::sync::Arc::new(meridian::health::View::unknown(&snap));
+        meridian::world::World::new(
+            std::sync::Arc::new(snap),
+            health,
+            Some(std::sync::Arc::new(geo)),
+        )
     })
 }

@@ -24,11 +24,8 @@ fn world() -> World {
     .expect("the example zone loads");
     let geo =
         GeoDb::open(Path::new("geoip/test-city.mmdb"), None).expect("the test database opens");
-    World {
-        health: Arc::new(View::unknown(&snap)),
-        snapshot: Arc::new(snap),
-        geo: Some(Arc::new(geo)),
-    }
+    let health = Arc::new(View::unknown(&snap));
+    World::new(Arc::new(snap), health, Some(Arc::new(geo)))
 }
 
 fn policies(c: &mut Criterion) {

@@ -1,0 +1,81 @@
+//! A per-worker cache of GeoIP answers. A lookup in the database costs a few hundred
+//! nanoseconds, more than the rest of a query; resolvers and ECS subnets repeat, so each
+//! worker keeps the last answers per address in a small direct-mapped table, cleared when
+//! the world's database changes. Exact addresses are the keys, so a hit is always what the
+//! database would say.
+
+use std::cell::RefCell;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use rustc_hash::FxBuildHasher;
+
+use crate::geo::{GeoDb, Locate, Location};
+
+/// Entries per worker (a power of two): 4096 × 48 bytes stays within L2.
+const SLOTS: usize = 4096;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    addr: Option<IpAddr>,
+    location: Option<Location>,
+}
+
+pub struct GeoCache {
+    /// Id of the database the slots came from (0: none).
+    db: u64,
+    slots: Box<[Slot]>,
+}
+
+impl Default for GeoCache {
+    fn default() -> Self {
+        GeoCache {
+            db: 0,
+            slots: vec![
+                Slot {
+                    addr: None,
+                    location: None
+                };
+                SLOTS
+            ]
+            .into_boxed_slice(),
+        }
+    }
+}
+
+impl GeoCache {
+    fn locate(&mut self, db: &Option<Arc<GeoDb>>, ip: IpAddr) -> Option<Location> {
+        let id = db.as_ref().map_or(0, |d| d.id());
+        if id != self.db {
+            self.slots.fill(Slot {
+                addr: None,
+                location: None,
+            });
+            self.db = id;
+        }
+        let i = (FxBuildHasher.hash_one(ip) as usize) & (SLOTS - 1);
+        let slot = &mut self.slots[i];
+        if slot.addr == Some(ip) {
+            return slot.location;
+        }
+        let location = db.locate(ip);
+        *slot = Slot {
+            addr: Some(ip),
+            location,
+        };
+        location
+    }
+}
+
+/// The world's database seen through a worker's cache.
+pub struct Cached<'a> {
+    pub db: &'a Option<Arc<GeoDb>>,
+    pub cache: &'a RefCell<GeoCache>,
+}
+
+impl Locate for Cached<'_> {
+    fn locate(&self, ip: IpAddr) -> Option<Location> {
+        self.cache.borrow_mut().locate(self.db, ip)
+    }
+}
