@@ -47,6 +47,8 @@ pub fn serve(settings: Settings) -> Result<ExitCode> {
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async {
+        // Handlers go in before anything listens, so an early SIGHUP cannot kill the process.
+        let signals = Signals::install()?;
         let running = match start(settings).await {
             Ok(r) => r,
             Err(e) => {
@@ -54,7 +56,7 @@ pub fn serve(settings: Settings) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         };
-        wait_for_signals(&running.control).await?;
+        signals.wait(&running.control).await;
         running.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
@@ -192,25 +194,38 @@ impl Running {
     }
 }
 
-/// SIGHUP reloads; SIGINT or SIGTERM returns.
-async fn wait_for_signals(control: &Arc<Control>) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                let c = control.clone();
-                // Compiling is blocking work: keep it off the runtime's async threads.
-                let _ = tokio::task::spawn_blocking(move || c.reload()).await;
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
+/// The signals `serve` acts on.
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    tracing::info!("shutting down");
-    Ok(())
+
+    /// SIGHUP reloads; SIGINT or SIGTERM returns.
+    async fn wait(mut self, control: &Arc<Control>) {
+        loop {
+            tokio::select! {
+                _ = self.hup.recv() => {
+                    let c = control.clone();
+                    // Compiling is blocking work: keep it off the runtime's async threads.
+                    let _ = tokio::task::spawn_blocking(move || c.reload()).await;
+                }
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+            }
+        }
+        tracing::info!("shutting down");
+    }
 }
 
 /// Logs to stderr; hickory and the HTTP stack at warn so that nothing logs per query.
@@ -220,9 +235,22 @@ fn init_logging(format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LossyStderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Stderr that drops what it cannot write: a closed log pipe must not stop the server.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(std::io::stderr().write(buf).unwrap_or(buf.len()))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

@@ -189,7 +189,7 @@ fn read_response(out: &[u8], e: &mut Explanation) {
         e.rcode = "no response".into();
         return;
     };
-    e.rcode = msg.metadata.response_code.to_string();
+    e.rcode = crate::dns::stats::rcode_name(u16::from(msg.metadata.response_code)).to_string();
     for r in msg.answers.iter().chain(msg.authorities.iter()) {
         e.answers
             .push((r.record_type().to_string(), r.ttl, r.data.to_string()));
@@ -235,7 +235,7 @@ impl Explanation {
             .filter(|(t, _, _)| t != "SOA")
             .map(|(_, _, d)| d.as_str())
             .collect();
-        let mut s = if self.rcode == "No Error" || self.rcode == "NOERROR" {
+        let mut s = if self.rcode == "NOERROR" {
             if answers.is_empty() {
                 "NODATA".to_string()
             } else {
@@ -282,14 +282,18 @@ fn merge_steps(steps: &[Step]) -> Vec<(usize, String)> {
                 last.2 = "policy+rule";
                 continue;
             }
-            if s.kind == "chosen" {
-                let pool = s.text.trim_end_matches(": chosen");
+            if s.kind == "chosen" || s.kind == "estimate" {
+                let (pool, rest) = s.text.split_once(": ").unwrap_or((&s.text, ""));
                 if let Some(line) = lines
                     .iter_mut()
                     .rev()
                     .find(|l| l.2 == "candidate" && l.1.starts_with(&format!("{pool}:")))
                 {
-                    line.1.push_str(" -> chosen");
+                    if s.kind == "estimate" {
+                        line.1.push_str(&format!(", {rest}"));
+                    } else if !line.1.ends_with("-> chosen") {
+                        line.1.push_str(" -> chosen");
+                    }
                     continue;
                 }
             }

@@ -33,12 +33,9 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
     let snap = w.ctx.snap;
     for m in chain.iter().flatten() {
         w.note("rule", || {
-            format!(
-                "{} {} -> {}",
-                m.level,
-                key_text(m.key),
-                targets_text(snap, m.targets)
-            )
+            let key = key_text(m.key);
+            let sep = if key.is_empty() { "" } else { " " };
+            format!("{}{sep}{key} -> {}", m.level, targets_text(snap, m.targets))
         });
         if let Some(pool) = w.first_up(m.targets) {
             return Some(pool);

@@ -243,7 +243,10 @@ fn pool_state<L: Locate + ?Sized>(
     for e in &p.endpoints {
         match ctx.health.endpoint_health(e) {
             Health::Up => n_up += 1,
-            Health::Unknown => n_unknown += 1,
+            Health::Unknown => {
+                n_up += 1;
+                n_unknown += 1;
+            }
             Health::Down => {}
         }
         if let Some(id) = e.probe {
@@ -254,14 +257,10 @@ fn pool_state<L: Locate + ?Sized>(
         }
     }
     let total = p.endpoints.len();
-    text.push_str(&format!(
-        " ({n_up}/{total} endpoints up{}",
-        if n_unknown > 0 {
-            format!(", {n_unknown} unknown")
-        } else {
-            String::new()
-        }
-    ));
+    text.push_str(&format!(" ({n_up}/{total} endpoints up"));
+    if n_unknown > 0 {
+        text.push_str(&format!(", {n_unknown} not probed yet"));
+    }
     if let Some((failures, s)) = worst {
         text.push_str(&format!(", {failures} failures"));
         if let Some(err) = &s.last_error {

@@ -429,7 +429,7 @@ proptest::proptest! {
         let mut out = Vec::new();
         let mut local = Local::default();
         for transport in [Transport::Udp, Transport::Tcp] {
-            if handle(&world, &packet, ip("192.0.2.1"), transport, 9, &mut out, &mut local) {
+            if handle(world, &packet, ip("192.0.2.1"), transport, 9, &mut out, &mut local) {
                 let m = Message::from_vec(&out).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}")))?;
                 proptest::prop_assert_eq!(m.metadata.id, u16::from_be_bytes([packet[0], packet[1]]));
             }

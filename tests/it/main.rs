@@ -5,6 +5,7 @@
 
 mod admin;
 mod check;
+mod cli;
 mod dns;
 mod geo;
 mod health;

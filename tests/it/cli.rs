@@ -1,0 +1,222 @@
+//! The built binary: `check` exit codes and output, `serve` on port 0 with SIGHUP and
+//! SIGTERM, `explain` and `geoip`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::Message;
+
+use crate::support::{Query, answers, udp, zone_dir};
+
+fn meridian() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meridian"))
+}
+
+#[test]
+fn check_passes_the_example_and_fails_a_broken_zone_with_every_error() {
+    let ok = meridian().args(["check"]).output().expect("runs");
+    assert!(ok.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        "ok: 1 zones, 10 names, 3 pools, 2 checks\n"
+    );
+
+    let dir = zone_dir(
+        "cli-bad",
+        &[(
+            "bad.toml",
+            "origin = \"bad.test.\"\nbogus = 1\n[soa]\nmname = \"ns.bad.test.\"\nrname = \"h.bad.test.\"\n[policies.www]\nfailover = [\"nowhere\"]\n",
+        )],
+    );
+    let bad = meridian()
+        .args(["check", "--zones"])
+        .arg(&dir)
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&bad.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].ends_with("bad.toml:2:1: unknown key `bogus`")
+            || lines[0].contains("bad.toml:2:1:"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains("bad.toml:7:") && lines[1].contains("nowhere"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["check", "--help"],
+        &["explain", "--help"],
+        &["geoip", "--help"],
+    ] {
+        let out = meridian().args(args).output().expect("runs");
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn explain_prints_the_decision_path() {
+    let out = meridian()
+        .args([
+            "explain",
+            "www.gslb.example.test",
+            "--client",
+            "203.0.113.7/24",
+            "--down",
+            "eu-west",
+        ])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("www.gslb.example.test. A from 203.0.113.0 (ECS 203.0.113.0/24)\n"),
+        "{text}"
+    );
+    assert!(text.contains("geoip: GB"), "{text}");
+    assert!(
+        text.contains("policy www (geo): continent EU -> [eu-west, us-east]"),
+        "{text}"
+    );
+    assert!(text.contains("eu-west: down (override down)"), "{text}");
+    assert!(
+        text.contains("us-east: up") && text.contains("-> chosen"),
+        "{text}"
+    );
+    assert!(
+        text.contains("answer: 198.51.100.1") && text.contains("TTL 30  ECS scope /24"),
+        "{text}"
+    );
+
+    let json = meridian()
+        .args([
+            "explain",
+            "api.gslb.example.test",
+            "A",
+            "--client",
+            "127.0.0.1",
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["policy"], "api");
+    assert_eq!(v["rcode"], "NOERROR");
+}
+
+#[test]
+fn geoip_prints_the_record() {
+    let out = meridian()
+        .args(["geoip", "198.51.100.7"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("country: US") && text.contains("subdivision: US-CA"),
+        "{text}"
+    );
+}
+
+/// The bound DNS address, read from the JSON log.
+fn wait_for_dns(child: &mut Child) -> SocketAddr {
+    let stderr = child.stderr.take().expect("piped");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for line in BufReader::new(stderr).lines() {
+        let line = line.expect("log line");
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["fields"]["message"] == "dns listening (udp+tcp)"
+        {
+            return v["fields"]["bound"]
+                .as_str()
+                .expect("bound")
+                .parse()
+                .expect("addr");
+        }
+        assert!(Instant::now() < deadline, "no listening line");
+    }
+    panic!("serve exited before listening");
+}
+
+#[tokio::test]
+async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
+    let example = std::fs::read_to_string("zones/example.toml").expect("example");
+    let dir = zone_dir("cli-serve", &[("example.toml", &example)]);
+    let state = crate::support::temp_dir("cli-state");
+    let mut child = meridian()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--log-format",
+            "json",
+            "--zones",
+        ])
+        .arg(&dir)
+        .arg("--state")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let dns = wait_for_dns(&mut child);
+    let ask = || async {
+        let reply = udp(dns, &Query::new("static.gslb.example.test", 1).packet())
+            .await
+            .expect("reply");
+        answers(&Message::from_vec(&reply).expect("parses"))
+    };
+    assert_eq!(ask().await, ["192.0.2.1", "192.0.2.2"]);
+
+    std::fs::write(
+        dir.join("example.toml"),
+        example.replace("192.0.2.1\", \"192.0.2.2", "192.0.2.88"),
+    )
+    .expect("edit");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask().await != ["192.0.2.88"] {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop serve");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
