@@ -950,3 +950,102 @@ fn overrides_resolve_by_zone_and_pool_name_and_keep_unknown_entries() {
     assert!(text.contains("\"drain\""), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---------------------------------------------------------------------------------------
+// End to end: real backends, real probes, real DNS answers
+
+/// The answer of `name` from the in-process server.
+async fn dns_answer(server: &crate::support::Server, name: &str) -> Vec<String> {
+    let started = std::time::Instant::now();
+    let m = server.ask(&crate::support::Query::new(name, 1)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "DNS kept answering promptly"
+    );
+    crate::support::answers(&m)
+}
+
+/// Poll `name` until it answers `want`; the time it took.
+async fn until_answer(
+    server: &crate::support::Server,
+    name: &str,
+    want: &str,
+    limit: Duration,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if dns_answer(server, name).await == [want] {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{name} did not move to {want} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_follows_a_killed_backend_and_its_return() {
+    let primary = http_backend("127.0.0.3", 0, Mode::Ok).await;
+    let port = primary.port();
+    let _backup = http_backend("127.0.0.4", port, Mode::Ok).await;
+    let _hung = http_backend("127.0.0.5", port, Mode::Hang).await;
+    let _endless = http_backend("127.0.0.6", port, Mode::Endless("x")).await;
+    let zone = format!(
+        r#"
+origin = "hc.test."
+[soa]
+mname = "ns.hc.test."
+rname = "h.hc.test."
+[pools.primary]
+A = ["198.51.100.1"]
+check = "web"
+probe_address = {{ "198.51.100.1" = "127.0.0.3" }}
+[pools.backup]
+A = ["198.51.100.2"]
+check = "web"
+probe_address = {{ "198.51.100.2" = "127.0.0.4" }}
+[pools.hung]
+A = ["198.51.100.3"]
+check = "web"
+probe_address = {{ "198.51.100.3" = "127.0.0.5" }}
+[pools.endless]
+A = ["198.51.100.4"]
+check = "web"
+probe_address = {{ "198.51.100.4" = "127.0.0.6" }}
+[checks.web]
+kind = "http"
+port = {port}
+expect_body = "ok"
+interval = "200ms"
+timeout = "150ms"
+rise = 2
+fall = 2
+[policies.www]
+failover = ["primary", "backup"]
+[policies.slow]
+failover = ["hung", "backup"]
+[policies.big]
+failover = ["endless", "backup"]
+"#
+    );
+    let dir = crate::support::zone_dir("e2e-health", &[("hc.toml", &zone)]);
+    let server = crate::support::Server::start(crate::support::settings(&dir, None)).await;
+    assert_eq!(dns_answer(&server, "www.hc.test").await, ["198.51.100.1"]);
+
+    // A hung backend and an endless body fail on the timeout; DNS answers all along.
+    let limit = Duration::from_secs(3);
+    until_answer(&server, "slow.hc.test", "198.51.100.2", limit).await;
+    until_answer(&server, "big.hc.test", "198.51.100.2", limit).await;
+
+    // fall × interval, plus one interval (the probe in flight), plus scheduling slack.
+    primary.kill();
+    let down = until_answer(&server, "www.hc.test", "198.51.100.2", limit).await;
+    assert!(down < Duration::from_millis(1200), "failover took {down:?}");
+
+    let _back = http_backend("127.0.0.3", port, Mode::Ok).await;
+    let up = until_answer(&server, "www.hc.test", "198.51.100.1", limit).await;
+    assert!(up < Duration::from_millis(1200), "recovery took {up:?}");
+    server.stop().await;
+}
