@@ -29,12 +29,25 @@ pub enum Transport {
 }
 
 /// What a worker (a UDP thread, a TCP connection) keeps from query to query.
-#[derive(Default)]
 pub struct Local {
     pub scratch: Scratch,
     pub stats: LocalStats,
     pub geo: RefCell<GeoCache>,
     pub decisions: RefCell<DecisionCache>,
+    /// The lowercased question name of the query in hand.
+    pub qname: wire::NameBuf,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Local {
+            scratch: Scratch::default(),
+            stats: LocalStats::default(),
+            geo: RefCell::default(),
+            decisions: RefCell::default(),
+            qname: [0; wire::MAX_NAME],
+        }
+    }
 }
 
 /// Answer `packet` from `src` into `out`; false when nothing is to be sent.
@@ -52,8 +65,9 @@ pub fn handle(
         stats,
         geo,
         decisions,
+        qname,
     } = local;
-    let q = match wire::parse(packet) {
+    let q = match wire::parse(packet, qname) {
         Ok(q) => q,
         Err((Reject::Drop, _)) => return false,
         Err((reject, id)) => {
@@ -77,7 +91,7 @@ pub fn handle(
     }
     let snap = &world.snapshot;
     let zone = (q.qclass == CLASS_IN)
-        .then(|| snap.find_zone(q.qname.as_wire()))
+        .then(|| snap.find_zone(q.qname))
         .flatten();
     let Some(zone) = zone.filter(|_| q.qtype != AXFR && q.qtype != IXFR && q.qtype != rtype::OPT)
     else {
@@ -101,7 +115,7 @@ pub fn handle(
         seed,
     };
     let mut w = Writer::new(out, &q);
-    let found = lookup.run(zone, q.qname.as_wire(), q.qtype, &mut w, scratch);
+    let found = lookup.run(zone, q.qname, q.qtype, &mut w, scratch);
     let meta = Meta {
         rcode: u16::from(found.rcode),
         authoritative: found.authoritative,

@@ -154,10 +154,9 @@ fn udp_worker(
             }
         }
         if n > 0 {
-            let per_query = started.elapsed() / n as u32;
-            for _ in 0..n {
-                local.stats.response_time(per_query);
-            }
+            local
+                .stats
+                .response_times(started.elapsed() / n as u32, n as u64);
         }
         send(fd, &mut send_headers, &b);
         if local.stats.pending() >= STATS_FLUSH_QUERIES || last_flush.elapsed() >= STATS_FLUSH_EVERY

@@ -97,10 +97,12 @@ impl<'b> Writer<'b> {
             Owner::Qname => self.buf.extend_from_slice(&QNAME_POINTER),
             Owner::Name(n) => self.buf.extend_from_slice(n),
         }
-        self.buf.extend_from_slice(&rtype.to_be_bytes());
-        self.buf.extend_from_slice(&CLASS_IN.to_be_bytes());
-        self.buf.extend_from_slice(&ttl.to_be_bytes());
-        self.buf.extend_from_slice(&(rdlen as u16).to_be_bytes());
+        let [t0, t1] = rtype.to_be_bytes();
+        let [c0, c1] = CLASS_IN.to_be_bytes();
+        let [l0, l1, l2, l3] = ttl.to_be_bytes();
+        let [r0, r1] = (rdlen as u16).to_be_bytes();
+        self.buf
+            .extend_from_slice(&[t0, t1, c0, c1, l0, l1, l2, l3, r0, r1]);
         self.counts[section as usize] += 1;
     }
 

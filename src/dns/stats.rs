@@ -43,13 +43,18 @@ impl LocalStats {
     }
 
     pub fn response_time(&mut self, d: Duration) {
+        self.response_times(d, 1);
+    }
+
+    /// `n` responses that took `d` each (a UDP batch, timed as a whole).
+    pub fn response_times(&mut self, d: Duration, n: u64) {
         let s = d.as_secs_f64();
         let i = RESPONSE_TIME_BUCKETS
             .iter()
             .position(|b| s <= *b)
             .unwrap_or(RESPONSE_TIME_BUCKETS.len());
-        self.buckets[i] += 1;
-        self.time_sum += s;
+        self.buckets[i] += n;
+        self.time_sum += s * n as f64;
     }
 
     /// Queries counted since the last flush.

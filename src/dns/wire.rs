@@ -32,30 +32,15 @@ pub struct Query<'p> {
     pub flags: u16,
     /// The question section exactly as sent (name, type, class), for the echo.
     pub question: &'p [u8],
-    pub qname: NameBuf,
+    /// The question name, lowercased (in the worker's name buffer).
+    pub qname: &'p [u8],
     pub qtype: u16,
     pub qclass: u16,
     pub edns: Option<Edns>,
 }
 
-/// The lowercased question name.
-#[derive(Clone)]
-pub struct NameBuf {
-    buf: [u8; MAX_NAME],
-    len: u8,
-}
-
-impl NameBuf {
-    pub fn as_wire(&self) -> &[u8] {
-        &self.buf[..self.len as usize]
-    }
-}
-
-impl std::fmt::Debug for NameBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&crate::model::wire::to_text(self.as_wire()))
-    }
-}
+/// Where the lowercased question name is written: one per worker, reused.
+pub type NameBuf = [u8; MAX_NAME];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edns {
@@ -82,7 +67,10 @@ impl Ecs {
 
 /// Parse a query. `Err` says how to reply; a FORMERR before the question parsed carries no
 /// question.
-pub fn parse(packet: &[u8]) -> Result<Query<'_>, (Reject, Option<u16>)> {
+pub fn parse<'p>(
+    packet: &'p [u8],
+    name_buf: &'p mut NameBuf,
+) -> Result<Query<'p>, (Reject, Option<u16>)> {
     if packet.len() < HEADER_LEN {
         return Err((Reject::Drop, None));
     }
@@ -98,12 +86,8 @@ pub fn parse(packet: &[u8]) -> Result<Query<'_>, (Reject, Option<u16>)> {
     if count(0) != 1 {
         return Err((Reject::FormErr, Some(id)));
     }
-    let mut qname = NameBuf {
-        buf: [0; MAX_NAME],
-        len: 0,
-    };
-    let at =
-        read_question_name(packet, HEADER_LEN, &mut qname).ok_or((Reject::FormErr, Some(id)))?;
+    let at = read_question_name(packet, HEADER_LEN, name_buf).ok_or((Reject::FormErr, Some(id)))?;
+    let qname = &name_buf[..at - HEADER_LEN];
     let fixed = packet.get(at..at + 4).ok_or((Reject::FormErr, Some(id)))?;
     let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
     let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
@@ -140,10 +124,9 @@ fn read_question_name(packet: &[u8], start: usize, out: &mut NameBuf) -> Option<
         }
     }
     let name = packet.get(start..at)?;
-    let dst = &mut out.buf[..name.len()];
+    let dst = &mut out[..name.len()];
     dst.copy_from_slice(name);
     dst.make_ascii_lowercase();
-    out.len = name.len() as u8;
     Some(at)
 }
 
@@ -291,8 +274,9 @@ mod tests {
     #[test]
     fn parses_question_and_lowercases() {
         let p = query(b"\x03WwW\x07example\x00", None);
-        let q = parse(&p).expect("valid");
-        assert_eq!(q.qname.as_wire(), b"\x03www\x07example\x00");
+        let mut buf = [0; MAX_NAME];
+        let q = parse(&p, &mut buf).expect("valid");
+        assert_eq!(q.qname, b"\x03www\x07example\x00");
         assert_eq!(&q.question[..4], b"\x03WwW");
         assert_eq!((q.id, q.qtype, q.qclass), (0x1234, 1, 1));
         assert!(q.edns.is_none());
@@ -301,7 +285,10 @@ mod tests {
     #[test]
     fn validates_ecs() {
         let ok = query(b"\x01a\x00", Some(&[0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113]));
-        let e = parse(&ok).expect("valid").edns.expect("edns");
+        let e = parse(&ok, &mut [0; MAX_NAME])
+            .expect("valid")
+            .edns
+            .expect("edns");
         assert_eq!(
             e.ecs.expect("ecs").addr,
             "203.0.113.0".parse::<IpAddr>().expect("ip")
@@ -316,7 +303,7 @@ mod tests {
             let mut b = bad.to_vec();
             b[3] = (b.len() - 4) as u8;
             assert_eq!(
-                parse(&query(b"\x01a\x00", Some(&b))).err(),
+                parse(&query(b"\x01a\x00", Some(&b)), &mut [0; MAX_NAME]).err(),
                 Some((Reject::FormErr, Some(0x1234))),
                 "{bad:?}"
             );
@@ -325,19 +312,37 @@ mod tests {
 
     #[test]
     fn rejects_what_it_must() {
-        assert_eq!(parse(&[0; 5]).err(), Some((Reject::Drop, None)));
+        assert_eq!(
+            parse(&[0; 5], &mut [0; MAX_NAME]).err(),
+            Some((Reject::Drop, None))
+        );
         let mut resp = query(b"\x00", None);
         resp[2] |= 0x80;
-        assert_eq!(parse(&resp).err(), Some((Reject::Drop, None)));
+        assert_eq!(
+            parse(&resp, &mut [0; MAX_NAME]).err(),
+            Some((Reject::Drop, None))
+        );
         let mut notify = query(b"\x00", None);
         notify[2] |= 4 << 3;
-        assert_eq!(parse(&notify).err().map(|e| e.0), Some(Reject::NotImp));
+        assert_eq!(
+            parse(&notify, &mut [0; MAX_NAME]).err().map(|e| e.0),
+            Some(Reject::NotImp)
+        );
         let mut two = query(b"\x00", None);
         two[5] = 2;
-        assert_eq!(parse(&two).err().map(|e| e.0), Some(Reject::FormErr));
+        assert_eq!(
+            parse(&two, &mut [0; MAX_NAME]).err().map(|e| e.0),
+            Some(Reject::FormErr)
+        );
         let mut v1 = query(b"\x00", Some(&[]));
         let n = v1.len();
         v1[n - 5] = 1; // version byte of the OPT TTL
-        assert_eq!(parse(&v1).expect("parses").edns.map(|e| e.version), Some(1));
+        assert_eq!(
+            parse(&v1, &mut [0; MAX_NAME])
+                .expect("parses")
+                .edns
+                .map(|e| e.version),
+            Some(1)
+        );
     }
 }
