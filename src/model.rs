@@ -39,6 +39,9 @@ pub struct Snapshot {
     pub zones: Vec<Zone>,
     /// Zone origin (lowercase wire) to zone.
     pub zone_by_origin: NameMap<ZoneId>,
+    /// Label counts of the origins, longest first: `find_zone` tries only suffixes of these
+    /// lengths.
+    pub origin_labels: Vec<usize>,
     pub pools: Vec<Pool>,
     pub policies: Vec<Policy>,
     /// Every distinct (probe address, check) pair, probed once however many pools use it.
@@ -357,17 +360,20 @@ impl Snapshot {
 
     /// The zone whose origin is the longest suffix of `qname` (lowercase wire).
     pub fn find_zone(&self, qname: &[u8]) -> Option<ZoneId> {
-        let mut at = 0;
-        loop {
-            if let Some(id) = self.zone_by_origin.get(&qname[at..]) {
+        let labels = wire::label_count(qname);
+        for &want in &self.origin_labels {
+            if want > labels {
+                continue;
+            }
+            let mut at = qname;
+            for _ in 0..labels - want {
+                at = wire::parent(at)?;
+            }
+            if let Some(id) = self.zone_by_origin.get(at) {
                 return Some(*id);
             }
-            let len = *qname.get(at)? as usize;
-            if len == 0 {
-                return None;
-            }
-            at += 1 + len;
         }
+        None
     }
 
     /// A policy by zone and name, for explain and the admin API.

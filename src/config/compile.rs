@@ -223,6 +223,11 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
     let name_count = owners.len() + published.iter().filter(|p| p.publish).count();
     let nodes = lay_out_names(&origin_wire, owners, &published);
     b.snap.zone_by_origin.insert(origin_wire.clone(), zc.zone);
+    let labels = wire::label_count(&origin_wire);
+    if !b.snap.origin_labels.contains(&labels) {
+        b.snap.origin_labels.push(labels);
+        b.snap.origin_labels.sort_unstable_by(|a, b| b.cmp(a));
+    }
     b.snap.zones.push(Zone {
         origin: zc.origin,
         origin_wire,

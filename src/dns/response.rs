@@ -191,28 +191,31 @@ fn opt_size(ecs: Option<(Ecs, u8)>) -> usize {
 /// RFC 6891 §6.1.2 OPT: our payload size, extended rcode, version 0, DO copied
 /// (RFC 3225 §3), and the ECS option echoed with its scope (RFC 7871 §7.2.1).
 fn write_opt(buf: &mut Vec<u8>, meta: Meta, dnssec_ok: bool) {
-    buf.push(0);
-    buf.extend_from_slice(&41u16.to_be_bytes());
-    buf.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
-    buf.push((meta.rcode >> 4) as u8);
-    buf.push(0);
-    buf.extend_from_slice(&(if dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
-    match meta.ecs {
-        None => buf.extend_from_slice(&[0, 0]),
+    let [p0, p1] = MAX_UDP_PAYLOAD.to_be_bytes();
+    let do_bit = if dnssec_ok { 0x80 } else { 0 };
+    let mut opt = [0u8; 11 + 8 + 16];
+    opt[..9].copy_from_slice(&[0, 0, 41, p0, p1, (meta.rcode >> 4) as u8, 0, do_bit, 0]);
+    let len = match meta.ecs {
+        None => 11,
         Some((ecs, scope)) => {
             let addr_len = usize::from(ecs.source_prefix).div_ceil(8);
-            buf.extend_from_slice(&((8 + addr_len) as u16).to_be_bytes());
-            buf.extend_from_slice(&8u16.to_be_bytes());
-            buf.extend_from_slice(&((4 + addr_len) as u16).to_be_bytes());
-            buf.extend_from_slice(&ecs.family().to_be_bytes());
-            buf.push(ecs.source_prefix);
-            buf.push(scope);
+            let [f0, f1] = ecs.family().to_be_bytes();
+            opt[9..11].copy_from_slice(&((8 + addr_len) as u16).to_be_bytes());
+            opt[11..13].copy_from_slice(&8u16.to_be_bytes());
+            opt[13..15].copy_from_slice(&((4 + addr_len) as u16).to_be_bytes());
+            opt[15..19].copy_from_slice(&[f0, f1, ecs.source_prefix, scope]);
             match ecs.addr {
-                std::net::IpAddr::V4(a) => buf.extend_from_slice(&a.octets()[..addr_len]),
-                std::net::IpAddr::V6(a) => buf.extend_from_slice(&a.octets()[..addr_len]),
+                std::net::IpAddr::V4(a) => {
+                    opt[19..19 + addr_len].copy_from_slice(&a.octets()[..addr_len])
+                }
+                std::net::IpAddr::V6(a) => {
+                    opt[19..19 + addr_len].copy_from_slice(&a.octets()[..addr_len])
+                }
             }
+            19 + addr_len
         }
-    }
+    };
+    buf.extend_from_slice(&opt[..len]);
 }
 
 /// The UDP size limit for a query (RFC 6891 §6.2.5: at least 512, capped at ours).

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::{Decision, Outcome};
-use crate::health::View;
+use crate::health::{Override, View};
 use crate::model::Snapshot;
 
 /// Fill `out` (cleared first) with the answer's addresses of one family.
@@ -21,13 +21,20 @@ pub fn select_addresses(
         return;
     };
     let p = snap.pool(pool);
-    out.extend(
-        p.endpoints
-            .iter()
-            .filter(|e| e.addr.is_ipv6() == want_v6)
-            .filter(|e| fail_open || health.endpoint_up(pool, e))
-            .map(|e| e.addr),
-    );
+    let forced = match health.override_of(pool) {
+        Some(Override::Up) => Some(true),
+        Some(Override::Down | Override::Drain) => Some(false),
+        None => None,
+    };
+    for e in &p.endpoints {
+        if e.addr.is_ipv6() != want_v6 {
+            continue;
+        }
+        let up = fail_open || forced.unwrap_or_else(|| health.endpoint_health(e).is_up());
+        if up {
+            out.push(e.addr);
+        }
+    }
     shuffle(out, decision.order_seed);
     out.truncate(decision.max_answers);
 }
