@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dns;
 pub mod explain;

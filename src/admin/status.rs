@@ -4,7 +4,7 @@
 //! Built from one load of the world, so pools, endpoints and probe states are consistent
 //! with each other and with what DNS answers at that moment.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::State;
@@ -114,34 +114,14 @@ fn last_result(s: &ProbeStatus) -> Option<&'static str> {
     Some(if s.passes > 0 { "ok" } else { "fail" })
 }
 
-/// RFC 3339 in UTC with milliseconds (`2026-01-01T00:00:00.000Z`), without a date crate:
-/// Howard Hinnant's civil-from-days.
+/// RFC 3339 in UTC with milliseconds (`2026-01-01T00:00:00.000Z`).
 pub(super) fn rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let days = (secs / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let tod = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        tod / 3600,
-        tod / 60 % 60,
-        tod % 60,
-        since.subsec_millis()
-    )
+    crate::clock::rfc3339_millis(t)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
 

@@ -227,26 +227,9 @@ fn summary(meta: &maxminddb::Metadata) -> String {
     )
 }
 
-/// `2026-01-01T00:00:00Z` from a Unix time, without a date crate (civil-from-days,
-/// Howard Hinnant's algorithm).
+/// `2026-01-01T00:00:00Z` from a Unix time.
 pub(crate) fn format_epoch(epoch: u64) -> String {
-    let days = (epoch / 86_400) as i64;
-    let secs = epoch % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    crate::clock::rfc3339_epoch(epoch)
 }
 
 #[cfg(test)]

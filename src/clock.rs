@@ -1,0 +1,41 @@
+//! Timestamps as operators read them: RFC 3339 in UTC (`/v1/status`, `meridian geoip`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+
+const SECONDS: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+const MILLIS: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// `2026-01-01T00:00:00.000Z`.
+pub fn rfc3339_millis(t: SystemTime) -> String {
+    format(t, MILLIS)
+}
+
+/// `2026-01-01T00:00:00Z` from a Unix time.
+pub fn rfc3339_epoch(epoch: u64) -> String {
+    format(UNIX_EPOCH + Duration::from_secs(epoch), SECONDS)
+}
+
+fn format(t: SystemTime, f: &[BorrowedFormatItem<'_>]) -> String {
+    OffsetDateTime::from(t)
+        .format(f)
+        .unwrap_or_else(|_| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(rfc3339_epoch(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_epoch(951_827_696), "2000-02-29T12:34:56Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_767_225_599) + Duration::from_millis(999);
+        assert_eq!(rfc3339_millis(t), "2025-12-31T23:59:59.999Z");
+    }
+}
