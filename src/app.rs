@@ -107,6 +107,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
             tcp,
             world.clone(),
             control.dns_stats.clone(),
+            listen::TcpLimits::default(),
             stop_rx.clone(),
         ));
     }

@@ -11,9 +11,6 @@ use crate::model::PolicyId;
 use crate::policy::{Client, Decision};
 use crate::world::World;
 
-/// Slots per worker (a power of two).
-const SLOTS: usize = 4096;
-
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
     policy: PolicyId,
@@ -27,16 +24,15 @@ pub struct DecisionCache {
     slots: Box<[Option<(Key, Decision)>]>,
 }
 
-impl Default for DecisionCache {
-    fn default() -> Self {
+impl DecisionCache {
+    /// A cache of `slots` entries (rounded up to a power of two).
+    pub fn new(slots: usize) -> DecisionCache {
         DecisionCache {
             world: 0,
-            slots: vec![None; SLOTS].into_boxed_slice(),
+            slots: vec![None; slots.next_power_of_two()].into_boxed_slice(),
         }
     }
-}
 
-impl DecisionCache {
     /// The cached decision, or `decide()` (kept when it did not use the seed).
     pub fn get_or(
         &mut self,
@@ -55,7 +51,7 @@ impl DecisionCache {
             addr: client.addr,
             source_prefix: client.source_prefix,
         };
-        let i = (FxBuildHasher.hash_one(key) as usize) & (SLOTS - 1);
+        let i = (FxBuildHasher.hash_one(key) as usize) & (self.slots.len() - 1);
         if let Some((k, mut d)) = self.slots[i]
             && k == key
         {

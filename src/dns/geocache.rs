@@ -13,9 +13,6 @@ use rustc_hash::FxBuildHasher;
 
 use crate::geo::{GeoDb, Locate, Location};
 
-/// Entries per worker (a power of two): 4096 × 48 bytes stays within L2.
-const SLOTS: usize = 4096;
-
 #[derive(Clone, Copy)]
 struct Slot {
     addr: Option<IpAddr>,
@@ -28,33 +25,27 @@ pub struct GeoCache {
     slots: Box<[Slot]>,
 }
 
-impl Default for GeoCache {
-    fn default() -> Self {
-        GeoCache {
-            db: 0,
-            slots: vec![
-                Slot {
-                    addr: None,
-                    location: None
-                };
-                SLOTS
-            ]
-            .into_boxed_slice(),
-        }
-    }
-}
+const EMPTY: Slot = Slot {
+    addr: None,
+    location: None,
+};
 
 impl GeoCache {
+    /// A cache of `slots` entries (rounded up to a power of two).
+    pub fn new(slots: usize) -> GeoCache {
+        GeoCache {
+            db: 0,
+            slots: vec![EMPTY; slots.next_power_of_two()].into_boxed_slice(),
+        }
+    }
+
     fn locate(&mut self, db: &Option<Arc<GeoDb>>, ip: IpAddr) -> Option<Location> {
         let id = db.as_ref().map_or(0, |d| d.id());
         if id != self.db {
-            self.slots.fill(Slot {
-                addr: None,
-                location: None,
-            });
+            self.slots.fill(EMPTY);
             self.db = id;
         }
-        let i = (FxBuildHasher.hash_one(ip) as usize) & (SLOTS - 1);
+        let i = (FxBuildHasher.hash_one(ip) as usize) & (self.slots.len() - 1);
         let slot = &mut self.slots[i];
         if slot.addr == Some(ip) {
             return slot.location;

@@ -38,15 +38,28 @@ pub struct Local {
     pub qname: wire::NameBuf,
 }
 
-impl Default for Local {
-    fn default() -> Self {
+/// Cache entries of a UDP worker: 4096 GeoIP answers and decisions (about 600 KB).
+pub const UDP_CACHE_SLOTS: usize = 4096;
+/// Cache entries of one TCP connection: small, as there may be a thousand of them.
+pub const TCP_CACHE_SLOTS: usize = 16;
+
+impl Local {
+    /// Worker state with caches of `cache_slots` entries.
+    pub fn new(cache_slots: usize) -> Local {
         Local {
             scratch: Scratch::default(),
             stats: LocalStats::default(),
-            geo: RefCell::default(),
-            decisions: RefCell::default(),
+            geo: RefCell::new(GeoCache::new(cache_slots)),
+            decisions: RefCell::new(DecisionCache::new(cache_slots)),
             qname: [0; wire::MAX_NAME],
         }
+    }
+}
+
+impl Default for Local {
+    /// Small caches: one-off use (explain, tests).
+    fn default() -> Self {
+        Local::new(TCP_CACHE_SLOTS)
     }
 }
 

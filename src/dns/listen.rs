@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::handler::{Local, Transport, handle};
+use super::handler::{Local, TCP_CACHE_SLOTS, Transport, UDP_CACHE_SLOTS, handle};
 use super::stats::{DnsStats, WorkerTotals};
 use crate::world::{SharedWorld, World};
 
@@ -37,8 +37,24 @@ const STATS_FLUSH_EVERY: Duration = Duration::from_secs(1);
 const TCP_STATS_FLUSH_QUERIES: u64 = 64;
 /// RFC 7766 §6.2.3: close idle connections; 10 s as BIND and Unbound do by default.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent TCP connections over all listeners; beyond it new ones are closed at once.
+/// Concurrent TCP connections per listener; beyond it new ones are closed at once.
 pub const TCP_MAX_CONNECTIONS: usize = 1024;
+
+/// Limits of a TCP listener (RFC 7766 §6.2).
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            idle_timeout: TCP_IDLE_TIMEOUT,
+            max_connections: TCP_MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// Bind one SO_REUSEPORT UDP socket per worker on `addr` (port 0 picks one port for all).
 pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::UdpSocket>> {
@@ -109,7 +125,7 @@ fn udp_worker(
     };
     let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut local = Local::default();
+    let mut local = Local::new(UDP_CACHE_SLOTS);
     let mut seed = rand::random::<u64>() | 1;
     let mut last_world: Option<Arc<World>> = None;
     let mut last_flush = Instant::now();
@@ -250,9 +266,10 @@ pub async fn serve_tcp(
     listener: TcpListener,
     world: SharedWorld,
     stats: Arc<DnsStats>,
+    limits: TcpLimits,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(TCP_MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let totals = stats.register();
     loop {
         let (stream, peer) = tokio::select! {
@@ -274,7 +291,9 @@ pub async fn serve_tcp(
         let totals = totals.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let _ = tcp_connection(stream, peer.ip().to_canonical(), world, totals, stop).await;
+            let idle = limits.idle_timeout;
+            let _ =
+                tcp_connection(stream, peer.ip().to_canonical(), world, totals, idle, stop).await;
             drop(permit);
         });
     }
@@ -286,6 +305,7 @@ async fn tcp_connection(
     peer: IpAddr,
     world: SharedWorld,
     totals: Arc<WorkerTotals>,
+    idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
@@ -294,18 +314,18 @@ async fn tcp_connection(
     let mut w = BufWriter::new(w);
     let mut msg = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(4096);
-    let mut local = Local::default();
+    let mut local = Local::new(TCP_CACHE_SLOTS);
     let mut seed = rand::random::<u64>() | 1;
     let result = loop {
         let len = tokio::select! {
-            r = tokio::time::timeout(TCP_IDLE_TIMEOUT, r.read_u16()) => match r {
+            r = tokio::time::timeout(idle, r.read_u16()) => match r {
                 Ok(Ok(len)) => usize::from(len),
                 Ok(Err(_)) | Err(_) => break Ok(()),
             },
             _ = stop.changed() => break Ok(()),
         };
         msg.resize(len, 0);
-        match tokio::time::timeout(TCP_IDLE_TIMEOUT, r.read_exact(&mut msg)).await {
+        match tokio::time::timeout(idle, r.read_exact(&mut msg)).await {
             Ok(Ok(_)) => {}
             _ => break Ok(()),
         }
