@@ -9,15 +9,13 @@ use super::decisions::DecisionCache;
 use super::geocache::{Cached, GeoCache};
 
 use super::lookup::{Lookup, Scratch};
-use super::response::{self, Meta, Writer, rcode};
+use super::response::{self, CLASS_IN, Meta, Writer, rcode};
 use super::stats::LocalStats;
 use super::wire::{self, Reject};
 use crate::model::rtype;
 use crate::policy::Client;
 use crate::world::World;
 
-/// RFC 1035: class IN; Meridian serves nothing else.
-const CLASS_IN: u16 = 1;
 /// RFC 5936 / RFC 1995: zone transfers are not offered.
 const AXFR: u16 = 252;
 const IXFR: u16 = 251;

@@ -11,8 +11,8 @@ const QNAME_POINTER: [u8; 2] = [0xc0, HEADER_LEN as u8];
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// RFC 1035 §4.2.1: the UDP limit without EDNS.
 pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
-/// RFC 1035: class IN.
-const CLASS_IN: u16 = 1;
+/// RFC 1035: class IN; Meridian serves nothing else.
+pub const CLASS_IN: u16 = 1;
 
 pub mod rcode {
     pub const NOERROR: u8 = 0;

@@ -10,8 +10,6 @@ pub const HEADER_LEN: usize = 12;
 pub const MAX_NAME: usize = 255;
 /// RFC 7871 §6: the EDNS option code of Client Subnet.
 const ECS_OPTION: u16 = 8;
-/// RFC 6891 §6.1.1: the OPT pseudo-RR type.
-const OPT: u16 = 41;
 
 /// Why a packet gets no normal answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +148,7 @@ fn read_records(
             .get(at + 10..at + 10 + rdlen)
             .ok_or(Reject::FormErr)?;
         at += 10 + rdlen;
-        if rtype != OPT {
+        if rtype != crate::model::rtype::OPT {
             continue;
         }
         // RFC 6891 §6.1.1: one OPT, in the additional section, owned by the root.

@@ -190,26 +190,14 @@ async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
     )
     .expect("edit");
     let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    signal(&pid, "-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while ask().await != ["192.0.2.88"] {
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    signal(&pid, "-TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -219,4 +207,12 @@ async fn serve_reloads_on_sighup_and_stops_on_sigterm() {
         assert!(Instant::now() < deadline, "SIGTERM did not stop serve");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn signal(pid: &str, sig: &str) {
+    let status = Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {sig} {pid}");
 }
