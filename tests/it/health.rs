@@ -1049,3 +1049,51 @@ failover = ["endless", "backup"]
     assert!(up < Duration::from_millis(1200), "recovery took {up:?}");
     server.stop().await;
 }
+
+/// With the clock paused, time is virtual: the schedule is checked exactly, however busy the
+/// machine. Every probe fails (nothing listens), so each key must be down after `fall`
+/// results: the first at once, the next at a random phase inside the interval, then one per
+/// interval.
+#[tokio::test(start_paused = true)]
+async fn paused_clock_probes_run_at_once_then_every_interval_and_flip_after_fall() {
+    let port = closed_port("127.0.0.7");
+    let mut s = spec(CheckKind::Tcp, port);
+    s.interval = Duration::from_secs(2);
+    s.timeout = Duration::from_secs(1);
+    s.fall = 3;
+    let keys: Vec<ProbeKey> = (1..=40)
+        .map(|i| key(&format!("127.0.7.{i}"), s.clone()))
+        .collect();
+    let (sink, _calls) = recording_sink();
+    let started = tokio::time::Instant::now();
+    let prober = Prober::start(snapshot(&keys), sink);
+
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let first: Vec<u64> = prober.statuses().iter().map(|p| p.total_failures).collect();
+    assert!(
+        first.iter().all(|n| *n >= 1),
+        "the first probe runs at once: {first:?}"
+    );
+
+    loop {
+        if prober.statuses().iter().all(|p| p.health == Health::Down) {
+            break;
+        }
+        assert!(started.elapsed() < s.interval * 4, "not all down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    // fall = 3: at once, at a phase in (0, interval], then one interval later.
+    assert!(took <= s.interval * 2 + s.timeout, "down after {took:?}");
+
+    tokio::time::sleep(s.interval * 10).await;
+    let counts: Vec<u64> = prober.statuses().iter().map(|p| p.total_failures).collect();
+    let elapsed = started.elapsed().as_secs_f64() / s.interval.as_secs_f64();
+    for n in &counts {
+        assert!(
+            (*n as f64 - elapsed).abs() <= 2.0,
+            "one probe per interval: {n} probes in {elapsed:.1} intervals"
+        );
+    }
+    prober.shutdown().await;
+}
