@@ -376,6 +376,14 @@ impl Snapshot {
         None
     }
 
+    /// The name of a pool or policy.
+    pub fn target_name(&self, t: Target) -> &str {
+        match t {
+            Target::Pool(p) => &self.pool(p).name,
+            Target::Policy(p) => &self.policy(p).name,
+        }
+    }
+
     /// A policy by zone and name, for explain and the admin API.
     pub fn find_policy(&self, zone: ZoneId, name: &str) -> Option<PolicyId> {
         self.policies

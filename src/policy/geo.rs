@@ -174,12 +174,6 @@ fn key_text(key: MatchKey) -> String {
 }
 
 fn targets_text(snap: &Snapshot, targets: &[Target]) -> String {
-    let names: Vec<&str> = targets
-        .iter()
-        .map(|t| match *t {
-            Target::Pool(p) => snap.pool(p).name.as_str(),
-            Target::Policy(p) => snap.policy(p).name.as_str(),
-        })
-        .collect();
+    let names: Vec<&str> = targets.iter().map(|t| snap.target_name(*t)).collect();
     format!("[{}]", names.join(", "))
 }

@@ -27,6 +27,19 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
         heap.resize(targets.len(), None);
         &mut heap
     };
+    let snap = w.ctx.snap;
+    w.note("rule", || {
+        let weights: Vec<String> = targets
+            .iter()
+            .map(|(t, weight)| format!("{} {weight}", snap.target_name(*t)))
+            .collect();
+        let how = if sticky {
+            "sticky by client network"
+        } else {
+            "random"
+        };
+        format!("{how}, weights {}", weights.join(", "))
+    });
     for (slot, (t, _)) in evals.iter_mut().zip(targets) {
         *slot = w.eval(*t);
     }
@@ -97,10 +110,7 @@ fn rendezvous<L: Locate + ?Sized, T: Trace>(
         if e.is_none() || wt == 0 {
             continue;
         }
-        let name = match *t {
-            Target::Pool(p) => w.ctx.snap.pool(p).name.as_bytes(),
-            Target::Policy(p) => w.ctx.snap.policy(p).name.as_bytes(),
-        };
+        let name = w.ctx.snap.target_name(*t).as_bytes();
         let h = fmix64(fnv1a(key.to_be_bytes().iter().chain(name)));
         // 53 random bits, never 0, so ln(u) < 0.
         let u = ((h >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
