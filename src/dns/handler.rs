@@ -93,6 +93,11 @@ pub fn handle(
             return true;
         }
     };
+    if q.opcode() != 0 {
+        response::error(out, &q, u16::from(rcode::NOTIMP));
+        stats.query(None, q.qtype, u16::from(rcode::NOTIMP));
+        return true;
+    }
     if let Some(e) = q.edns
         && e.version > 0
     {

@@ -56,6 +56,13 @@ pub struct Ecs {
     pub source_prefix: u8,
 }
 
+impl Query<'_> {
+    /// RFC 1035 §4.1.1 OPCODE: 0 is QUERY.
+    pub fn opcode(&self) -> u8 {
+        ((self.flags >> 11) & 0xf) as u8
+    }
+}
+
 impl Ecs {
     /// Address family number (IANA: 1 IPv4, 2 IPv6).
     pub fn family(&self) -> u16 {
@@ -77,22 +84,28 @@ pub fn parse<'p>(
     if flags & 0x8000 != 0 {
         return Err((Reject::Drop, None));
     }
-    if (flags >> 11) & 0xf != 0 {
-        return Err((Reject::NotImp, Some(id)));
-    }
+    // Another opcode parses as a query when it can, so that NOTIMP carries the question and
+    // the OPT (the handler checks `opcode()`); else it gets a bare NOTIMP.
+    let not_query = (flags >> 11) & 0xf != 0;
+    let fail = if not_query {
+        Reject::NotImp
+    } else {
+        Reject::FormErr
+    };
     let count = |i: usize| u16::from_be_bytes([packet[4 + 2 * i], packet[5 + 2 * i]]);
     if count(0) != 1 {
-        return Err((Reject::FormErr, Some(id)));
+        return Err((fail, Some(id)));
     }
-    let at = read_question_name(packet, HEADER_LEN, name_buf).ok_or((Reject::FormErr, Some(id)))?;
+    let at = read_question_name(packet, HEADER_LEN, name_buf).ok_or((fail, Some(id)))?;
     let qname = &name_buf[..at - HEADER_LEN];
-    let fixed = packet.get(at..at + 4).ok_or((Reject::FormErr, Some(id)))?;
+    let fixed = packet.get(at..at + 4).ok_or((fail, Some(id)))?;
     let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
     let qclass = u16::from_be_bytes([fixed[2], fixed[3]]);
     let question = &packet[HEADER_LEN..at + 4];
     let records = usize::from(count(1)) + usize::from(count(2)) + usize::from(count(3));
     let additional_from = usize::from(count(1)) + usize::from(count(2));
-    let edns = read_records(packet, at + 4, records, additional_from).map_err(|r| (r, Some(id)))?;
+    let edns = read_records(packet, at + 4, records, additional_from)
+        .map_err(|r| (if not_query { fail } else { r }, Some(id)))?;
     Ok(Query {
         id,
         flags,
@@ -322,6 +335,9 @@ mod tests {
         );
         let mut notify = query(b"\x00", None);
         notify[2] |= 4 << 3;
+        let mut buf = [0; MAX_NAME];
+        assert_eq!(parse(&notify, &mut buf).map(|q| q.opcode()).ok(), Some(4));
+        notify[5] = 0; // no question: a bare NOTIMP
         assert_eq!(
             parse(&notify, &mut [0; MAX_NAME]).err().map(|e| e.0),
             Some(Reject::NotImp)

@@ -254,10 +254,16 @@ async fn malformed_packets_get_formerr_notimp_or_silence() {
     two[5] = 2;
     let m = Message::from_vec(&s.udp(&two).await.expect("reply")).expect("parses");
     assert_eq!(rcode(&m), ResponseCode::FormErr);
-    let mut notify = good.clone();
+    let mut notify = Query::new("static.gslb.example.test", A)
+        .edns(1232)
+        .packet();
     notify[2] |= 4 << 3;
     let m = Message::from_vec(&s.udp(&notify).await.expect("reply")).expect("parses");
     assert_eq!(rcode(&m), ResponseCode::NotImp);
+    assert!(
+        m.edns.is_some() && m.queries.len() == 1,
+        "NOTIMP keeps the question and OPT"
+    );
     let truncated_question = &good[..good.len() - 3];
     let m = Message::from_vec(&s.udp(truncated_question).await.expect("reply")).expect("parses");
     assert_eq!(rcode(&m), ResponseCode::FormErr);
