@@ -12,7 +12,7 @@
 //! | `meridian_policy_answers_total` | counter | `zone`, `policy`, `pool` | answers given by a policy, by the pool it chose (fail-open answers included) |
 //! | `meridian_policy_fail_open_total` | counter | `zone`, `policy`, `pool` | answers given while no target of the policy was up, so it answered its first target as if every endpoint were up (SPEC §3 "all down") |
 //! | `meridian_dns_response_seconds` | histogram | | time from a query's parse to its response being ready, buckets 5 µs to 10 ms |
-//! | `meridian_probe_results_total` | counter | `check`, `result` | health probes run, by check (`http:8053/healthz`, `https:443/`, `tcp:443`: kind, port, path) and result (`ok`, `fail`) |
+//! | `meridian_probe_results_total` | counter | `check`, `result` | health probes run, by check (its name in the zones, `web`; `kind:port/path` when no pool names it) and result (`ok`, `fail`) |
 //! | `meridian_probe_duration_seconds` | histogram | `check` | duration of health probes, by check, buckets 1 ms to 10 s |
 //! | `meridian_pool_up` | gauge | `zone`, `pool` | 1 when the pool may be answered (overrides allow it and at least `min_healthy` endpoints are up), else 0 |
 //! | `meridian_endpoint_up` | gauge | `zone`, `pool`, `address` | 1 when the endpoint's probe says up or has no result yet (or the pool has no check), 0 when it is down; overrides are not applied here, see `meridian_pool_override` |

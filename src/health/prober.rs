@@ -65,7 +65,8 @@ pub struct ProbeStats {
 
 #[derive(Debug, Clone)]
 pub struct CheckStats {
-    /// `http:8053/healthz`, `https:443/`, `tcp:443`: see [`check_label`].
+    /// The check's name (`web`), or `http:8053/healthz` when no pool names it: see
+    /// [`check_label`].
     pub label: String,
     pub kind: CheckKind,
     pub ok: u64,
@@ -106,8 +107,18 @@ impl Histogram {
     }
 }
 
-/// The metrics label of a check: kind, port and (for http/https) path.
-pub fn check_label(spec: &CheckSpec) -> String {
+/// The metrics label of a check: its name in the zones (`web`; names joined with `+` when
+/// zones name one check differently), else kind, port and path (`http:8053/healthz`).
+pub fn check_label(snapshot: &Snapshot, spec: &CheckSpec) -> String {
+    let names: std::collections::BTreeSet<&str> = snapshot
+        .pools
+        .iter()
+        .filter(|p| p.check.as_deref() == Some(spec))
+        .filter_map(|p| p.check_name.as_deref())
+        .collect();
+    if !names.is_empty() {
+        return names.into_iter().collect::<Vec<_>>().join("+");
+    }
     match spec.kind {
         CheckKind::Tcp => format!("tcp:{}", spec.port),
         k => format!("{}:{}{}", k.as_str(), spec.port, spec.path),
@@ -244,7 +255,8 @@ impl Shared {
                 Some(slot) => slot,
                 None => {
                     state.next_gen += 1;
-                    self.spawn(key.clone(), state.next_gen)
+                    let label = check_label(&snapshot, &key.check);
+                    self.spawn(key.clone(), state.next_gen, label)
                 }
             };
             keys.insert(key.clone(), slot);
@@ -259,8 +271,8 @@ impl Shared {
         state.statuses()
     }
 
-    fn spawn(self: &Arc<Self>, key: ProbeKey, generation: u64) -> Slot {
-        let stats = self.stats_of(&key.check);
+    fn spawn(self: &Arc<Self>, key: ProbeKey, generation: u64, label: String) -> Slot {
+        let stats = self.stats_of(&key.check, label);
         let task = self
             .runtime
             .spawn(probe_loop(Arc::clone(self), key, generation, stats));
@@ -271,8 +283,7 @@ impl Shared {
         }
     }
 
-    fn stats_of(&self, spec: &CheckSpec) -> Arc<Mutex<CheckStats>> {
-        let label = check_label(spec);
+    fn stats_of(&self, spec: &CheckSpec, label: String) -> Arc<Mutex<CheckStats>> {
         let mut stats = lock(&self.stats);
         let entry = stats.entry(label.clone()).or_insert_with(|| {
             Arc::new(Mutex::new(CheckStats {

@@ -571,7 +571,7 @@ async fn healthz_metrics_and_status_describe_the_running_server() {
         let m = server.metrics().await;
         m.iter()
             .any(|(k, v)| {
-                k.starts_with("meridian_probe_results_total{check=\"tcp:")
+                k.starts_with("meridian_probe_results_total{check=\"closed\"")
                     && k.ends_with("result=\"fail\"}")
                     && *v >= 1.0
             })
@@ -591,7 +591,7 @@ async fn healthz_metrics_and_status_describe_the_running_server() {
     assert!(
         metrics
             .keys()
-            .any(|k| k.starts_with("meridian_probe_duration_seconds_bucket{check=\"tcp:"))
+            .any(|k| k.starts_with("meridian_probe_duration_seconds_bucket{check=\"closed\""))
     );
 
     let s = server.status().await;
