@@ -423,6 +423,7 @@ pub mod rtype {
     pub const AAAA: u16 = 28;
     pub const SRV: u16 = 33;
     pub const OPT: u16 = 41;
+    pub const DS: u16 = 43;
     pub const ANY: u16 = 255;
     pub const CAA: u16 = 257;
 
@@ -439,6 +440,7 @@ pub mod rtype {
             AAAA => "AAAA",
             SRV => "SRV",
             OPT => "OPT",
+            DS => "DS",
             ANY => "ANY",
             CAA => "CAA",
             _ => return format!("TYPE{t}").into(),
@@ -459,6 +461,7 @@ pub mod rtype {
             "TXT" => TXT,
             "AAAA" => AAAA,
             "SRV" => SRV,
+            "DS" => DS,
             "ANY" => ANY,
             "CAA" => CAA,
             _ => return up.strip_prefix("TYPE")?.parse().ok(),

@@ -63,7 +63,8 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
         for _ in 0..MAX_CNAME_HOPS {
             let exact = zone.nodes.get(name);
             let cut = match exact {
-                Some(n) if n.delegation => Some(name),
+                // RFC 4035 §3.1.4.1: DS at a cut belongs to the parent, which answers it.
+                Some(n) if n.delegation && qtype != rtype::DS => Some(name),
                 _ => delegation_above(zone, name),
             };
             if let Some(cut) = cut {

@@ -168,6 +168,10 @@ async fn ns_below_the_apex_is_a_referral_with_glue() {
             .count(),
         1
     );
+    // DS at the cut is the parent's: authoritative NODATA, not a referral.
+    let ds = s.ask(&Query::new("sub.extra.test", 43)).await;
+    assert!(ds.metadata.authoritative && ds.answers.is_empty());
+    assert_eq!(ds.authorities[0].record_type(), RecordType::SOA);
     s.stop().await;
 }
 
