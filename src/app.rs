@@ -120,6 +120,9 @@ pub async fn start(settings: Settings) -> Result<Running> {
     });
     let _ = control.prober.set(Prober::start(snapshot, sink));
 
+    if settings.watch_zones {
+        tasks.spawn(crate::reload::watch_zones(control.clone(), stop_rx.clone()));
+    }
     let admin = match settings.admin {
         Some(addr) => {
             let listener = TcpListener::bind(addr)

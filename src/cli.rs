@@ -57,7 +57,7 @@ pub struct CommonArgs {
     /// Optional ASN database (.mmdb)
     #[arg(long, env = "MERIDIAN_ASN")]
     pub asn: Option<PathBuf>,
-    /// Settings file (TOML: listen, admin, admin_token_file, zones, geoip, asn, state, log_format)
+    /// Settings file (TOML: listen, admin, admin_token_file, zones, geoip, asn, state, log_format, watch_zones)
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format
@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// State directory (overrides.json) [default: state]
     #[arg(long, env = "MERIDIAN_STATE")]
     pub state: Option<PathBuf>,
+    /// Reload when a file under the zone directory changes (polled every second)
+    #[arg(long, env = "MERIDIAN_WATCH_ZONES")]
+    pub watch_zones: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -131,6 +134,7 @@ struct FileSettings {
     asn: Option<PathBuf>,
     state: Option<PathBuf>,
     log_format: Option<LogFormat>,
+    watch_zones: Option<bool>,
 }
 
 /// Resolved settings.
@@ -145,6 +149,8 @@ pub struct Settings {
     pub asn: Option<PathBuf>,
     pub state: PathBuf,
     pub log_format: LogFormat,
+    /// Reload when the zone directory changes.
+    pub watch_zones: bool,
 }
 
 impl Settings {
@@ -197,6 +203,7 @@ impl Settings {
                 .or(file.state)
                 .unwrap_or_else(|| DEFAULT_STATE.into()),
             log_format: common.log_format.or(file.log_format).unwrap_or_default(),
+            watch_zones: serve.is_some_and(|s| s.watch_zones) || file.watch_zones.unwrap_or(false),
         })
     }
 }

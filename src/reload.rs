@@ -5,7 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
 
 use crate::cli::{Settings, open_geo};
 use crate::config::{self, Diagnostics, LoadOptions};
@@ -202,4 +204,60 @@ impl Control {
             .expect("overrides lock is never poisoned");
         store.entries().map(|(k, v)| (k.clone(), v)).collect()
     }
+}
+
+/// How often `--watch-zones` looks at the zone directory.
+pub const ZONE_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Names, modification times and sizes of the zone directory's files.
+type Fingerprint = Vec<(std::ffi::OsString, Option<SystemTime>, u64)>;
+
+/// `--watch-zones`: reload when the zone directory changes and has then held still for one
+/// interval (so a file being written is not loaded half-way). The directory is read now, so
+/// a change made right after the call is seen.
+pub fn watch_zones(
+    control: Arc<Control>,
+    stop: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let seen = fingerprint(&control.settings.zones);
+    watch_loop(control, seen, stop)
+}
+
+async fn watch_loop(control: Arc<Control>, mut seen: Fingerprint, mut stop: watch::Receiver<bool>) {
+    let dir = control.settings.zones.clone();
+    let mut pending: Option<Fingerprint> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ZONE_WATCH_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        let now = fingerprint(&dir);
+        if now == seen {
+            pending = None;
+            continue;
+        }
+        if pending.as_ref() != Some(&now) {
+            pending = Some(now);
+            continue;
+        }
+        seen = now;
+        pending = None;
+        tracing::info!(dir = %dir.display(), "zone directory changed: reloading");
+        let c = control.clone();
+        let _ = tokio::task::spawn_blocking(move || c.reload()).await;
+    }
+}
+
+fn fingerprint(dir: &std::path::Path) -> Fingerprint {
+    let mut out: Fingerprint = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.file_name(), meta.modified().ok(), meta.len()))
+        })
+        .collect();
+    out.sort();
+    out
 }

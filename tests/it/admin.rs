@@ -118,6 +118,7 @@ fn settings(dir: &TempDir, token_file: Option<PathBuf>) -> Settings {
         asn: None,
         state: dir.0.join("state"),
         log_format: LogFormat::Text,
+        watch_zones: false,
     }
 }
 

@@ -527,3 +527,26 @@ async fn tcp_closes_idle_connections_and_caps_their_number() {
     let _ = stop.send(true);
     let _ = server.await;
 }
+
+#[tokio::test]
+async fn watch_zones_reloads_when_a_zone_file_changes() {
+    let example = std::fs::read_to_string("zones/example.toml").expect("example zone");
+    let dir = zone_dir("watch", &[("example.toml", &example)]);
+    let mut cfg = settings(&dir, None);
+    cfg.watch_zones = true;
+    let s = Server::start(cfg).await;
+    std::fs::write(
+        dir.join("example.toml"),
+        example.replace("192.0.2.1\", \"192.0.2.2", "192.0.2.99"),
+    )
+    .expect("edit");
+    let started = std::time::Instant::now();
+    while answers(&s.ask(&Query::new("static.gslb.example.test", A)).await) != ["192.0.2.99"] {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6),
+            "not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    s.stop().await;
+}

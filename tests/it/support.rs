@@ -50,6 +50,7 @@ pub fn settings(zones: &Path, geoip: Option<&str>) -> Settings {
         asn: None,
         state: temp_dir("state"),
         log_format: LogFormat::Text,
+        watch_zones: false,
     }
 }
 
