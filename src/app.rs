@@ -162,11 +162,8 @@ fn bind_dns(addr: SocketAddr, workers: usize) -> Result<(Vec<std::net::UdpSocket
         let sockets = listen::bind_udp(addr, workers)
             .with_context(|| format!("dns: cannot listen on udp {addr}"))?;
         let port = sockets[0].local_addr()?.port();
-        match std::net::TcpListener::bind(SocketAddr::new(addr.ip(), port)) {
-            Ok(tcp) => {
-                tcp.set_nonblocking(true)?;
-                return Ok((sockets, TcpListener::from_std(tcp)?));
-            }
+        match listen::bind_tcp(SocketAddr::new(addr.ip(), port)) {
+            Ok(tcp) => return Ok((sockets, TcpListener::from_std(tcp)?)),
             Err(e) => last = Some(e),
         }
     }

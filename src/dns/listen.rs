@@ -40,6 +40,9 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent TCP connections per listener; beyond it new ones are closed at once.
 pub const TCP_MAX_CONNECTIONS: usize = 1024;
 
+/// Pending TCP connections the kernel queues before `accept`.
+const TCP_BACKLOG: i32 = 1024;
+
 /// Limits of a TCP listener (RFC 7766 §6.2).
 #[derive(Debug, Clone, Copy)]
 pub struct TcpLimits {
@@ -75,6 +78,20 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::Ud
         sockets.push(sock);
     }
     Ok(sockets)
+}
+
+/// A non-blocking TCP listener; IPv6 addresses listen on IPv6 only, so that `[::]:53` and
+/// `0.0.0.0:53` can both be given, as for UDP.
+pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(TCP_BACKLOG)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
 }
 
 /// Start a worker thread per socket; they stop when `stop` is set.
