@@ -121,8 +121,10 @@ pub fn explain(
                 addr: client,
                 source_prefix,
             };
-            policy::answer(&ctx, id, masked, seed, &mut rec);
+            let decision = policy::answer(&ctx, id, masked, seed, &mut rec);
             e.steps = rec.steps;
+            // Without ECS nothing is sent, but show the scope an ECS query would get.
+            e.scope.get_or_insert(decision.scope);
         }
         None if world.snapshot.find_zone(&qname).is_none() => {
             e.note = Some("outside every zone: REFUSED".into());
@@ -247,8 +249,8 @@ impl Explanation {
         if let Some((_, ttl, _)) = self.answers.first() {
             s.push_str(&format!("  TTL {ttl}"));
         }
-        if let Some(scope) = self.scope {
-            s.push_str(&format!("  ECS scope /{scope}"));
+        if self.rcode == "NOERROR" || self.rcode == "NXDOMAIN" {
+            s.push_str(&format!("  ECS scope /{}", self.scope.unwrap_or(0)));
         }
         s
     }
