@@ -78,6 +78,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
     let overrides = OverrideStore::load(&settings.state).map_err(|e| anyhow!("{e}"))?;
     let mut health = View::unknown(&snapshot);
     health.overrides = overrides.resolve(&snapshot);
+    health.endpoint_overrides = overrides.resolve_endpoints(&snapshot);
     let snapshot = Arc::new(snapshot);
     let world = Arc::new(ArcSwap::from_pointee(World::new(
         snapshot.clone(),

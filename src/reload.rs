@@ -3,6 +3,7 @@
 //! or none; health results and overrides publish new views of the same snapshot. Writers
 //! are serialised by one lock that the DNS path never takes.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use crate::cli::{Settings, open_geo};
 use crate::config::{self, Diagnostics, LoadOptions};
 use crate::dns::stats::DnsStats;
-use crate::health::overrides::{OverrideError, OverrideStore};
+use crate::health::overrides::{OverrideError, OverrideStore, PoolRef};
 use crate::health::prober::Prober;
 use crate::health::{Override, ProbeStatus, View};
 use crate::model::Snapshot;
@@ -42,6 +43,8 @@ pub enum OverrideChangeError {
     NoZone(String),
     #[error("zone {0} has no pool {1}")]
     NoPool(String, String),
+    #[error("pool {0} has no endpoint {1}")]
+    NoEndpoint(String, IpAddr),
     #[error(transparent)]
     Store(#[from] OverrideError),
 }
@@ -99,11 +102,13 @@ impl Control {
             Some(p) => p.reconfigure(snapshot.clone()),
             None => vec![ProbeStatus::default(); snapshot.probes.len()],
         };
-        let overrides = self
-            .overrides
-            .lock()
-            .expect("overrides lock is never poisoned")
-            .resolve(&snapshot);
+        let (overrides, endpoint_overrides) = {
+            let store = self
+                .overrides
+                .lock()
+                .expect("overrides lock is never poisoned");
+            (store.resolve(&snapshot), store.resolve_endpoints(&snapshot))
+        };
         let serials = snapshot
             .zones
             .iter()
@@ -111,7 +116,11 @@ impl Control {
             .collect();
         self.world.store(Arc::new(World::new(
             snapshot,
-            Arc::new(View { probes, overrides }),
+            Arc::new(View {
+                probes,
+                overrides,
+                endpoint_overrides,
+            }),
             geo,
         )));
         self.reloads.fetch_add(1, Ordering::Relaxed);
@@ -145,16 +154,19 @@ impl Control {
             Arc::new(View {
                 probes,
                 overrides: current.health.overrides.clone(),
+                endpoint_overrides: current.health.endpoint_overrides.clone(),
             }),
             current.geo.clone(),
         )));
     }
 
-    /// Pin a pool (`None` clears the override); persisted before it takes effect.
+    /// Pin a pool, or one endpoint of it when `address` is given (`state` `None` clears the
+    /// override); persisted before it takes effect.
     pub fn set_override(
         &self,
         zone: &str,
         pool: &str,
+        address: Option<IpAddr>,
         state: Option<Override>,
     ) -> Result<Option<Override>, OverrideChangeError> {
         let _writer = self.publish.lock().expect("publish lock is never poisoned");
@@ -163,8 +175,18 @@ impl Control {
         let z = snap
             .find_zone_by_name(zone)
             .ok_or_else(|| OverrideChangeError::NoZone(zone.to_string()))?;
-        snap.find_pool(z, pool)
+        let id = snap
+            .find_pool(z, pool)
             .ok_or_else(|| OverrideChangeError::NoPool(zone.to_string(), pool.to_string()))?;
+        if let Some(addr) = address
+            && !snap
+                .pool(id)
+                .endpoints
+                .iter()
+                .any(|e| e.addr == addr.to_canonical())
+        {
+            return Err(OverrideChangeError::NoEndpoint(pool.to_string(), addr));
+        }
         let origin = &snap.zone(z).origin;
         let mut store = self
             .overrides
@@ -172,32 +194,33 @@ impl Control {
             .expect("overrides lock is never poisoned");
         let previous = match state {
             Some(s) => {
-                let prev = store.get(origin, pool);
-                store.set(origin, pool, s)?;
+                let prev = store.get(origin, pool, address);
+                store.set(origin, pool, address, s)?;
                 prev
             }
-            None => store.clear(origin, pool)?,
+            None => store.clear(origin, pool, address)?,
         };
-        let overrides = store.resolve(snap);
         self.world.store(Arc::new(World::new(
             current.snapshot.clone(),
             Arc::new(View {
                 probes: current.health.probes.clone(),
-                overrides,
+                overrides: store.resolve(snap),
+                endpoint_overrides: store.resolve_endpoints(snap),
             }),
             current.geo.clone(),
         )));
         tracing::info!(
             zone = origin,
             pool,
+            address = ?address,
             state = state.map_or("cleared", |s| s.as_str()),
             "override"
         );
         Ok(previous)
     }
 
-    /// Every stored override: ((zone, pool), state).
-    pub fn overrides(&self) -> Vec<((String, String), Override)> {
+    /// Every stored override: ((zone, pool, endpoint address), state).
+    pub fn overrides(&self) -> Vec<(PoolRef, Override)> {
         let store = self
             .overrides
             .lock()

@@ -1,6 +1,8 @@
 //! The changing endpoints: `POST /v1/reload` (SPEC §8) and
-//! `PUT`/`DELETE /v1/overrides/{zone}/{pool}` (SPEC §5). Each takes [`Authorized`] first and
+//! `PUT`/`DELETE /v1/overrides/{zone}/{pool}[/{address}]` (SPEC §5). Each takes [`Authorized`] first and
 //! goes through [`crate::reload::Control`], which serialises writers and swaps the world.
+
+use std::net::IpAddr;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -55,13 +57,7 @@ pub(super) async fn set_override(
     Path((zone, pool)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let wanted: OverrideBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("expected a body {{\"state\": \"up\" | \"down\" | \"drain\"}}: {e}"),
-        )
-    })?;
-    change(&state, &zone, &pool, Some(wanted.state)).await
+    change(&state, &zone, &pool, None, Some(parse_body(&body)?)).await
 }
 
 /// `DELETE /v1/overrides/{zone}/{pool}`: back to what the probes say.
@@ -70,7 +66,54 @@ pub(super) async fn clear_override(
     State(state): State<AppState>,
     Path((zone, pool)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    change(&state, &zone, &pool, None).await
+    change(&state, &zone, &pool, None, None).await
+}
+
+/// `PUT /v1/overrides/{zone}/{pool}/{address}`: one endpoint of the pool.
+pub(super) async fn set_endpoint_override(
+    _: Authorized,
+    State(state): State<AppState>,
+    Path((zone, pool, address)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let address = parse_address(&address)?;
+    change(
+        &state,
+        &zone,
+        &pool,
+        Some(address),
+        Some(parse_body(&body)?),
+    )
+    .await
+}
+
+/// `DELETE /v1/overrides/{zone}/{pool}/{address}`.
+pub(super) async fn clear_endpoint_override(
+    _: Authorized,
+    State(state): State<AppState>,
+    Path((zone, pool, address)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let address = parse_address(&address)?;
+    change(&state, &zone, &pool, Some(address), None).await
+}
+
+fn parse_body(body: &[u8]) -> Result<Override, ApiError> {
+    let wanted: OverrideBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected a body {{\"state\": \"up\" | \"down\" | \"drain\"}}: {e}"),
+        )
+    })?;
+    Ok(wanted.state)
+}
+
+fn parse_address(text: &str) -> Result<IpAddr, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not an IP address"),
+        )
+    })
 }
 
 /// Apply an override (persisted before it takes effect) and answer with the pool as it is
@@ -79,27 +122,31 @@ async fn change(
     state: &AppState,
     zone: &str,
     pool: &str,
+    address: Option<IpAddr>,
     wanted: Option<Override>,
 ) -> Result<Response, ApiError> {
     let control = state.control.clone();
     let (z, p) = (zone.to_string(), pool.to_string());
     // Writes overrides.json: blocking file I/O.
-    let previous = tokio::task::spawn_blocking(move || control.set_override(&z, &p, wanted))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("override did not finish: {e}"),
-            )
-        })?
-        .map_err(|e| match e {
-            OverrideChangeError::NoZone(_) | OverrideChangeError::NoPool(..) => {
-                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
-            }
-            OverrideChangeError::Store(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            }
-        })?;
+    let previous =
+        tokio::task::spawn_blocking(move || control.set_override(&z, &p, address, wanted))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("override did not finish: {e}"),
+                )
+            })?
+            .map_err(|e| match e {
+                OverrideChangeError::NoZone(_)
+                | OverrideChangeError::NoPool(..)
+                | OverrideChangeError::NoEndpoint(..) => {
+                    ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+                }
+                OverrideChangeError::Store(_) => {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                }
+            })?;
     let world = state.control.world.load();
     let snap = &world.snapshot;
     let found = snap
@@ -114,12 +161,15 @@ async fn change(
         // A reload removed the pool in between: the override is stored all the same.
         None => (zone.to_string(), pool.to_string(), None),
     };
-    Ok(Json(json!({
+    let mut body = json!({
         "zone": origin,
         "pool": name,
         "state": wanted.map(Override::as_str),
         "previous": previous.map(Override::as_str),
         "up": up,
-    }))
-    .into_response())
+    });
+    if let Some(a) = address {
+        body["address"] = json!(a.to_string());
+    }
+    Ok(Json(body).into_response())
 }

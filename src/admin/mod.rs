@@ -92,6 +92,10 @@ fn router(state: AppState) -> Router {
             "/v1/overrides/{zone}/{pool}",
             put(change::set_override).delete(change::clear_override),
         )
+        .route(
+            "/v1/overrides/{zone}/{pool}/{address}",
+            put(change::set_endpoint_override).delete(change::clear_endpoint_override),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")

@@ -61,7 +61,13 @@ fn overrides_json(control: &Control) -> Vec<Value> {
     control
         .overrides()
         .into_iter()
-        .map(|((zone, pool), state)| json!({ "zone": zone, "pool": pool, "state": state.as_str() }))
+        .map(|((zone, pool, address), state)| {
+            let mut entry = json!({ "zone": zone, "pool": pool, "state": state.as_str() });
+            if let Some(a) = address {
+                entry["address"] = json!(a.to_string());
+            }
+            entry
+        })
         .collect()
 }
 
@@ -70,7 +76,8 @@ fn pool_json(snap: &Snapshot, health: &View, id: PoolId) -> Value {
     let endpoints: Vec<Value> = pool
         .endpoints
         .iter()
-        .map(|e| endpoint_json(snap, health, e))
+        .enumerate()
+        .map(|(i, e)| endpoint_json(snap, health, id, i, e))
         .collect();
     json!({
         "zone": snap.zone(pool.zone).origin,
@@ -84,7 +91,13 @@ fn pool_json(snap: &Snapshot, health: &View, id: PoolId) -> Value {
 }
 
 /// An endpoint and the probe behind it. Without a check it is always up and has no results.
-fn endpoint_json(snap: &Snapshot, health: &View, endpoint: &Endpoint) -> Value {
+fn endpoint_json(
+    snap: &Snapshot,
+    health: &View,
+    pool: PoolId,
+    index: usize,
+    endpoint: &Endpoint,
+) -> Value {
     let probe = endpoint.probe.map(|id| {
         let status = health
             .probes
@@ -98,6 +111,8 @@ fn endpoint_json(snap: &Snapshot, health: &View, endpoint: &Endpoint) -> Value {
         "address": endpoint.addr.to_string(),
         "probe_address": probe.as_ref().map(|(addr, _)| addr.to_string()),
         "state": health.endpoint_health(endpoint).as_str(),
+        "override": health.endpoint_override(pool, index).map(|o| o.as_str()),
+        "answered": health.endpoint_up(pool, index, endpoint),
         "last_result": status.and_then(last_result),
         "last_error": status.and_then(|s| s.last_error.as_deref()),
         "last_rtt_ms": status.and_then(|s| s.last_rtt).map(|d| d.as_micros() as f64 / 1000.0),

@@ -1,19 +1,21 @@
-//! Operators' overrides of pools (SPEC §5, §7 `PUT /v1/overrides/<zone>/<pool>`), kept in
-//! `<state_dir>/overrides.json` and written atomically, so they survive restarts.
+//! Operators' overrides of pools and of single endpoints (SPEC §5, §7
+//! `PUT /v1/overrides/<zone>/<pool>[/<address>]`), kept in `<state_dir>/overrides.json` and
+//! written atomically, so they survive restarts.
 //!
 //! Entries are keyed by zone origin and pool name as the operator wrote them (normalized to
 //! lowercase, origin with its trailing dot), not by id: a reload renumbers pools, and an
 //! entry for a pool that is gone stays in the file in case the pool comes back.
-//! [`OverrideStore::resolve`] maps them onto a snapshot's `PoolId`s for the health view.
+//! [`OverrideStore::resolve`] maps them onto a snapshot's ids for the health view.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::view::Override;
-use crate::model::Snapshot;
+use crate::health::view::{EndpointOverrides, Override};
+use crate::model::{PoolId, Snapshot};
 
 /// The file under the state directory.
 pub const FILE_NAME: &str = "overrides.json";
@@ -37,8 +39,9 @@ pub enum OverrideError {
     },
 }
 
-/// (zone origin, pool name), both lowercase; the origin ends with a dot.
-pub type PoolRef = (String, String);
+/// (zone origin, pool name, endpoint address or `None` for the whole pool); names
+/// lowercase, the origin ends with a dot.
+pub type PoolRef = (String, String, Option<IpAddr>);
 
 /// Overrides in memory, mirrored to `overrides.json` on every change.
 #[derive(Debug, Clone)]
@@ -58,6 +61,8 @@ struct FileFormat {
 struct FileEntry {
     zone: String,
     pool: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    address: Option<IpAddr>,
     state: Override,
 }
 
@@ -83,7 +88,7 @@ impl OverrideStore {
         let pools = file
             .pools
             .into_iter()
-            .map(|e| (normalize(&e.zone, &e.pool), e.state))
+            .map(|e| (normalize(&e.zone, &e.pool, e.address), e.state))
             .collect();
         Ok(OverrideStore { path, pools })
     }
@@ -93,18 +98,30 @@ impl OverrideStore {
         &self.path
     }
 
-    /// Set a pool's override and persist it. On a write error nothing changes.
-    pub fn set(&mut self, zone: &str, pool: &str, state: Override) -> Result<(), OverrideError> {
-        let key = normalize(zone, pool);
+    /// Set the override of a pool (`address` `None`) or of one of its endpoints and persist
+    /// it. On a write error nothing changes.
+    pub fn set(
+        &mut self,
+        zone: &str,
+        pool: &str,
+        address: Option<IpAddr>,
+        state: Override,
+    ) -> Result<(), OverrideError> {
+        let key = normalize(zone, pool, address);
         let before = self.pools.insert(key.clone(), state);
         self.save()
             .inspect_err(|_| restore(&mut self.pools, key, before))
     }
 
-    /// Clear a pool's override and persist it; returns what was there. On a write error
-    /// nothing changes.
-    pub fn clear(&mut self, zone: &str, pool: &str) -> Result<Option<Override>, OverrideError> {
-        let key = normalize(zone, pool);
+    /// Clear an override and persist it; returns what was there. On a write error nothing
+    /// changes.
+    pub fn clear(
+        &mut self,
+        zone: &str,
+        pool: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Option<Override>, OverrideError> {
+        let key = normalize(zone, pool, address);
         let Some(before) = self.pools.remove(&key) else {
             return Ok(None);
         };
@@ -117,8 +134,8 @@ impl OverrideStore {
         }
     }
 
-    pub fn get(&self, zone: &str, pool: &str) -> Option<Override> {
-        self.pools.get(&normalize(zone, pool)).copied()
+    pub fn get(&self, zone: &str, pool: &str, address: Option<IpAddr>) -> Option<Override> {
+        self.pools.get(&normalize(zone, pool, address)).copied()
     }
 
     /// Every entry, pools of zones not loaded included, sorted by zone then pool.
@@ -129,12 +146,25 @@ impl OverrideStore {
     /// The override of every pool of `snap`, indexed by `PoolId`.
     pub fn resolve(&self, snap: &Snapshot) -> Vec<Option<Override>> {
         let mut out = vec![None; snap.pools.len()];
-        for ((zone, pool), state) in &self.pools {
-            let Some(zone) = snap.find_zone_by_name(zone) else {
+        for ((zone, pool, address), state) in &self.pools {
+            if address.is_none()
+                && let Some(id) = find(snap, zone, pool)
+            {
+                out[id.0 as usize] = Some(*state);
+            }
+        }
+        out
+    }
+
+    /// The endpoint overrides that name an endpoint of `snap`.
+    pub fn resolve_endpoints(&self, snap: &Snapshot) -> EndpointOverrides {
+        let mut out = EndpointOverrides::default();
+        for ((zone, pool, address), state) in &self.pools {
+            let (Some(addr), Some(id)) = (address, find(snap, zone, pool)) else {
                 continue;
             };
-            if let Some(id) = snap.find_pool(zone, pool) {
-                out[id.0 as usize] = Some(*state);
+            if let Some(i) = snap.pool(id).endpoints.iter().position(|e| e.addr == *addr) {
+                out.insert((id, i), *state);
             }
         }
         out
@@ -153,9 +183,10 @@ impl OverrideStore {
             pools: self
                 .pools
                 .iter()
-                .map(|((zone, pool), state)| FileEntry {
+                .map(|((zone, pool, address), state)| FileEntry {
                     zone: zone.clone(),
                     pool: pool.clone(),
+                    address: *address,
                     state: *state,
                 })
                 .collect(),
@@ -192,9 +223,17 @@ fn restore(pools: &mut BTreeMap<PoolRef, Override>, key: PoolRef, before: Option
 }
 
 /// Origins are case-insensitive and the trailing dot optional; pool names case-insensitive.
-fn normalize(zone: &str, pool: &str) -> PoolRef {
+fn normalize(zone: &str, pool: &str, address: Option<IpAddr>) -> PoolRef {
     let zone = zone.trim_end_matches('.').to_ascii_lowercase() + ".";
-    (zone, pool.to_ascii_lowercase())
+    (
+        zone,
+        pool.to_ascii_lowercase(),
+        address.map(|a| a.to_canonical()),
+    )
+}
+
+fn find(snap: &Snapshot, zone: &str, pool: &str) -> Option<PoolId> {
+    snap.find_pool(snap.find_zone_by_name(zone)?, pool)
 }
 
 #[cfg(test)]
@@ -215,27 +254,31 @@ mod tests {
         let mut store = OverrideStore::load(&dir).expect("missing file is fine");
         assert_eq!(store.entries().count(), 0);
         store
-            .set("GSLB.example.test", "US-East", Override::Drain)
+            .set("GSLB.example.test", "US-East", None, Override::Drain)
             .expect("set");
         store
-            .set("gslb.example.test.", "eu-west", Override::Down)
+            .set("gslb.example.test.", "eu-west", None, Override::Down)
             .expect("set");
         let again = OverrideStore::load(&dir).expect("reload");
         assert_eq!(
-            again.get("gslb.example.test.", "us-east"),
+            again.get("gslb.example.test.", "us-east", None),
             Some(Override::Drain)
         );
         assert_eq!(
-            again.get("gslb.example.test", "EU-WEST"),
+            again.get("gslb.example.test", "EU-WEST", None),
             Some(Override::Down)
         );
         let mut again = again;
         assert_eq!(
-            again.clear("gslb.example.test", "us-east").expect("clear"),
+            again
+                .clear("gslb.example.test", "us-east", None)
+                .expect("clear"),
             Some(Override::Drain)
         );
         assert_eq!(
-            again.clear("gslb.example.test", "us-east").expect("clear"),
+            again
+                .clear("gslb.example.test", "us-east", None)
+                .expect("clear"),
             None
         );
         let last = OverrideStore::load(&dir).expect("reload");

@@ -1,6 +1,7 @@
 //! The health view the DNS path reads: one immutable value per probe and per pool, swapped
 //! as a whole by the probers and the overrides API. Pure: no tokio, no I/O.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -71,6 +72,9 @@ impl Override {
     }
 }
 
+/// Overrides of single endpoints: (pool, index in `Pool::endpoints`).
+pub type EndpointOverrides = BTreeMap<(PoolId, usize), Override>;
+
 /// Health of every probe and override of every pool, indexed like the snapshot it was built
 /// for.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +83,8 @@ pub struct View {
     pub probes: Vec<ProbeStatus>,
     /// By `PoolId`.
     pub overrides: Vec<Option<Override>>,
+    /// Usually empty; a pool's own override wins over its endpoints'.
+    pub endpoint_overrides: EndpointOverrides,
 }
 
 impl View {
@@ -87,6 +93,7 @@ impl View {
         View {
             probes: vec![ProbeStatus::default(); snap.probes.len()],
             overrides: vec![None; snap.pools.len()],
+            endpoint_overrides: EndpointOverrides::new(),
         }
     }
 
@@ -105,9 +112,21 @@ impl View {
         }
     }
 
-    /// Whether an endpoint may be answered, overrides of its pool included.
-    pub fn endpoint_up(&self, pool: PoolId, endpoint: &Endpoint) -> bool {
-        match self.override_of(pool) {
+    /// The override of one endpoint (by its index in the pool).
+    pub fn endpoint_override(&self, pool: PoolId, index: usize) -> Option<Override> {
+        if self.endpoint_overrides.is_empty() {
+            return None;
+        }
+        self.endpoint_overrides.get(&(pool, index)).copied()
+    }
+
+    /// Whether endpoint `index` of `pool` may be answered: the pool's override, else the
+    /// endpoint's, else its probe.
+    pub fn endpoint_up(&self, pool: PoolId, index: usize, endpoint: &Endpoint) -> bool {
+        match self
+            .override_of(pool)
+            .or_else(|| self.endpoint_override(pool, index))
+        {
             Some(Override::Up) => true,
             Some(Override::Down | Override::Drain) => false,
             None => self.endpoint_health(endpoint).is_up(),
@@ -124,7 +143,8 @@ impl View {
                 let up = p
                     .endpoints
                     .iter()
-                    .filter(|e| self.endpoint_health(e).is_up())
+                    .enumerate()
+                    .filter(|(i, e)| self.endpoint_up(pool, *i, e))
                     .count();
                 up as u64 >= u64::from(p.min_healthy.max(1)).min(p.endpoints.len() as u64)
                     && !p.endpoints.is_empty()

@@ -26,11 +26,11 @@ pub fn select_addresses(
         Some(Override::Down | Override::Drain) => Some(false),
         None => None,
     };
-    for e in &p.endpoints {
+    for (i, e) in p.endpoints.iter().enumerate() {
         if e.addr.is_ipv6() != want_v6 {
             continue;
         }
-        let up = fail_open || forced.unwrap_or_else(|| health.endpoint_health(e).is_up());
+        let up = fail_open || forced.unwrap_or_else(|| health.endpoint_up(pool, i, e));
         if up {
             out.push(e.addr);
         }

@@ -240,14 +240,15 @@ fn pool_state<L: Locate + ?Sized>(
     }
     let mut worst = None;
     let (mut n_up, mut n_unknown) = (0, 0);
-    for e in &p.endpoints {
-        match ctx.health.endpoint_health(e) {
-            Health::Up => n_up += 1,
-            Health::Unknown => {
-                n_up += 1;
-                n_unknown += 1;
-            }
-            Health::Down => {}
+    let mut n_pinned = 0;
+    for (i, e) in p.endpoints.iter().enumerate() {
+        if ctx.health.endpoint_up(pool, i, e) {
+            n_up += 1;
+        }
+        if ctx.health.endpoint_override(pool, i).is_some() {
+            n_pinned += 1;
+        } else if ctx.health.endpoint_health(e) == Health::Unknown {
+            n_unknown += 1;
         }
         if let Some(id) = e.probe {
             let s = &ctx.health.probes[id.0 as usize];
@@ -260,6 +261,9 @@ fn pool_state<L: Locate + ?Sized>(
     text.push_str(&format!(" ({n_up}/{total} endpoints up"));
     if n_unknown > 0 {
         text.push_str(&format!(", {n_unknown} not probed yet"));
+    }
+    if n_pinned > 0 {
+        text.push_str(&format!(", {n_pinned} overridden"));
     }
     if let Some((failures, s)) = worst {
         text.push_str(&format!(", {failures} failures"));

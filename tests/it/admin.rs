@@ -894,3 +894,98 @@ async fn without_a_token_loopback_peers_may_change() {
     assert_eq!(c, 405, "{v}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_overrides_take_one_address_out_and_survive_a_restart() {
+    let dir = TempDir::new("endpoint");
+    let zone = format!(
+        r#"origin = "{ZONE}"
+[soa]
+mname = "ns1.{ZONE}"
+rname = "hostmaster.{ZONE}"
+[pools.multi]
+A = ["198.51.100.10", "198.51.100.11"]
+[pools.backup]
+A = ["198.51.100.20"]
+[policies.web]
+failover = ["multi", "backup"]
+"#
+    );
+    std::fs::write(dir.zone_file(), zone).expect("write zone");
+    let name = format!("web.{ZONE}");
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let server = Server::start(settings(&dir, None)).await;
+    assert_eq!(
+        sorted(server.resolve(&name).await),
+        ["198.51.100.10", "198.51.100.11"]
+    );
+    let path = format!("/v1/overrides/{ZONE}/multi/198.51.100.11");
+    let (c, v) = server
+        .change(
+            reqwest::Method::PUT,
+            &path,
+            None,
+            Some(r#"{"state":"drain"}"#),
+        )
+        .await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(v["address"], json!("198.51.100.11"));
+    assert_eq!(server.resolve(&name).await, ["198.51.100.10"]);
+    let status = server.status().await;
+    let endpoint = status["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["pool"] == "multi")
+        .and_then(|p| {
+            p["endpoints"]
+                .as_array()?
+                .iter()
+                .find(|e| e["address"] == "198.51.100.11")
+                .cloned()
+        })
+        .expect("the endpoint in /v1/status");
+    assert_eq!(
+        (&endpoint["override"], &endpoint["answered"]),
+        (&json!("drain"), &json!(false))
+    );
+
+    let (c, _) = server
+        .change(
+            reqwest::Method::PUT,
+            &format!("/v1/overrides/{ZONE}/multi/192.0.2.1"),
+            None,
+            Some(r#"{"state":"down"}"#),
+        )
+        .await;
+    assert_eq!(c, 404, "not an endpoint of the pool");
+    let (c, _) = server
+        .change(
+            reqwest::Method::PUT,
+            &format!("/v1/overrides/{ZONE}/multi/nope"),
+            None,
+            Some(r#"{"state":"down"}"#),
+        )
+        .await;
+    assert_eq!(c, 400, "not an address");
+
+    server.stop().await;
+    let server = Server::start(settings(&dir, None)).await;
+    assert_eq!(
+        server.resolve(&name).await,
+        ["198.51.100.10"],
+        "kept across a restart"
+    );
+    let (c, v) = server
+        .change(reqwest::Method::DELETE, &path, None, None)
+        .await;
+    assert_eq!(c, 200, "{v}");
+    assert_eq!(
+        sorted(server.resolve(&name).await),
+        ["198.51.100.10", "198.51.100.11"]
+    );
+    server.stop().await;
+}

@@ -923,13 +923,13 @@ fn overrides_resolve_by_zone_and_pool_name_and_keep_unknown_entries() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut store = OverrideStore::load(&dir).expect("empty store");
     store
-        .set("A.example.test", "EU-west", Override::Drain)
+        .set("A.example.test", "EU-west", None, Override::Drain)
         .expect("set");
     store
-        .set("b.example.test.", "us-east", Override::Down)
+        .set("b.example.test.", "us-east", None, Override::Down)
         .expect("set");
     store
-        .set("gone.example.test.", "us-east", Override::Up)
+        .set("gone.example.test.", "us-east", None, Override::Up)
         .expect("set");
     assert_eq!(
         store.resolve(&snap),
@@ -943,7 +943,7 @@ fn overrides_resolve_by_zone_and_pool_name_and_keep_unknown_entries() {
         [None, Some(Override::Drain), Some(Override::Down)]
     );
     assert_eq!(
-        again.get("gone.example.test", "us-east"),
+        again.get("gone.example.test", "us-east", None),
         Some(Override::Up)
     );
     let text = std::fs::read_to_string(dir.join("overrides.json")).expect("file");
