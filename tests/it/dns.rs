@@ -550,3 +550,58 @@ async fn watch_zones_reloads_when_a_zone_file_changes() {
     }
     s.stop().await;
 }
+
+#[test]
+fn answering_a_query_allocates_nothing() {
+    use meridian::dns::handler::{Local, Transport, UDP_CACHE_SLOTS, handle};
+    let world = example_world();
+    let mut local = Local::new(UDP_CACHE_SLOTS);
+    let mut out = Vec::with_capacity(4096);
+    let queries = [
+        Query::new("static.gslb.example.test", A).packet(),
+        Query::new("www.gslb.example.test", A)
+            .ecs(ip("203.0.113.7"), 24)
+            .packet(),
+        Query::new("www.gslb.example.test", AAAA)
+            .ecs(ip("198.51.100.7"), 24)
+            .packet(),
+        Query::new("canary.gslb.example.test", A)
+            .edns(1232)
+            .packet(),
+        Query::new("fast.gslb.example.test", A)
+            .ecs(ip("192.0.2.1"), 24)
+            .packet(),
+        Query::new("nope.gslb.example.test", A).packet(),
+        Query::new("docs.gslb.example.test", A).packet(),
+        Query::new("x.wild.gslb.example.test", A).packet(),
+        Query::new("www.example.com", A).packet(),
+    ];
+    // Warm up: caches, counters and buffers reach their size.
+    for (i, q) in queries.iter().enumerate() {
+        assert!(handle(
+            world,
+            q,
+            ip("192.0.2.1"),
+            Transport::Udp,
+            i as u64,
+            &mut out,
+            &mut local
+        ));
+    }
+    assert!(
+        densa_alloc::is_active(),
+        "the counting allocator is installed"
+    );
+    let src = ip("192.0.2.1");
+    let ((), stats) = densa_alloc::measure(|| {
+        for round in 0..100u64 {
+            for q in &queries {
+                handle(world, q, src, Transport::Udp, round, &mut out, &mut local);
+            }
+        }
+    });
+    assert!(
+        stats.is_zero(),
+        "heap operations while answering: {stats:?}"
+    );
+}

@@ -11,3 +11,7 @@ mod geo;
 mod health;
 mod policy;
 mod support;
+
+/// Counts allocations per thread (dns::answering_a_query_allocates_nothing).
+#[global_allocator]
+static ALLOCATOR: densa_alloc::CountingAllocator = densa_alloc::CountingAllocator::system();
