@@ -210,11 +210,12 @@ fn receive(
     headers: &mut MultiHeaders<SockaddrStorage>,
     b: &mut Batch,
 ) -> nix::Result<usize> {
-    let mut slices: Vec<[io::IoSliceMut<'_>; 1]> = b
-        .recv
-        .iter_mut()
-        .map(|buf| [io::IoSliceMut::new(buf)])
-        .collect();
+    let mut bufs = b.recv.iter_mut();
+    let mut slices: [[io::IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+        [io::IoSliceMut::new(
+            bufs.next().expect("one receive buffer per batch slot"),
+        )]
+    });
     let results = recvmmsg(
         fd,
         headers,
@@ -235,14 +236,16 @@ fn receive(
 fn send(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, b: &Batch) {
     let mut from = 0;
     while from < b.send_index.len() {
-        let slices: Vec<[io::IoSlice<'_>; 1]> = b.send_index[from..]
-            .iter()
-            .map(|&i| [io::IoSlice::new(&b.out[i])])
-            .collect();
+        let pending = &b.send_index[from..];
+        let slices: [[io::IoSlice<'_>; 1]; BATCH] = std::array::from_fn(|k| {
+            [io::IoSlice::new(
+                pending.get(k).map_or(&[][..], |&i| &b.out[i][..]),
+            )]
+        });
         match sendmmsg(
             fd,
             headers,
-            slices.iter(),
+            slices[..pending.len()].iter(),
             &b.send_peers[from..],
             [],
             MsgFlags::empty(),
