@@ -5,7 +5,7 @@
 //! resolved into ids, so answering a query never looks a string up or meets a config error.
 //! Domain names are kept as lowercase, uncompressed wire format ([`WireName`]).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -82,19 +82,6 @@ pub struct Soa {
     pub minimum: u32,
 }
 
-impl Soa {
-    /// SOA RDATA in wire format for the given serial.
-    pub fn rdata(&self, serial: u32) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.mname.len() + self.rname.len() + 20);
-        out.extend_from_slice(&self.mname);
-        out.extend_from_slice(&self.rname);
-        for v in [serial, self.refresh, self.retry, self.expire, self.minimum] {
-            out.extend_from_slice(&v.to_be_bytes());
-        }
-        out
-    }
-}
-
 /// What a name holds.
 #[derive(Debug, Default)]
 pub struct Node {
@@ -136,27 +123,6 @@ pub struct Pool {
     /// The check's name in its zone, for display.
     pub check_name: Option<String>,
     pub min_healthy: u32,
-}
-
-impl Pool {
-    pub fn v4(&self) -> impl Iterator<Item = (usize, Ipv4Addr)> + '_ {
-        self.endpoints
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| match e.addr {
-                IpAddr::V4(a) => Some((i, a)),
-                IpAddr::V6(_) => None,
-            })
-    }
-    pub fn v6(&self) -> impl Iterator<Item = (usize, Ipv6Addr)> + '_ {
-        self.endpoints
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| match e.addr {
-                IpAddr::V6(a) => Some((i, a)),
-                IpAddr::V4(_) => None,
-            })
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -106,10 +106,6 @@ impl<'b> Writer<'b> {
         self.counts[section as usize] += 1;
     }
 
-    pub fn answers(&self) -> u16 {
-        self.counts[0]
-    }
-
     /// Complete the header (and OPT), truncating to `limit` bytes when given: a response
     /// that does not fit keeps only its header, question and OPT, with TC=1.
     pub fn finish(self, q: &Query<'_>, meta: Meta, limit: Option<usize>) {

@@ -104,7 +104,7 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
         match target {
             Target::Pool(pool) => {
                 let up = self.ctx.health.pool_up(self.ctx.snap, pool);
-                self.note_pool(pool, up, false);
+                self.note_pool(pool, up);
                 up.then_some(pool)
             }
             Target::Policy(id) => self.choose_policy(id),
@@ -217,7 +217,7 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
     }
 
     /// A candidate pool with its state, as explain shows it.
-    pub(super) fn note_pool(&mut self, pool: PoolId, up: bool, _chosen: bool) {
+    pub(super) fn note_pool(&mut self, pool: PoolId, up: bool) {
         if T::ON {
             let text = pool_state(self.ctx, pool, up, self.trace.now());
             self.trace.step(self.depth, "candidate", text);
