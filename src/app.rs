@@ -72,8 +72,8 @@ pub async fn start(settings: Settings) -> Result<Running> {
     .map_err(|d| anyhow!("the zones do not load:\n{d}"))?;
     tracing::info!("{}", config::compile::summary(&snapshot));
     let geo = open_geo(&settings)?.map(Arc::new);
-    if let Some(path) = &settings.geoip {
-        tracing::info!(path = %path.display(), "geoip database loaded");
+    if let (Some(path), Some(db)) = (&settings.geoip, &geo) {
+        tracing::info!(path = %path.display(), "geoip database loaded: {}", db.metadata_summary());
     }
     let overrides = OverrideStore::load(&settings.state).map_err(|e| anyhow!("{e}"))?;
     let mut health = View::unknown(&snapshot);
