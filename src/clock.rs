@@ -32,10 +32,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn formats_utc() {
+    fn epochs_format_as_utc() {
         assert_eq!(rfc3339_epoch(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_epoch(1_767_225_600), "2026-01-01T00:00:00Z");
         assert_eq!(rfc3339_epoch(951_827_696), "2000-02-29T12:34:56Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_767_225_599) + Duration::from_millis(999);
-        assert_eq!(rfc3339_millis(t), "2025-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn times_format_as_utc_with_milliseconds() {
+        for (secs, millis, text) in [
+            (0, 0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, 5, "2000-02-29T00:00:00.005Z"),
+            (1_767_225_599, 999, "2025-12-31T23:59:59.999Z"),
+            (4_107_542_400, 0, "2100-03-01T00:00:00.000Z"),
+        ] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis);
+            assert_eq!(rfc3339_millis(t), text);
+        }
     }
 }

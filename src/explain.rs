@@ -151,7 +151,13 @@ fn policy_at(snap: &Snapshot, qname: &[u8]) -> Option<PolicyId> {
     None
 }
 
-fn query_packet(qname: &[u8], qtype: u16, client: IpAddr, source_prefix: Option<u8>) -> Vec<u8> {
+/// A query for `qname` (lowercase wire), as ECS client `client/source_prefix` when given.
+pub fn query_packet(
+    qname: &[u8],
+    qtype: u16,
+    client: IpAddr,
+    source_prefix: Option<u8>,
+) -> Vec<u8> {
     let mut p = vec![
         0,
         0,

@@ -149,15 +149,12 @@ impl Control {
         if probes.len() != current.snapshot.probes.len() {
             return;
         }
-        self.world.store(Arc::new(World::new(
-            current.snapshot.clone(),
-            Arc::new(View {
-                probes,
-                overrides: current.health.overrides.clone(),
-                endpoint_overrides: current.health.endpoint_overrides.clone(),
-            }),
-            current.geo.clone(),
-        )));
+        let view = View {
+            probes,
+            overrides: current.health.overrides.clone(),
+            endpoint_overrides: current.health.endpoint_overrides.clone(),
+        };
+        self.store_view(&current, view);
     }
 
     /// Pin a pool, or one endpoint of it when `address` is given (`state` `None` clears the
@@ -200,15 +197,12 @@ impl Control {
             }
             None => store.clear(origin, pool, address)?,
         };
-        self.world.store(Arc::new(World::new(
-            current.snapshot.clone(),
-            Arc::new(View {
-                probes: current.health.probes.clone(),
-                overrides: store.resolve(snap),
-                endpoint_overrides: store.resolve_endpoints(snap),
-            }),
-            current.geo.clone(),
-        )));
+        let view = View {
+            probes: current.health.probes.clone(),
+            overrides: store.resolve(snap),
+            endpoint_overrides: store.resolve_endpoints(snap),
+        };
+        self.store_view(&current, view);
         tracing::info!(
             zone = origin,
             pool,
@@ -217,6 +211,15 @@ impl Control {
             "override"
         );
         Ok(previous)
+    }
+
+    /// A new health view of the serving snapshot and database (callers hold `publish`).
+    fn store_view(&self, current: &World, view: View) {
+        self.world.store(Arc::new(World::new(
+            current.snapshot.clone(),
+            Arc::new(view),
+            current.geo.clone(),
+        )));
     }
 
     /// Every stored override: ((zone, pool, endpoint address), state).

@@ -4,7 +4,7 @@
 //! Built from one load of the world, so pools, endpoints and probe states are consistent
 //! with each other and with what DNS answers at that moment.
 
-use std::time::SystemTime;
+use crate::clock::rfc3339_millis;
 
 use axum::Json;
 use axum::extract::State;
@@ -31,7 +31,7 @@ fn status_json(control: &Control) -> Value {
                 "origin": z.origin,
                 "serial": z.serial,
                 "file": z.file.display().to_string(),
-                "loaded_at": snap.loaded_at.map(rfc3339),
+                "loaded_at": snap.loaded_at.map(rfc3339_millis),
             })
         })
         .collect();
@@ -45,7 +45,7 @@ fn status_json(control: &Control) -> Value {
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": control.started.elapsed().as_secs_f64(),
-        "started_at": rfc3339(control.started_at),
+        "started_at": rfc3339_millis(control.started_at),
         "zones": zones,
         "pools": pools,
         "overrides": overrides,
@@ -116,7 +116,7 @@ fn endpoint_json(
         "last_result": status.and_then(last_result),
         "last_error": status.and_then(|s| s.last_error.as_deref()),
         "last_rtt_ms": status.and_then(|s| s.last_rtt).map(|d| d.as_micros() as f64 / 1000.0),
-        "last_at": status.and_then(|s| s.last_at).map(rfc3339),
+        "last_at": status.and_then(|s| s.last_at).map(rfc3339_millis),
         "failures": status.map_or(0, |s| s.failures),
         "passes": status.map_or(0, |s| s.passes),
     })
@@ -129,29 +129,11 @@ fn last_result(s: &ProbeStatus) -> Option<&'static str> {
     Some(if s.passes > 0 { "ok" } else { "fail" })
 }
 
-/// RFC 3339 in UTC with milliseconds (`2026-01-01T00:00:00.000Z`).
-pub(super) fn rfc3339(t: SystemTime) -> String {
-    crate::clock::rfc3339_millis(t)
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::SystemTime;
 
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_utc_with_milliseconds() {
-        for (secs, millis, text) in [
-            (0, 0, "1970-01-01T00:00:00.000Z"),
-            (951_782_400, 5, "2000-02-29T00:00:00.005Z"),
-            (1_767_225_599, 999, "2025-12-31T23:59:59.999Z"),
-            (4_107_542_400, 0, "2100-03-01T00:00:00.000Z"),
-        ] {
-            let t = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis);
-            assert_eq!(rfc3339(t), text);
-        }
-    }
 
     #[test]
     fn last_result_follows_the_streaks() {

@@ -157,13 +157,11 @@ fn udp_worker(
             }
         };
         let world = cache.load();
-        if let Some(prev) = &last_world
-            && !Arc::ptr_eq(prev, world)
+        // Counters hold ids of the snapshot they came from: fold them in before it changes.
+        if last_world.as_ref().is_none_or(|p| !Arc::ptr_eq(p, world))
+            && let Some(prev) = last_world.replace(world.clone())
         {
             local.stats.flush(&prev.snapshot, &totals);
-        }
-        if last_world.as_ref().is_none_or(|p| !Arc::ptr_eq(p, world)) {
-            last_world = Some(world.clone());
         }
         let started = Instant::now();
         b.send_peers.clear();

@@ -145,7 +145,7 @@ impl GeoDb {
         format!(
             "{}, built {}",
             meta.database_type,
-            format_epoch(meta.build_epoch)
+            crate::clock::rfc3339_epoch(meta.build_epoch)
         )
     }
 
@@ -219,17 +219,12 @@ fn summary(meta: &maxminddb::Metadata) -> String {
     format!(
         "{} built {} (epoch {}), IPv{}, {} nodes, record size {}",
         meta.database_type,
-        format_epoch(meta.build_epoch),
+        crate::clock::rfc3339_epoch(meta.build_epoch),
         meta.build_epoch,
         meta.ip_version,
         meta.node_count,
         meta.record_size
     )
-}
-
-/// `2026-01-01T00:00:00Z` from a Unix time.
-pub(crate) fn format_epoch(epoch: u64) -> String {
-    crate::clock::rfc3339_epoch(epoch)
 }
 
 #[cfg(test)]
@@ -279,13 +274,6 @@ mod tests {
             .expect("found");
         assert_eq!(oc.coords, countries::continent_coords(*b"OC"));
         assert_eq!(db.locate("192.0.2.200".parse().expect("ip")), None);
-    }
-
-    #[test]
-    fn epochs_format_as_utc() {
-        assert_eq!(format_epoch(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_epoch(1_767_225_600), "2026-01-01T00:00:00Z");
-        assert_eq!(format_epoch(951_827_696), "2000-02-29T12:34:56Z");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::{Decision, Outcome};
-use crate::health::{Override, View};
+use crate::health::View;
 use crate::model::Snapshot;
 
 /// Fill `out` (cleared first) with the answer's addresses of one family.
@@ -21,17 +21,8 @@ pub fn select_addresses(
         return;
     };
     let p = snap.pool(pool);
-    let forced = match health.override_of(pool) {
-        Some(Override::Up) => Some(true),
-        Some(Override::Down | Override::Drain) => Some(false),
-        None => None,
-    };
     for (i, e) in p.endpoints.iter().enumerate() {
-        if e.addr.is_ipv6() != want_v6 {
-            continue;
-        }
-        let up = fail_open || forced.unwrap_or_else(|| health.endpoint_up(pool, i, e));
-        if up {
+        if e.addr.is_ipv6() == want_v6 && (fail_open || health.endpoint_up(pool, i, e)) {
             out.push(e.addr);
         }
     }

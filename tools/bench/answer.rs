@@ -55,18 +55,9 @@ fn policies(c: &mut Criterion) {
 }
 
 fn query(name: &str, ecs: bool) -> Vec<u8> {
-    let mut p = vec![0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, u8::from(ecs)];
-    for label in name.split('.') {
-        p.push(label.len() as u8);
-        p.extend_from_slice(label.as_bytes());
-    }
-    p.extend_from_slice(&[0, 0, 1, 0, 1]);
-    if ecs {
-        p.extend_from_slice(&[
-            0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 11, 0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113,
-        ]);
-    }
-    p
+    let qname = meridian::model::wire::from_text(name).expect("valid name");
+    let client: IpAddr = "203.0.113.0".parse().expect("addr");
+    meridian::explain::query_packet(&qname, 1, client, ecs.then_some(24))
 }
 
 fn handler(c: &mut Criterion) {
