@@ -94,16 +94,12 @@ pub fn handle(
         }
     };
     if q.opcode() != 0 {
-        response::error(out, &q, u16::from(rcode::NOTIMP));
-        stats.query(None, q.qtype, u16::from(rcode::NOTIMP));
-        return true;
+        return error(out, &q, stats, u16::from(rcode::NOTIMP));
     }
     if let Some(e) = q.edns
         && e.version > 0
     {
-        response::error(out, &q, rcode::BADVERS);
-        stats.query(None, q.qtype, rcode::BADVERS);
-        return true;
+        return error(out, &q, stats, rcode::BADVERS);
     }
     let snap = &world.snapshot;
     let zone = (q.qclass == CLASS_IN)
@@ -111,9 +107,7 @@ pub fn handle(
         .flatten();
     let Some(zone) = zone.filter(|_| q.qtype != AXFR && q.qtype != IXFR && q.qtype != rtype::OPT)
     else {
-        response::error(out, &q, u16::from(rcode::REFUSED));
-        stats.query(None, q.qtype, u16::from(rcode::REFUSED));
-        return true;
+        return error(out, &q, stats, u16::from(rcode::REFUSED));
     };
     let ecs = q.edns.and_then(|e| e.ecs);
     let client = Client {
@@ -143,5 +137,12 @@ pub fn handle(
     if let Some((policy, pool, fail_open)) = found.policy {
         stats.answer(policy, pool, fail_open);
     }
+    true
+}
+
+/// An answer that is only an rcode (with the question and OPT), counted under no zone.
+fn error(out: &mut Vec<u8>, q: &wire::Query<'_>, stats: &mut LocalStats, rcode: u16) -> bool {
+    response::error(out, q, rcode);
+    stats.query(None, q.qtype, rcode);
     true
 }
