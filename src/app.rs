@@ -14,13 +14,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::cli::{LogFormat, Settings, open_geo};
 use crate::config::{self, LoadOptions};
 use crate::dns::listen;
 use crate::health::overrides::OverrideStore;
 use crate::health::prober::Prober;
 use crate::health::{View, probe};
 use crate::reload::Control;
+use crate::settings::{LogFormat, Settings};
 use crate::world::World;
 
 /// Tries to find a port free for both UDP and TCP when asked for port 0.
@@ -71,7 +71,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
     })
     .map_err(|d| anyhow!("the zones do not load:\n{d}"))?;
     tracing::info!("{}", config::compile::summary(&snapshot));
-    let geo = open_geo(&settings)?.map(Arc::new);
+    let geo = settings.open_geo()?.map(Arc::new);
     if let (Some(path), Some(db)) = (&settings.geoip, &geo) {
         tracing::info!(path = %path.display(), "geoip database loaded: {}", db.metadata_summary());
     }

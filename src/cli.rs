@@ -1,26 +1,18 @@
-//! The command line: `serve`, `check`, `explain`, `geoip` (SPEC §1). Flags, their
-//! `MERIDIAN_*` environment variables and the `--config` file merge into [`Settings`];
-//! a flag beats its variable, which beats the file, which beats the default.
+//! The command line: `serve`, `check`, `explain`, `geoip` (SPEC §1). Flags and their
+//! `MERIDIAN_*` environment variables become [`Flags`], which `settings` merges with the
+//! `--config` file and the defaults.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, LoadOptions};
 use crate::explain;
-use crate::geo::GeoDb;
-use crate::model::rtype;
-
-/// SPEC §1: where `serve` listens with no flags.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:5353";
-pub const DEFAULT_ADMIN: &str = "127.0.0.1:8053";
-pub const DEFAULT_ZONES: &str = "zones";
-pub const DEFAULT_GEOIP: &str = "geoip/test-city.mmdb";
-pub const DEFAULT_STATE: &str = "state";
+use crate::explain::{parse_client, parse_qtype};
+use crate::settings::{Flags, LogFormat, Settings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -114,97 +106,29 @@ pub struct GeoipArgs {
     pub common: CommonArgs,
 }
 
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
+impl CommonArgs {
+    fn flags(&self) -> Flags {
+        Flags {
+            config: self.config.clone(),
+            zones: self.zones.clone(),
+            geoip: self.geoip.clone(),
+            asn: self.asn.clone(),
+            log_format: self.log_format,
+            ..Flags::default()
+        }
+    }
 }
 
-/// The `--config` file: the same settings as the flags.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    listen: Option<Vec<SocketAddr>>,
-    admin: Option<String>,
-    admin_token_file: Option<PathBuf>,
-    zones: Option<PathBuf>,
-    geoip: Option<PathBuf>,
-    asn: Option<PathBuf>,
-    state: Option<PathBuf>,
-    log_format: Option<LogFormat>,
-    watch_zones: Option<bool>,
-}
-
-/// Resolved settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub listen: Vec<SocketAddr>,
-    pub admin: Option<SocketAddr>,
-    pub admin_token_file: Option<PathBuf>,
-    pub zones: PathBuf,
-    /// `None` when the default database is absent (every client unlocated).
-    pub geoip: Option<PathBuf>,
-    pub asn: Option<PathBuf>,
-    pub state: PathBuf,
-    pub log_format: LogFormat,
-    /// Reload when the zone directory changes.
-    pub watch_zones: bool,
-}
-
-impl Settings {
-    pub fn resolve(common: &CommonArgs, serve: Option<&ServeArgs>) -> Result<Settings> {
-        let file = match &common.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("{}: cannot read", path.display()))?;
-                toml::from_str::<FileSettings>(&text)
-                    .with_context(|| format!("{}: bad settings", path.display()))?
-            }
-            None => FileSettings::default(),
-        };
-        let listen = match serve.map(|s| s.listen.clone()).filter(|l| !l.is_empty()) {
-            Some(l) => l,
-            None => file
-                .listen
-                .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")]),
-        };
-        let admin_text = serve
-            .and_then(|s| s.admin.clone())
-            .or(file.admin)
-            .unwrap_or_else(|| DEFAULT_ADMIN.to_string());
-        let admin = match admin_text.as_str() {
-            "off" => None,
-            a => Some(
-                a.parse()
-                    .with_context(|| format!("--admin {a}: expected ADDR:PORT or off"))?,
-            ),
-        };
-        let geoip = match common.geoip.clone().or(file.geoip) {
-            Some(p) => Some(p),
-            None => Some(PathBuf::from(DEFAULT_GEOIP)).filter(|p| p.exists()),
-        };
-        Ok(Settings {
-            listen,
-            admin,
-            admin_token_file: serve
-                .and_then(|s| s.admin_token_file.clone())
-                .or(file.admin_token_file),
-            zones: common
-                .zones
-                .clone()
-                .or(file.zones)
-                .unwrap_or_else(|| DEFAULT_ZONES.into()),
-            geoip,
-            asn: common.asn.clone().or(file.asn),
-            state: serve
-                .and_then(|s| s.state.clone())
-                .or(file.state)
-                .unwrap_or_else(|| DEFAULT_STATE.into()),
-            log_format: common.log_format.or(file.log_format).unwrap_or_default(),
-            watch_zones: serve.is_some_and(|s| s.watch_zones) || file.watch_zones.unwrap_or(false),
-        })
+impl ServeArgs {
+    fn flags(&self) -> Flags {
+        Flags {
+            listen: self.listen.clone(),
+            admin: self.admin.clone(),
+            admin_token_file: self.admin_token_file.clone(),
+            state: self.state.clone(),
+            watch_zones: self.watch_zones,
+            ..self.common.flags()
+        }
     }
 }
 
@@ -212,14 +136,16 @@ impl Settings {
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            let settings = Settings::resolve(&args.common, Some(&args))?;
+            let settings = Settings::resolve(args.flags())?;
             crate::app::serve(settings)
         }
-        Command::Check(common) => check(&Settings::resolve(&common, None)?),
+        Command::Check(common) => check(&Settings::resolve(common.flags())?),
         Command::Explain(args) => explain_cmd(&args),
         Command::Geoip(args) => {
-            let settings = Settings::resolve(&args.common, None)?;
-            let db = open_geo(&settings)?.context("no GeoIP database: pass --geoip FILE")?;
+            let settings = Settings::resolve(args.common.flags())?;
+            let db = settings
+                .open_geo()?
+                .context("no GeoIP database: pass --geoip FILE")?;
             print!("{}", crate::geo::render_geoip(&db, args.ip));
             Ok(ExitCode::SUCCESS)
         }
@@ -232,7 +158,7 @@ fn check(settings: &Settings) -> Result<ExitCode> {
         zones_dir: &settings.zones,
         previous: None,
     });
-    let geo = open_geo(settings);
+    let geo = settings.open_geo();
     match (loaded, geo) {
         (Ok(snap), Ok(_)) => {
             println!("{}", config::compile::summary(&snap));
@@ -243,24 +169,15 @@ fn check(settings: &Settings) -> Result<ExitCode> {
                 print!("{diags}");
             }
             if let Err(e) = geo {
-                println!("{e:#}");
+                println!("{e}");
             }
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-/// Open the configured GeoIP database, if any.
-pub fn open_geo(settings: &Settings) -> Result<Option<GeoDb>> {
-    let Some(path) = &settings.geoip else {
-        return Ok(None);
-    };
-    let db = GeoDb::open(path, settings.asn.as_deref()).map_err(anyhow::Error::from)?;
-    Ok(Some(db))
-}
-
 fn explain_cmd(args: &ExplainArgs) -> Result<ExitCode> {
-    let settings = Settings::resolve(&args.common, None)?;
+    let settings = Settings::resolve(args.common.flags())?;
     let snap = match config::load_dir(&LoadOptions {
         zones_dir: &settings.zones,
         previous: None,
@@ -271,7 +188,7 @@ fn explain_cmd(args: &ExplainArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let geo = open_geo(&settings)?.map(std::sync::Arc::new);
+    let geo = settings.open_geo()?.map(std::sync::Arc::new);
     let qtype = parse_qtype(args.qtype.as_deref().unwrap_or("A"))?;
     let (addr, source_prefix) = parse_client(&args.client)?;
     let world = explain::offline_world(snap, geo, &args.down)?;
@@ -289,28 +206,4 @@ fn explain_cmd(args: &ExplainArgs) -> Result<ExitCode> {
         print!("{}", e.to_text());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn parse_qtype(s: &str) -> Result<u16> {
-    match rtype::from_name(s) {
-        Some(t) => Ok(t),
-        None => bail!("unknown record type {s:?}"),
-    }
-}
-
-/// `ADDR` or `ADDR/LEN` (an ECS client subnet, address masked to LEN).
-pub fn parse_client(s: &str) -> Result<(IpAddr, Option<u8>)> {
-    match s.split_once('/') {
-        None => Ok((
-            s.parse()
-                .with_context(|| format!("--client {s}: not an address"))?,
-            None,
-        )),
-        Some(_) => {
-            let net: ipnet::IpNet = s
-                .parse()
-                .with_context(|| format!("--client {s}: not ADDR/LEN"))?;
-            Ok((net.trunc().addr(), Some(net.prefix_len())))
-        }
-    }
 }

@@ -345,3 +345,26 @@ fn geoip_json(l: &Location, ip: IpAddr) -> serde_json::Value {
         "asn": l.asn,
     })
 }
+
+/// A record type by name (`A`, `aaaa`, `TYPE65`), for `--client`'s companion argument and
+/// `/v1/explain?type=`.
+pub fn parse_qtype(s: &str) -> Result<u16> {
+    match rtype::from_name(s) {
+        Some(t) => Ok(t),
+        None => bail!("unknown record type {s:?}"),
+    }
+}
+
+/// `ADDR` or `ADDR/LEN` (an ECS client subnet, address masked to LEN).
+pub fn parse_client(s: &str) -> Result<(IpAddr, Option<u8>)> {
+    match s.split_once('/') {
+        None => match s.parse() {
+            Ok(addr) => Ok((addr, None)),
+            Err(_) => bail!("--client {s}: not an address"),
+        },
+        Some(_) => match s.parse::<ipnet::IpNet>() {
+            Ok(net) => Ok((net.trunc().addr(), Some(net.prefix_len()))),
+            Err(_) => bail!("--client {s}: not ADDR/LEN"),
+        },
+    }
+}

@@ -24,4 +24,5 @@ pub mod health;
 pub mod model;
 pub mod policy;
 pub mod reload;
+pub mod settings;
 pub mod world;

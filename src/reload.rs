@@ -10,13 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::cli::{Settings, open_geo};
 use crate::config::{self, Diagnostics, LoadOptions};
 use crate::dns::stats::DnsStats;
 use crate::health::overrides::{OverrideError, OverrideStore, PoolRef};
 use crate::health::prober::Prober;
 use crate::health::{Override, ProbeStatus, View};
 use crate::model::Snapshot;
+use crate::settings::Settings;
 use crate::world::{SharedWorld, World};
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +138,10 @@ impl Control {
             previous: Some(previous),
         })
         .map_err(ReloadError::Zones)?;
-        let geo = open_geo(&self.settings).map_err(|e| ReloadError::Geo(format!("{e:#}")))?;
+        let geo = self
+            .settings
+            .open_geo()
+            .map_err(|e| ReloadError::Geo(e.to_string()))?;
         Ok((snap, geo.map(Arc::new)))
     }
 

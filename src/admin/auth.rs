@@ -14,7 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use crate::cli::Settings;
+use crate::settings::Settings;
 
 /// RFC 6750 §2.1: the authentication scheme, matched case-insensitively (RFC 7235 §2.1).
 const BEARER_SCHEME: &str = "bearer";

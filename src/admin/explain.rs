@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 
 use super::{ApiError, AppState};
-use crate::cli::{parse_client, parse_qtype};
+use crate::explain::{parse_client, parse_qtype};
 
 /// SPEC §1: `meridian explain NAME [TYPE]` asks for A when no type is given.
 const DEFAULT_QTYPE: &str = "A";

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::Message;
 use meridian::app::{Running, start};
-use meridian::cli::{LogFormat, Settings};
+use meridian::settings::{LogFormat, Settings};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hickory_proto::op::Message;
 use meridian::app::{Running, start};
-use meridian::cli::{LogFormat, Settings};
+use meridian::settings::{LogFormat, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
