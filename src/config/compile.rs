@@ -51,24 +51,91 @@ pub struct LoadOptions<'a> {
     pub previous: Option<&'a Snapshot>,
 }
 
+/// One zone file's text, and the path its problems are reported under (files it names,
+/// like `latency_table`, are relative to that path's directory).
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
 /// Load every `*.toml` in `zones_dir` (sorted by file name) into a Snapshot, or every
 /// problem found.
 pub fn load_dir(opts: &LoadOptions) -> Result<Snapshot, Diagnostics> {
     let mut diags = Vec::new();
+    let sources: Vec<Source> = zone_files(opts.zones_dir, &mut diags)
+        .into_iter()
+        .filter_map(|path| match read_text(&path) {
+            Ok(text) => Some(Source { path, text }),
+            Err(d) => {
+                diags.push(d);
+                None
+            }
+        })
+        .collect();
+    compile_sources(&sources, opts.previous, diags)
+}
+
+/// Compile zone files already in memory, one [`Source`] per file, in the order given: what
+/// `load_dir` does once it has read the directory. Tests and fuzzers start here.
+pub fn load_sources(
+    sources: &[Source],
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Diagnostics> {
+    compile_sources(sources, previous, Vec::new())
+}
+
+/// One zone file's text, reported under `path`.
+pub fn load_str(path: &Path, text: &str) -> Result<Snapshot, Diagnostics> {
+    let source = Source {
+        path: path.to_path_buf(),
+        text: text.to_owned(),
+    };
+    load_sources(std::slice::from_ref(&source), None)
+}
+
+fn compile_sources(
+    sources: &[Source],
+    previous: Option<&Snapshot>,
+    mut diags: Vec<Diagnostic>,
+) -> Result<Snapshot, Diagnostics> {
     let mut b = Builder {
         snap: Snapshot::default(),
         probe_ids: HashMap::new(),
         origins: HashMap::new(),
-        previous: opts.previous,
+        previous,
     };
-    for path in zone_files(opts.zones_dir, &mut diags) {
-        load_file(&path, &mut b, &mut diags);
+    for source in sources {
+        let mut cx = FileCx::new(&source.path, &source.text, &mut diags);
+        if let Some(doc) = raw::parse(&source.text, &mut cx) {
+            compile_zone(&doc, &source.path, &mut b, &mut cx);
+        }
     }
     if !diags.is_empty() {
         return Err(Diagnostics(diags).sorted());
     }
     b.snap.loaded_at = Some(SystemTime::now());
     Ok(b.snap)
+}
+
+/// A file's text; one that cannot be read, or is not UTF-8, is a problem (the latter at the
+/// `line:col` of its first bad byte).
+pub(crate) fn read_text(path: &Path) -> Result<String, Diagnostic> {
+    let at = |line, col, message| Diagnostic {
+        file: path.to_path_buf(),
+        line,
+        col,
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| at(0, 0, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let good = std::str::from_utf8(good).expect("valid up to here");
+        let line_start = good.rfind('\n').map_or(0, |i| i + 1);
+        let line = good.matches('\n').count() + 1;
+        let col = good[line_start..].chars().count() + 1;
+        at(line, col, "not UTF-8 text (TOML files are UTF-8)".into())
+    })
 }
 
 /// Summary line for `meridian check`: "ok: N zones, N names, N pools, N checks".
@@ -162,25 +229,6 @@ fn zone_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
         )));
     }
     files
-}
-
-fn load_file(path: &Path, b: &mut Builder<'_>, diags: &mut Vec<Diagnostic>) {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            diags.push(Diagnostic {
-                file: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                message: format!("cannot read: {e}"),
-            });
-            return;
-        }
-    };
-    let mut cx = FileCx::new(path, &text, diags);
-    if let Some(doc) = raw::parse(&text, &mut cx) {
-        compile_zone(&doc, path, b, &mut cx);
-    }
 }
 
 /// One zone file's document → a Zone, its pools, policies and probes added to `b`.

@@ -20,13 +20,38 @@ pub(crate) fn load(
     cx: &mut FileCx<'_>,
 ) -> Option<Arc<LatencyTable>> {
     let path = zc.dir.join(rel);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let text = match std::fs::metadata(&path).map(|m| m.is_file()) {
+        Ok(true) => super::compile::read_text(&path),
+        Ok(false) => {
+            cx.err(
+                at,
+                format!("latency_table {} is not a file", path.display()),
+            );
+            return None;
+        }
         Err(e) => {
             cx.err(
                 at,
                 format!("cannot read latency_table {}: {e}", path.display()),
             );
+            return None;
+        }
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(d) if d.line == 0 => {
+            cx.err(
+                at,
+                format!(
+                    "cannot read latency_table {}: {}",
+                    path.display(),
+                    d.message
+                ),
+            );
+            return None;
+        }
+        Err(d) => {
+            cx.diags.push(d);
             return None;
         }
     };

@@ -14,5 +14,5 @@ pub mod raw;
 mod records;
 pub mod values;
 
-pub use compile::{LoadOptions, load_dir};
+pub use compile::{LoadOptions, Source, load_dir, load_sources, load_str};
 pub use diag::{Diagnostic, Diagnostics};

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use meridian::config::compile::summary;
-use meridian::config::{LoadOptions, load_dir};
+use meridian::config::{LoadOptions, Source, load_dir, load_sources, load_str};
 use meridian::model::{Fallback, PolicyKind, Snapshot, Target, ZoneId, rtype, wire};
 
 const BAD: &str = "tests/fixtures/zones/bad";
@@ -380,8 +380,6 @@ fn a_missing_or_empty_directory_is_a_diagnostic() {
 fn any_line_of_the_example_removed_never_panics_and_points_inside_the_file() {
     let example = std::fs::read_to_string("zones/example.toml").expect("example");
     let lines: Vec<&str> = example.lines().collect();
-    let dir = std::env::temp_dir().join(format!("meridian-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
     for skip in 0..lines.len() {
         let text: Vec<&str> = lines
             .iter()
@@ -389,11 +387,7 @@ fn any_line_of_the_example_removed_never_panics_and_points_inside_the_file() {
             .filter(|(i, _)| *i != skip)
             .map(|(_, l)| *l)
             .collect();
-        std::fs::write(dir.join("zone.toml"), text.join("\n")).expect("write zone");
-        if let Err(diags) = load_dir(&LoadOptions {
-            zones_dir: &dir,
-            previous: None,
-        }) {
+        if let Err(diags) = load_str(Path::new("zones/example.toml"), &text.join("\n")) {
             for d in &diags.0 {
                 assert!(
                     d.line >= 1 && d.line <= text.len() + 1,
@@ -402,5 +396,32 @@ fn any_line_of_the_example_removed_never_panics_and_points_inside_the_file() {
             }
         }
     }
-    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn zone_text_compiles_from_memory_as_from_its_file() {
+    let path = Path::new("zones/example.toml");
+    let text = std::fs::read_to_string(path).expect("example");
+    let from_str = load_str(path, &text).expect("the example loads from a string");
+    assert_eq!(
+        summary(&from_str),
+        summary(&load(Path::new("zones"), None).expect("dir"))
+    );
+    let two = [
+        Source {
+            path: "a.toml".into(),
+            text: "origin = \"a.test.\"\n".into(),
+        },
+        Source {
+            path: "b.toml".into(),
+            text: "origin = \"a.test.\"\n".into(),
+        },
+    ];
+    let err = load_sources(&two, None)
+        .expect_err("same origin twice")
+        .to_string();
+    assert!(
+        err.contains("b.toml:1:10: origin a.test. is already the origin of a.toml"),
+        "{err}"
+    );
 }
