@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{self, LoadOptions};
-use crate::dns::listen;
+use crate::dns::{listen, tcp};
 use crate::health::overrides::OverrideStore;
 use crate::health::prober::Prober;
 use crate::health::{View, probe};
@@ -93,6 +93,14 @@ pub async fn start(settings: Settings) -> Result<Running> {
     let mut udp_threads = Vec::new();
     let mut dns = Vec::new();
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let fd_limit = crate::connections::raise_fd_limit();
+    let tcp_limits = tcp::TcpLimits::for_fd_limit(fd_limit, settings.listen.len());
+    tracing::info!(
+        fd_limit,
+        tcp_max = tcp_limits.caps.total,
+        tcp_max_per_network = tcp_limits.caps.per_network,
+        "open files limit and tcp connection caps"
+    );
     for addr in &settings.listen {
         let (sockets, tcp) = bind_dns(*addr, workers)?;
         let bound = tcp.local_addr()?;
@@ -104,11 +112,11 @@ pub async fn start(settings: Settings) -> Result<Running> {
             &control.dns_stats,
             stop_udp.clone(),
         )?);
-        tasks.spawn(listen::serve_tcp(
+        tasks.spawn(tcp::serve_tcp(
             tcp,
             world.clone(),
             control.dns_stats.clone(),
-            listen::TcpLimits::default(),
+            tcp_limits,
             stop_rx.clone(),
         ));
     }

@@ -17,6 +17,7 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod dns;
 pub mod explain;
 pub mod geo;

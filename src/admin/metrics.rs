@@ -12,6 +12,10 @@
 //! | `meridian_policy_answers_total` | counter | `zone`, `policy`, `pool` | answers given by a policy, by the pool it chose (fail-open answers included) |
 //! | `meridian_policy_fail_open_total` | counter | `zone`, `policy`, `pool` | answers given while no target of the policy was up, so it answered its first target as if every endpoint were up (SPEC §3 "all down") |
 //! | `meridian_dns_response_seconds` | histogram | | time from a query's parse to its response being ready, buckets 5 µs to 10 ms |
+//! | `meridian_tcp_connections` | gauge | | DNS-over-TCP connections open |
+//! | `meridian_tcp_evicted_total` | counter | | idle TCP connections closed to make room for a new one under a full cap (global, or the client's /24 or /56) |
+//! | `meridian_tcp_refused_total` | counter | | new TCP connections refused because the cap was full of busy connections |
+//! | `meridian_tcp_closed_total` | counter | `reason` | TCP connections closed: `eof`, `error`, `shutdown`, `idle` (idle timeout), `read_timeout` (a started message not complete in time), `write_timeout` (replies not taken in time), `evicted`, `bad_frame` (a frame shorter than a DNS header) |
 //! | `meridian_probe_results_total` | counter | `check`, `result` | health probes run, by check (its name in the zones, `web`; `kind:port/path` when no pool names it) and result (`ok`, `fail`) |
 //! | `meridian_probe_duration_seconds` | histogram | `check` | duration of health probes, by check, buckets 1 ms to 10 s |
 //! | `meridian_pool_up` | gauge | `zone`, `pool` | 1 when the pool may be answered (overrides allow it and at least `min_healthy` endpoints are up), else 0 |
@@ -32,7 +36,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
-use crate::dns::stats::{RESPONSE_TIME_BUCKETS, Totals};
+use crate::dns::stats::{RESPONSE_TIME_BUCKETS, TcpClose, TcpTotals, Totals};
 use crate::health::Override;
 use crate::health::prober::ProbeStats;
 use crate::reload::Control;
@@ -85,6 +89,26 @@ pub const DNS_RESPONSE_SECONDS: Metric = Metric {
     name: "meridian_dns_response_seconds",
     kind: Kind::Histogram,
     help: "Time to build a DNS response, in seconds.",
+};
+pub const TCP_CONNECTIONS: Metric = Metric {
+    name: "meridian_tcp_connections",
+    kind: Kind::Gauge,
+    help: "DNS-over-TCP connections open.",
+};
+pub const TCP_EVICTED: Metric = Metric {
+    name: "meridian_tcp_evicted_total",
+    kind: Kind::Counter,
+    help: "Idle DNS-over-TCP connections closed to make room for a new one under a full cap.",
+};
+pub const TCP_REFUSED: Metric = Metric {
+    name: "meridian_tcp_refused_total",
+    kind: Kind::Counter,
+    help: "DNS-over-TCP connections refused: the cap (global or the client's /24 or /56) was full of busy connections.",
+};
+pub const TCP_CLOSED: Metric = Metric {
+    name: "meridian_tcp_closed_total",
+    kind: Kind::Counter,
+    help: "DNS-over-TCP connections closed, by reason.",
 };
 pub const PROBE_RESULTS: Metric = Metric {
     name: "meridian_probe_results_total",
@@ -143,6 +167,10 @@ pub const ALL: &[&Metric] = &[
     &POLICY_ANSWERS,
     &POLICY_FAIL_OPEN,
     &DNS_RESPONSE_SECONDS,
+    &TCP_CONNECTIONS,
+    &TCP_EVICTED,
+    &TCP_REFUSED,
+    &TCP_CLOSED,
     &PROBE_RESULTS,
     &PROBE_DURATION,
     &POOL_UP,
@@ -170,6 +198,7 @@ pub(super) async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
 pub fn render(control: &Control) -> String {
     let mut out = Exposition::default();
     dns_metrics(&mut out, &control.dns_stats.totals());
+    tcp_metrics(&mut out, &control.dns_stats.tcp_totals());
     probe_metrics(
         &mut out,
         &control.prober.get().map(|p| p.stats()).unwrap_or_default(),
@@ -220,6 +249,21 @@ fn dns_metrics(out: &mut Exposition, totals: &Totals) {
         count,
         totals.time_sum,
     );
+}
+
+fn tcp_metrics(out: &mut Exposition, t: &TcpTotals) {
+    for (metric, value) in [
+        (&TCP_CONNECTIONS, t.table.open),
+        (&TCP_EVICTED, t.table.evicted),
+        (&TCP_REFUSED, t.table.refused),
+    ] {
+        out.family(metric);
+        out.sample(metric.name, &[], value);
+    }
+    out.family(&TCP_CLOSED);
+    for (why, n) in TcpClose::ALL.iter().zip(t.closed) {
+        out.sample(TCP_CLOSED.name, &[("reason", why.label())], n);
+    }
 }
 
 fn probe_metrics(out: &mut Exposition, stats: &ProbeStats) {

@@ -1,7 +1,7 @@
 //! Sockets. UDP: one thread per core per address on its own SO_REUSEPORT socket, receiving
 //! and sending in batches (recvmmsg/sendmmsg) with buffers allocated once, loading the world
-//! once per batch; nothing is shared between workers but the world pointer. TCP (RFC 7766):
-//! tokio tasks, pipelined queries answered in order, an idle timeout and a connection cap.
+//! once per batch; nothing is shared between workers but the world pointer. The TCP listener
+//! is bound here and served by `tcp.rs`.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -14,11 +14,8 @@ use std::time::{Duration, Instant};
 use arc_swap::Cache;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
 
-use super::handler::{Local, TCP_CACHE_SLOTS, Transport, UDP_CACHE_SLOTS, handle};
+use super::handler::{Local, Transport, UDP_CACHE_SLOTS, handle};
 use super::stats::{DnsStats, WorkerTotals};
 use crate::world::{SharedWorld, World};
 
@@ -33,31 +30,8 @@ const UDP_POLL: Duration = Duration::from_millis(200);
 /// Counters are folded into the shared totals after this many queries or this long.
 const STATS_FLUSH_QUERIES: u64 = 4096;
 const STATS_FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// A TCP connection folds its counters in after this many queries, and when it closes.
-const TCP_STATS_FLUSH_QUERIES: u64 = 64;
-/// RFC 7766 §6.2.3: close idle connections; 10 s as BIND and Unbound do by default.
-pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Concurrent TCP connections per listener; beyond it new ones are closed at once.
-pub const TCP_MAX_CONNECTIONS: usize = 1024;
-
 /// Pending TCP connections the kernel queues before `accept`.
 const TCP_BACKLOG: i32 = 1024;
-
-/// Limits of a TCP listener (RFC 7766 §6.2).
-#[derive(Debug, Clone, Copy)]
-pub struct TcpLimits {
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
-
-impl Default for TcpLimits {
-    fn default() -> Self {
-        TcpLimits {
-            idle_timeout: TCP_IDLE_TIMEOUT,
-            max_connections: TCP_MAX_CONNECTIONS,
-        }
-    }
-}
 
 /// Bind one SO_REUSEPORT UDP socket per worker on `addr` (port 0 picks one port for all).
 pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::UdpSocket>> {
@@ -277,104 +251,4 @@ fn xorshift(mut x: u64) -> u64 {
     x ^= x << 13;
     x ^= x >> 7;
     x ^ (x << 17)
-}
-
-/// Serve TCP on `listener` until `stop` turns true.
-pub async fn serve_tcp(
-    listener: TcpListener,
-    world: SharedWorld,
-    stats: Arc<DnsStats>,
-    limits: TcpLimits,
-    mut stop: watch::Receiver<bool>,
-) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let totals = stats.register();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tcp accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            continue;
-        };
-        let world = world.clone();
-        let totals = totals.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let idle = limits.idle_timeout;
-            let _ =
-                tcp_connection(stream, peer.ip().to_canonical(), world, totals, idle, stop).await;
-            drop(permit);
-        });
-    }
-}
-
-/// One connection: length-prefixed messages answered in order until idle, EOF or shutdown.
-async fn tcp_connection(
-    stream: TcpStream,
-    peer: IpAddr,
-    world: SharedWorld,
-    totals: Arc<WorkerTotals>,
-    idle: Duration,
-    mut stop: watch::Receiver<bool>,
-) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let (r, w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut w = BufWriter::new(w);
-    let mut msg = Vec::with_capacity(512);
-    let mut out = Vec::with_capacity(4096);
-    let mut local = Local::new(TCP_CACHE_SLOTS);
-    let mut seed = rand::random::<u64>() | 1;
-    let result = loop {
-        let len = tokio::select! {
-            r = tokio::time::timeout(idle, r.read_u16()) => match r {
-                Ok(Ok(len)) => usize::from(len),
-                Ok(Err(_)) | Err(_) => break Ok(()),
-            },
-            _ = stop.changed() => break Ok(()),
-        };
-        msg.resize(len, 0);
-        match tokio::time::timeout(idle, r.read_exact(&mut msg)).await {
-            Ok(Ok(_)) => {}
-            _ => break Ok(()),
-        }
-        let started = Instant::now();
-        let world = world.load();
-        seed = xorshift(seed);
-        let reply = handle(
-            &world,
-            &msg,
-            peer,
-            Transport::Tcp,
-            seed,
-            &mut out,
-            &mut local,
-        );
-        local.stats.response_time(started.elapsed());
-        if local.stats.pending() >= TCP_STATS_FLUSH_QUERIES {
-            local.stats.flush(&world.snapshot, &totals);
-        }
-        drop(world);
-        if !reply {
-            continue;
-        }
-        w.write_u16(out.len() as u16).await?;
-        w.write_all(&out).await?;
-        // Answer pipelined queries in one write when more are already buffered.
-        if r.buffer().is_empty() {
-            w.flush().await?;
-        }
-    };
-    let _ = w.flush().await;
-    local.stats.flush(&world.load().snapshot, &totals);
-    result
 }

@@ -1,6 +1,6 @@
 //! The DNS front end: wire parsing (wire.rs), the reject ladder and one world load per query
 //! (handler.rs), the authoritative lookup (lookup.rs), response writing with EDNS, ECS and
-//! truncation (response.rs), per-worker counters (stats.rs) and the sockets (listen.rs).
+//! truncation (response.rs), per-worker counters (stats.rs), the sockets (listen.rs) and DNS over TCP (tcp.rs).
 
 pub mod decisions;
 pub mod geocache;
@@ -9,4 +9,5 @@ pub mod listen;
 pub mod lookup;
 pub mod response;
 pub mod stats;
+pub mod tcp;
 pub mod wire;

@@ -3,9 +3,11 @@
 //! [`WorkerTotals`], which `/metrics` sums over workers.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::connections::{Table, TableStats};
 use crate::model::{PolicyId, PoolId, Snapshot, ZoneId, rtype};
 
 /// Upper bounds (seconds) of the response time histogram: 5 µs to 10 ms.
@@ -150,6 +152,66 @@ pub struct WorkerTotals(pub Mutex<Totals>);
 #[derive(Default)]
 pub struct DnsStats {
     workers: Mutex<Vec<Arc<WorkerTotals>>>,
+    /// The connection tables of the TCP listeners.
+    tcp_tables: Mutex<Vec<Arc<Table>>>,
+    /// TCP connections closed, by [`TcpClose`].
+    tcp_closed: [AtomicU64; TcpClose::ALL.len()],
+}
+
+/// Why a TCP connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpClose {
+    /// The client closed it.
+    Eof,
+    /// A socket error (reset by the client, mostly).
+    Error,
+    /// The server is stopping.
+    Shutdown,
+    /// No message began within the idle timeout.
+    Idle,
+    /// A started message did not arrive in full within the I/O timeout.
+    ReadTimeout,
+    /// Replies were not taken within the I/O timeout (a client that does not read).
+    WriteTimeout,
+    /// Closed to make room for a new connection under a full cap.
+    Evicted,
+    /// A frame too short to be a DNS message.
+    BadFrame,
+}
+
+impl TcpClose {
+    pub const ALL: [TcpClose; 8] = [
+        TcpClose::Eof,
+        TcpClose::Error,
+        TcpClose::Shutdown,
+        TcpClose::Idle,
+        TcpClose::ReadTimeout,
+        TcpClose::WriteTimeout,
+        TcpClose::Evicted,
+        TcpClose::BadFrame,
+    ];
+
+    /// The `reason` label of `meridian_tcp_closed_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            TcpClose::Eof => "eof",
+            TcpClose::Error => "error",
+            TcpClose::Shutdown => "shutdown",
+            TcpClose::Idle => "idle",
+            TcpClose::ReadTimeout => "read_timeout",
+            TcpClose::WriteTimeout => "write_timeout",
+            TcpClose::Evicted => "evicted",
+            TcpClose::BadFrame => "bad_frame",
+        }
+    }
+}
+
+/// TCP connection counters summed over listeners.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TcpTotals {
+    pub table: TableStats,
+    /// Closed connections by reason, in the order of [`TcpClose::ALL`].
+    pub closed: [u64; TcpClose::ALL.len()],
 }
 
 impl DnsStats {
@@ -160,6 +222,39 @@ impl DnsStats {
             .lock()
             .expect("stats lock is never poisoned")
             .push(t.clone());
+        t
+    }
+
+    /// A TCP listener's connection table, for its counters.
+    pub fn register_tcp_table(&self, table: Arc<Table>) {
+        self.tcp_tables
+            .lock()
+            .expect("stats lock is never poisoned")
+            .push(table);
+    }
+
+    /// Count a closed TCP connection.
+    pub fn tcp_closed(&self, why: TcpClose) {
+        self.tcp_closed[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// TCP counters of every listener.
+    pub fn tcp_totals(&self) -> TcpTotals {
+        let mut t = TcpTotals::default();
+        for table in self
+            .tcp_tables
+            .lock()
+            .expect("stats lock is never poisoned")
+            .iter()
+        {
+            let s = table.stats();
+            t.table.open += s.open;
+            t.table.evicted += s.evicted;
+            t.table.refused += s.refused;
+        }
+        for (d, s) in t.closed.iter_mut().zip(&self.tcp_closed) {
+            *d = s.load(Ordering::Relaxed);
+        }
         t
     }
 

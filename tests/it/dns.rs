@@ -468,67 +468,6 @@ fn example_world() -> &'static meridian::world::World {
 }
 
 #[tokio::test]
-async fn tcp_closes_idle_connections_and_caps_their_number() {
-    use meridian::dns::listen::{TcpLimits, serve_tcp};
-    use tokio::io::AsyncReadExt;
-    let world = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
-        meridian::world::World::new(
-            example_world().snapshot.clone(),
-            example_world().health.clone(),
-            None,
-        ),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let limits = TcpLimits {
-        idle_timeout: std::time::Duration::from_millis(300),
-        max_connections: 2,
-    };
-    let server = tokio::spawn(serve_tcp(
-        listener,
-        world,
-        Default::default(),
-        limits,
-        stop_rx,
-    ));
-    let closed_within = |mut s: tokio::net::TcpStream, limit_ms: u64| async move {
-        let started = std::time::Instant::now();
-        let mut buf = [0u8; 1];
-        let r = tokio::time::timeout(std::time::Duration::from_millis(limit_ms), s.read(&mut buf))
-            .await;
-        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "closed by the server");
-        started.elapsed()
-    };
-    let a = tokio::net::TcpStream::connect(addr).await.expect("a");
-    let b = tokio::net::TcpStream::connect(addr).await.expect("b");
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let c = tokio::net::TcpStream::connect(addr).await.expect("c");
-    let over_cap = closed_within(c, 250).await;
-    assert!(
-        over_cap < std::time::Duration::from_millis(250),
-        "the third connection is refused at once"
-    );
-    let idle = closed_within(a, 2000).await;
-    assert!(
-        idle < std::time::Duration::from_millis(1500),
-        "idle connection closed after {idle:?}"
-    );
-    drop(b);
-    // A slot is free again: queries work.
-    assert_eq!(
-        tcp(addr, &[Query::new("static.gslb.example.test", A).packet()])
-            .await
-            .len(),
-        1
-    );
-    let _ = stop.send(true);
-    let _ = server.await;
-}
-
-#[tokio::test]
 async fn watch_zones_reloads_when_a_zone_file_changes() {
     let example = std::fs::read_to_string("zones/example.toml").expect("example zone");
     let dir = zone_dir("watch", &[("example.toml", &example)]);

@@ -11,6 +11,7 @@ mod geo;
 mod health;
 mod policy;
 mod support;
+mod tcp;
 
 /// Counts allocations per thread (dns::answering_a_query_allocates_nothing).
 #[global_allocator]
