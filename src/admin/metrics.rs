@@ -8,7 +8,7 @@
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `meridian_dns_queries_total` | counter | `zone`, `qtype`, `rcode` | DNS queries answered, by zone origin (`""` when the query matched no zone: REFUSED, FORMERR), query type (`A`, `AAAA`, `TYPE65`...) and response code (`NOERROR`, `NXDOMAIN`, `REFUSED`, `SERVFAIL`, `FORMERR`, `NOTIMP`, `BADVERS`, `OTHER`) |
+//! | `meridian_dns_queries_total` | counter | `zone`, `qtype`, `rcode` | DNS queries answered, by zone origin (`""` when the query matched no zone: REFUSED, FORMERR), query type (`A`, `AAAA`, `TYPE65`...) and response code (`NOERROR`, `NXDOMAIN`, `REFUSED`, `SERVFAIL`, `FORMERR`, `NOTIMP`, `NOTAUTH` (a TSIG-signed query), `BADVERS`, `OTHER`) |
 //! | `meridian_policy_answers_total` | counter | `zone`, `policy`, `pool` | answers given by a policy, by the pool it chose (fail-open answers included) |
 //! | `meridian_policy_fail_open_total` | counter | `zone`, `policy`, `pool` | answers given while no target of the policy was up, so it answered its first target as if every endpoint were up (SPEC §3 "all down") |
 //! | `meridian_dns_response_seconds` | histogram | | time from a query's parse to its response being ready, buckets 5 µs to 10 ms |

@@ -11,6 +11,7 @@ use super::geocache::{Cached, GeoCache};
 use super::lookup::{Lookup, Scratch};
 use super::response::{self, CLASS_IN, Meta, Writer, rcode};
 use super::stats::LocalStats;
+use super::tsig;
 use super::wire::{self, Reject};
 use crate::model::rtype;
 use crate::policy::Client;
@@ -93,6 +94,12 @@ pub fn handle(
             return true;
         }
     };
+    // RFC 8945 §5.2.2: no key is configured, so no signature can be checked.
+    if let Some(t) = &q.tsig {
+        tsig::badkey(out, &q, t);
+        stats.query(None, q.qtype, tsig::NOTAUTH);
+        return true;
+    }
     if q.opcode() != 0 {
         return error(out, &q, stats, u16::from(rcode::NOTIMP));
     }

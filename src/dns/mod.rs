@@ -1,5 +1,5 @@
 //! The DNS front end: wire parsing (wire.rs), the reject ladder and one world load per query
-//! (handler.rs), the authoritative lookup (lookup.rs), response writing with EDNS, ECS and
+//! (handler.rs), TSIG without keys (tsig.rs), the authoritative lookup (lookup.rs), response writing with EDNS, ECS and
 //! truncation (response.rs), per-worker counters (stats.rs), the sockets (listen.rs) and DNS over TCP (tcp.rs).
 
 pub mod decisions;
@@ -10,4 +10,5 @@ pub mod lookup;
 pub mod response;
 pub mod stats;
 pub mod tcp;
+pub mod tsig;
 pub mod wire;

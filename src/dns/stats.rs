@@ -281,6 +281,7 @@ pub fn rcode_name(rcode: u16) -> &'static str {
         3 => "NXDOMAIN",
         4 => "NOTIMP",
         5 => "REFUSED",
+        9 => "NOTAUTH",
         16 => "BADVERS",
         _ => "OTHER",
     }

@@ -1,8 +1,12 @@
 //! Request parsing without allocation: header, the one question (its name lowercased into a
-//! stack buffer, the sent case kept for the echo), and the OPT record with ECS (RFC 6891,
-//! RFC 7871), checked strictly. Anything else in the message is skipped over.
+//! stack buffer, the sent case kept for the echo), the OPT record with ECS (RFC 6891,
+//! RFC 7871) and the TSIG record (RFC 8945), checked strictly, meta-RRs only where they may
+//! be. Any other record is skipped over.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::tsig::{self, TKEY, TSIG, Tsig};
+use crate::model::rtype::OPT;
 
 /// RFC 1035 §4.1.1: the fixed header.
 pub const HEADER_LEN: usize = 12;
@@ -35,6 +39,8 @@ pub struct Query<'p> {
     pub qtype: u16,
     pub qclass: u16,
     pub edns: Option<Edns>,
+    /// The TSIG record, last in the additional section.
+    pub tsig: Option<Tsig<'p>>,
 }
 
 /// Where the lowercased question name is written: one per worker, reused.
@@ -104,7 +110,7 @@ pub fn parse<'p>(
     let question = &packet[HEADER_LEN..at + 4];
     let records = usize::from(count(1)) + usize::from(count(2)) + usize::from(count(3));
     let additional_from = usize::from(count(1)) + usize::from(count(2));
-    let edns = read_records(packet, at + 4, records, additional_from)
+    let (edns, tsig) = read_records(packet, at + 4, records, additional_from)
         .map_err(|r| (if not_query { fail } else { r }, Some(id)))?;
     Ok(Query {
         id,
@@ -114,6 +120,7 @@ pub fn parse<'p>(
         qtype,
         qclass,
         edns,
+        tsig,
     })
 }
 
@@ -141,14 +148,18 @@ fn read_question_name(packet: &[u8], start: usize, out: &mut NameBuf) -> Option<
     Some(at)
 }
 
-/// Walk the remaining records; return the OPT of the additional section, if any.
+/// Walk the remaining records; return the OPT and the TSIG of the additional section.
+/// RFC 6891 §6.1.1: at most one OPT, in the additional section, owned by the root.
+/// RFC 8945 §5.2: the TSIG is the last record of the additional section. RFC 2930 §4: a
+/// query's TKEY sits in the additional section.
 fn read_records(
     packet: &[u8],
     mut at: usize,
     n: usize,
     additional_from: usize,
-) -> Result<Option<Edns>, Reject> {
+) -> Result<(Option<Edns>, Option<Tsig<'_>>), Reject> {
     let mut edns = None;
+    let mut tsig = None;
     for i in 0..n {
         let name_start = at;
         at = skip_name(packet, at).ok_or(Reject::FormErr)?;
@@ -161,26 +172,35 @@ fn read_records(
             .get(at + 10..at + 10 + rdlen)
             .ok_or(Reject::FormErr)?;
         at += 10 + rdlen;
-        if rtype != crate::model::rtype::OPT {
-            continue;
+        let additional = i >= additional_from;
+        match rtype {
+            OPT => {
+                if !additional || edns.is_some() || packet[name_start] != 0 {
+                    return Err(Reject::FormErr);
+                }
+                edns = Some(Edns {
+                    payload: class,
+                    version: (ttl >> 16) as u8,
+                    dnssec_ok: ttl & 0x8000 != 0,
+                    ecs: read_options(rdata)?,
+                });
+            }
+            TSIG => {
+                if !additional || i + 1 != n {
+                    return Err(Reject::FormErr);
+                }
+                tsig = Some(
+                    tsig::parse(packet, name_start, class, ttl, rdata).ok_or(Reject::FormErr)?,
+                );
+            }
+            TKEY if !additional => return Err(Reject::FormErr),
+            _ => {}
         }
-        // RFC 6891 §6.1.1: one OPT, in the additional section, owned by the root.
-        if i < additional_from || edns.is_some() || packet[name_start] != 0 {
-            return Err(Reject::FormErr);
-        }
-        let version = (ttl >> 16) as u8;
-        let ecs = read_options(rdata)?;
-        edns = Some(Edns {
-            payload: class,
-            version,
-            dnssec_ok: ttl & 0x8000 != 0,
-            ecs,
-        });
     }
     if at != packet.len() {
         return Err(Reject::FormErr);
     }
-    Ok(edns)
+    Ok((edns, tsig))
 }
 
 /// Skip a possibly compressed name; `None` when it runs off the packet.

@@ -12,6 +12,7 @@ mod health;
 mod policy;
 mod support;
 mod tcp;
+mod tsig;
 
 /// Counts allocations per thread (dns::answering_a_query_allocates_nothing).
 #[global_allocator]
