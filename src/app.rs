@@ -65,11 +65,12 @@ pub fn serve(settings: Settings) -> Result<ExitCode> {
 /// Load the configuration and start every part; errors if the zones do not load.
 pub async fn start(settings: Settings) -> Result<Running> {
     probe::install_crypto_provider();
-    let snapshot = config::load_dir(&LoadOptions {
+    let mut snapshot = config::load_dir(&LoadOptions {
         zones_dir: &settings.zones,
         previous: None,
     })
     .map_err(|d| anyhow!("the zones do not load:\n{d}"))?;
+    crate::reload::attach_keys(&mut snapshot, &settings.state);
     tracing::info!("{}", config::compile::summary(&snapshot));
     let geo = settings.open_geo()?.map(Arc::new);
     if let (Some(path), Some(db)) = (&settings.geoip, &geo) {

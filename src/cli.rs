@@ -35,6 +35,25 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Print what the GeoIP database says about an address.
     Geoip(GeoipArgs),
+    /// DNSSEC keys: create a zone's key, print its DS and trust anchors.
+    #[command(subcommand)]
+    Dnssec(DnssecCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DnssecCommand {
+    /// Create the zone's ECDSA P-256 key (CSK) under STATE/keys/ (refuses if it has one).
+    Keygen(DnssecArgs),
+    /// Print the zone's DS, DNSKEY and trust-anchor lines for delv and unbound.
+    Ds(DnssecArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DnssecArgs {
+    /// The zone (its origin)
+    pub zone: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 /// Settings every command reads.
@@ -55,6 +74,9 @@ pub struct CommonArgs {
     /// Log format
     #[arg(long, env = "MERIDIAN_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// State directory (overrides.json, keys/) [default: state]
+    #[arg(long, env = "MERIDIAN_STATE")]
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -68,9 +90,6 @@ pub struct ServeArgs {
     /// File holding the bearer token that admin changes need
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
-    /// State directory (overrides.json) [default: state]
-    #[arg(long, env = "MERIDIAN_STATE")]
-    pub state: Option<PathBuf>,
     /// Reload when a file under the zone directory changes (polled every second)
     #[arg(long, env = "MERIDIAN_WATCH_ZONES")]
     pub watch_zones: bool,
@@ -114,6 +133,7 @@ impl CommonArgs {
             geoip: self.geoip.clone(),
             asn: self.asn.clone(),
             log_format: self.log_format,
+            state: self.state.clone(),
             ..Flags::default()
         }
     }
@@ -125,7 +145,6 @@ impl ServeArgs {
             listen: self.listen.clone(),
             admin: self.admin.clone(),
             admin_token_file: self.admin_token_file.clone(),
-            state: self.state.clone(),
             watch_zones: self.watch_zones,
             ..self.common.flags()
         }
@@ -141,6 +160,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check(common) => check(&Settings::resolve(common.flags())?),
         Command::Explain(args) => explain_cmd(&args),
+        Command::Dnssec(cmd) => dnssec_cmd(&cmd),
         Command::Geoip(args) => {
             let settings = Settings::resolve(args.common.flags())?;
             let db = settings
@@ -157,6 +177,14 @@ fn check(settings: &Settings) -> Result<ExitCode> {
     let loaded = config::load_dir(&LoadOptions {
         zones_dir: &settings.zones,
         previous: None,
+    })
+    .and_then(|mut snap| {
+        // SPEC §11: a signed zone's key must be there, or serve will not answer the zone.
+        let problems = crate::dnssec::attach_keys(&mut snap, &settings.state);
+        match problems.is_empty() {
+            true => Ok(snap),
+            false => Err(crate::dnssec::key_diagnostics(&snap, &problems)),
+        }
     });
     let geo = settings.open_geo();
     match (loaded, geo) {
@@ -178,7 +206,7 @@ fn check(settings: &Settings) -> Result<ExitCode> {
 
 fn explain_cmd(args: &ExplainArgs) -> Result<ExitCode> {
     let settings = Settings::resolve(args.common.flags())?;
-    let snap = match config::load_dir(&LoadOptions {
+    let mut snap = match config::load_dir(&LoadOptions {
         zones_dir: &settings.zones,
         previous: None,
     }) {
@@ -188,6 +216,7 @@ fn explain_cmd(args: &ExplainArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let _ = crate::dnssec::attach_keys(&mut snap, &settings.state);
     let geo = settings.open_geo()?.map(std::sync::Arc::new);
     let qtype = parse_qtype(args.qtype.as_deref().unwrap_or("A"))?;
     let (addr, source_prefix) = parse_client(&args.client)?;
@@ -205,5 +234,46 @@ fn explain_cmd(args: &ExplainArgs) -> Result<ExitCode> {
     } else {
         print!("{}", e.to_text());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `meridian dnssec keygen|ds ZONE`: the zone must be one of the zone files.
+fn dnssec_cmd(cmd: &DnssecCommand) -> Result<ExitCode> {
+    let (DnssecCommand::Keygen(args) | DnssecCommand::Ds(args)) = cmd;
+    let settings = Settings::resolve(args.common.flags())?;
+    let snap = match config::load_dir(&LoadOptions {
+        zones_dir: &settings.zones,
+        previous: None,
+    }) {
+        Ok(s) => s,
+        Err(diags) => {
+            print!("{diags}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let Some(id) = snap.find_zone_by_name(&args.zone) else {
+        anyhow::bail!("no zone {} in {}", args.zone, settings.zones.display());
+    };
+    let zone = snap.zone(id);
+    let key = match cmd {
+        DnssecCommand::Keygen(_) => {
+            let key = crate::dnssec::key::generate(&zone.origin_wire, &settings.state)?;
+            eprintln!(
+                "created {} (key tag {}); every instance serving {} must use this same file",
+                key.path.display(),
+                key.key_tag,
+                zone.origin
+            );
+            if zone.dnssec.is_none() {
+                eprintln!(
+                    "note: {} does not say `dnssec = true` yet; answers stay unsigned until it does",
+                    zone.file.display()
+                );
+            }
+            key
+        }
+        DnssecCommand::Ds(_) => crate::dnssec::key::load(&zone.origin_wire, &settings.state)?,
+    };
+    print!("{}", key.presentation());
     Ok(ExitCode::SUCCESS)
 }

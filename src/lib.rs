@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod dns;
+pub mod dnssec;
 pub mod explain;
 pub mod geo;
 pub mod health;

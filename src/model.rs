@@ -69,6 +69,11 @@ pub struct Zone {
     pub name_count: usize,
     /// Names of the zone's pools, for the admin API and explain.
     pub pools: Vec<PoolId>,
+    /// `dnssec = true`: the (line, column) of that key, for messages about the zone's key.
+    pub dnssec: Option<(usize, usize)>,
+    /// The zone's signing key, attached after compiling (`dnssec::attach_keys`) from the
+    /// state directory; `None` for an unsigned zone, or a signed one whose key is missing.
+    pub key: Option<Arc<crate::dnssec::ZoneKey>>,
 }
 
 #[derive(Debug, Clone)]

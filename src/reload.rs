@@ -133,11 +133,12 @@ impl Control {
         &self,
         previous: &Snapshot,
     ) -> Result<(Snapshot, Option<Arc<crate::geo::GeoDb>>), ReloadError> {
-        let snap = config::load_dir(&LoadOptions {
+        let mut snap = config::load_dir(&LoadOptions {
             zones_dir: &self.settings.zones,
             previous: Some(previous),
         })
         .map_err(ReloadError::Zones)?;
+        attach_keys(&mut snap, &self.settings.state);
         let geo = self
             .settings
             .open_geo()
@@ -232,6 +233,20 @@ impl Control {
             .lock()
             .expect("overrides lock is never poisoned");
         store.entries().map(|(k, v)| (k.clone(), v)).collect()
+    }
+}
+
+/// Attach the DNSSEC keys of the signed zones; a zone whose key is missing is logged with
+/// the command that creates it, and answered REFUSED (never unsigned, never with a key
+/// made up on the spot: SPEC §11).
+pub fn attach_keys(snap: &mut Snapshot, state: &std::path::Path) {
+    for (id, e) in crate::dnssec::attach_keys(snap, state) {
+        tracing::error!(zone = %snap.zone(id).origin, "{e}; the zone is answered REFUSED until then");
+    }
+    for z in snap.zones.iter().filter(|z| z.key.is_some()) {
+        if let Some(k) = &z.key {
+            tracing::info!(zone = %z.origin, key_tag = k.key_tag, file = %k.path.display(), "dnssec: signing online");
+        }
     }
 }
 

@@ -40,6 +40,7 @@ const ZONE_KEYS: &[&str] = &[
     "pools",
     "checks",
     "policies",
+    "dnssec",
 ];
 const SOA_KEYS: &[&str] = &[
     "mname", "rname", "serial", "refresh", "retry", "expire", "minimum",
@@ -268,6 +269,11 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
         .map(|t| policies::compile_policies(t, &zc, &pool_names, b, cx))
         .unwrap_or_default();
     check_collisions(&zc, &pool_names, &owners, &published, cx);
+    let dnssec = raw::get(doc, "dnssec").and_then(|(span, v)| {
+        raw::boolean(v, "dnssec", cx)
+            .filter(|on| *on)
+            .map(|_| cx.position(span.start))
+    });
     let name_count = owners.len() + published.iter().filter(|p| p.publish).count();
     let nodes = lay_out_names(&origin_wire, owners, &published);
     b.snap.zone_by_origin.insert(origin_wire.clone(), zc.zone);
@@ -287,6 +293,8 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
         nodes,
         name_count,
         pools: pool_names.iter().map(|p| p.id).collect(),
+        dnssec,
+        key: None,
     });
 }
 

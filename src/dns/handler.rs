@@ -13,6 +13,8 @@ use super::response::{self, CLASS_IN, Meta, Writer, rcode};
 use super::stats::LocalStats;
 use super::tsig;
 use super::wire::{self, Reject};
+use crate::dnssec::Signer;
+use crate::dnssec::sign::{DNSKEY, NXNAME};
 use crate::model::rtype;
 use crate::policy::Client;
 use crate::world::World;
@@ -35,6 +37,8 @@ pub struct Local {
     pub decisions: RefCell<DecisionCache>,
     /// The lowercased question name of the query in hand.
     pub qname: wire::NameBuf,
+    /// DNSSEC signature caches and buffers.
+    pub signer: Signer,
 }
 
 /// Cache entries of a UDP worker: 4096 GeoIP answers and decisions (about 600 KB).
@@ -51,6 +55,7 @@ impl Local {
             geo: RefCell::new(GeoCache::new(cache_slots)),
             decisions: RefCell::new(DecisionCache::new(cache_slots)),
             qname: [0; wire::MAX_NAME],
+            signer: Signer::new(cache_slots, cache_slots >= UDP_CACHE_SLOTS),
         }
     }
 }
@@ -78,6 +83,7 @@ pub fn handle(
         geo,
         decisions,
         qname,
+        signer,
     } = local;
     let q = match wire::parse(packet, qname) {
         Ok(q) => q,
@@ -116,6 +122,15 @@ pub fn handle(
     else {
         return error(out, &q, stats, u16::from(rcode::REFUSED));
     };
+    // SPEC §11: a signed zone without its key is not served (unsigned answers under a DS
+    // would be bogus); RFC 9824 §2: NXNAME is a meta-type, never asked.
+    let key = snap.zone(zone).key.as_deref();
+    if snap.zone(zone).dnssec.is_some() && key.is_none() {
+        return error(out, &q, stats, u16::from(rcode::REFUSED));
+    }
+    if key.is_some() && q.qtype == NXNAME {
+        return error(out, &q, stats, u16::from(rcode::FORMERR));
+    }
     let ecs = q.edns.and_then(|e| e.ecs);
     let client = Client {
         addr: ecs.map_or(src, |e| e.addr),
@@ -132,7 +147,17 @@ pub fn handle(
         seed,
     };
     let mut w = Writer::new(out, &q);
-    let found = lookup.run(zone, q.qname, q.qtype, &mut w, scratch);
+    let z = snap.zone(zone);
+    let apex_dnskey = q.qtype == DNSKEY && q.qname == &*z.origin_wire;
+    let mut found = match key {
+        Some(k) if apex_dnskey => crate::dnssec::sign::write_dnskey(z, k, &mut w),
+        _ => lookup.run(zone, q.qname, q.qtype, &mut w, scratch),
+    };
+    if let Some(k) = key
+        && q.edns.is_some_and(|e| e.dnssec_ok)
+    {
+        signer.sign(z, k, &q, &mut w, &mut found, seed, stats);
+    }
     let meta = Meta {
         rcode: u16::from(found.rcode),
         authoritative: found.authoritative,

@@ -47,6 +47,8 @@ pub struct Writer<'b> {
     buf: &'b mut Vec<u8>,
     counts: [u16; 3],
     section: Section,
+    /// Where the records start (after the header and question).
+    question_end: usize,
 }
 
 impl<'b> Writer<'b> {
@@ -58,10 +60,22 @@ impl<'b> Writer<'b> {
         buf.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
         buf.extend_from_slice(q.question);
         Writer {
+            question_end: buf.len(),
             buf,
             counts: [0; 3],
             section: Section::Answer,
         }
+    }
+
+    /// Move the records written so far into `into` (cleared first) and start the sections
+    /// over; returns how many records each section had. DNSSEC rewrites them with their
+    /// signatures (`dnssec::sign`).
+    pub fn take_records(&mut self, into: &mut Vec<u8>) -> [u16; 3] {
+        into.clear();
+        into.extend_from_slice(&self.buf[self.question_end..]);
+        self.buf.truncate(self.question_end);
+        self.section = Section::Answer;
+        std::mem::take(&mut self.counts)
     }
 
     /// Add one record.
@@ -126,7 +140,7 @@ impl<'b> Writer<'b> {
             tc = true;
         }
         if let Some(edns) = q.edns {
-            write_opt(buf, meta, edns.dnssec_ok);
+            write_opt(buf, meta, edns.dnssec_ok, edns.dnssec_ok && edns.compact_ok);
             counts[2] += 1;
         }
         write_header(buf, q, meta, tc, counts);
@@ -185,10 +199,11 @@ fn opt_size(ecs: Option<(Ecs, u8)>) -> usize {
 }
 
 /// RFC 6891 §6.1.2 OPT: our payload size, extended rcode, version 0, DO copied
-/// (RFC 3225 §3), and the ECS option echoed with its scope (RFC 7871 §7.2.1).
-fn write_opt(buf: &mut Vec<u8>, meta: Meta, dnssec_ok: bool) {
+/// (RFC 3225 §3), CO copied when DO is set (RFC 9824 §5: compact answers understood), and
+/// the ECS option echoed with its scope (RFC 7871 §7.2.1).
+fn write_opt(buf: &mut Vec<u8>, meta: Meta, dnssec_ok: bool, compact_ok: bool) {
     let [p0, p1] = MAX_UDP_PAYLOAD.to_be_bytes();
-    let do_bit = if dnssec_ok { 0x80 } else { 0 };
+    let do_bit = if dnssec_ok { 0x80 } else { 0 } | if compact_ok { 0x40 } else { 0 };
     let mut opt = [0u8; 11 + 8 + 16];
     opt[..9].copy_from_slice(&[0, 0, 41, p0, p1, (meta.rcode >> 4) as u8, 0, do_bit, 0]);
     let len = match meta.ecs {

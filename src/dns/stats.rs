@@ -25,6 +25,23 @@ pub struct LocalStats {
     buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
     time_sum: f64,
     pending: u64,
+    dnssec: Dnssec,
+    /// Signatures in this worker's cache, when it reports them.
+    dnssec_cache: Option<u64>,
+}
+
+/// DNSSEC counters (SPEC §11).
+#[derive(Default, Clone, Copy, Debug)]
+pub struct Dnssec {
+    /// RRSIGs computed.
+    pub signatures: u64,
+    /// RRSIGs taken from a worker's cache.
+    pub cache_hits: u64,
+    /// RRSIGs over the NSEC of a nonexistent name (one per unique name: the cost a
+    /// random-subdomain flood imposes).
+    pub negative_signatures: u64,
+    /// Signatures held in the UDP workers' caches.
+    pub cache_entries: u64,
 }
 
 impl LocalStats {
@@ -42,6 +59,20 @@ impl LocalStats {
             &mut self.answers,
             u64::from(policy.0) << 32 | u64::from(pool.0) << 1 | u64::from(fail_open),
         );
+    }
+
+    pub fn dnssec_signed(&mut self, negative: bool) {
+        self.dnssec.signatures += 1;
+        self.dnssec.negative_signatures += u64::from(negative);
+    }
+
+    pub fn dnssec_hit(&mut self) {
+        self.dnssec.cache_hits += 1;
+    }
+
+    /// The worker's cache now holds `n` signatures.
+    pub fn dnssec_cache(&mut self, n: u64) {
+        self.dnssec_cache = Some(n);
     }
 
     pub fn response_time(&mut self, d: Duration) {
@@ -96,6 +127,13 @@ impl LocalStats {
             *d += std::mem::take(s);
         }
         t.time_sum += std::mem::take(&mut self.time_sum);
+        let d = std::mem::take(&mut self.dnssec);
+        t.dnssec.signatures += d.signatures;
+        t.dnssec.cache_hits += d.cache_hits;
+        t.dnssec.negative_signatures += d.negative_signatures;
+        if let Some(n) = self.dnssec_cache {
+            t.dnssec.cache_entries = n;
+        }
         self.pending = 0;
     }
 }
@@ -124,6 +162,7 @@ pub struct Totals {
     /// Non-cumulative counts per bucket of [`RESPONSE_TIME_BUCKETS`], then +Inf.
     pub buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
     pub time_sum: f64,
+    pub dnssec: Dnssec,
 }
 
 impl Totals {
@@ -141,6 +180,10 @@ impl Totals {
             *d += s;
         }
         self.time_sum += other.time_sum;
+        self.dnssec.signatures += other.dnssec.signatures;
+        self.dnssec.cache_hits += other.dnssec.cache_hits;
+        self.dnssec.negative_signatures += other.dnssec.negative_signatures;
+        self.dnssec.cache_entries += other.dnssec.cache_entries;
     }
 }
 

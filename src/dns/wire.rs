@@ -52,6 +52,9 @@ pub struct Edns {
     pub payload: u16,
     pub version: u8,
     pub dnssec_ok: bool,
+    /// RFC 9824 §5: the CO ("Compact Answers OK") flag, 0x4000 of the OPT flags: the
+    /// requestor wants NXDOMAIN in the header of a compact denial.
+    pub compact_ok: bool,
     pub ecs: Option<Ecs>,
 }
 
@@ -182,6 +185,7 @@ fn read_records(
                     payload: class,
                     version: (ttl >> 16) as u8,
                     dnssec_ok: ttl & 0x8000 != 0,
+                    compact_ok: ttl & 0x4000 != 0,
                     ecs: read_options(rdata)?,
                 });
             }

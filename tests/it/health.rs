@@ -899,6 +899,8 @@ fn overrides_resolve_by_zone_and_pool_name_and_keep_unknown_entries() {
         nodes: Default::default(),
         name_count: 0,
         pools,
+        dnssec: None,
+        key: None,
     };
     let pool = |name: &str, zone: u32| Pool {
         name: name.into(),
