@@ -20,6 +20,10 @@ pub type NameMap<V> = FxHashMap<WireName, V>;
 /// (`\x03www\x04gslb\x07example\x04test\x00`).
 pub type WireName = Box<[u8]>;
 
+/// Policies nest at most this deep (the asked policy counts as one): `check` rejects deeper
+/// chains, and the walk stops there, so a bug can never recurse without bound.
+pub const MAX_POLICY_DEPTH: usize = 16;
+
 /// Index of a zone in [`Snapshot::zones`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ZoneId(pub u32);

@@ -12,7 +12,8 @@ use super::latency;
 use super::raw::{self, Value};
 use super::values;
 use crate::model::{
-    Fallback, GeoRules, LatencyTable, Policy, PolicyId, PolicyKind, PoolId, Target,
+    Fallback, GeoRules, LatencyTable, MAX_POLICY_DEPTH, Policy, PolicyId, PolicyKind, PoolId,
+    Target,
 };
 
 const POLICY_KEYS: &[&str] = &[
@@ -204,7 +205,7 @@ impl Resolver<'_> {
                 sticky: sticky.is_some_and(|(_, s)| s),
             },
             "latency" => self.latency(v, &kind_span, table, cx),
-            _ => PolicyKind::Geo(self.geo(v, cx)),
+            _ => PolicyKind::Geo(self.geo(v, &kind_span, cx)),
         };
         policy.fallback =
             match matches!(policy.kind, PolicyKind::Geo(_) | PolicyKind::Latency { .. }) {
@@ -342,21 +343,38 @@ impl Resolver<'_> {
         PolicyKind::Latency { targets, table }
     }
 
-    fn geo(&mut self, v: &Value<'_>, cx: &mut FileCx<'_>) -> GeoRules {
+    fn geo(&mut self, v: &Value<'_>, at: &Span, cx: &mut FileCx<'_>) -> GeoRules {
         let mut rules = GeoRules::default();
         let Some(t) = raw::table(v, "geo", cx) else {
             return rules;
         };
+        // The all-down rule answers from the first target of some rule: a geo policy
+        // needs at least one (an empty map is a mistake too, so it is named).
+        if !GEO_KEYS.iter().any(|k| raw::get(t, k).is_some()) {
+            cx.err(
+                at,
+                format!(
+                    "policy \"{}\": `geo` has no rules: give at least one of default, cidr, subdivision, country, continent",
+                    self.name
+                ),
+            );
+        }
         raw::check_keys(t, GEO_KEYS, &format!("geo of policy \"{}\"", self.name), cx);
         if let Some((k, v)) = raw::get(t, "default") {
             rules.default = Some(self.targets(v, "geo.default", &k, cx));
         }
         for key in ["continent", "country", "subdivision", "cidr"] {
-            let Some(table) =
-                raw::get(t, key).and_then(|(_, v)| raw::table(v, &format!("geo.{key}"), cx))
+            let Some((map, table)) = raw::get(t, key)
+                .and_then(|(_, v)| raw::table(v, &format!("geo.{key}"), cx).map(|t| (v.span(), t)))
             else {
                 continue;
             };
+            if table.is_empty() {
+                cx.err(
+                    &map,
+                    format!("policy \"{}\": `geo.{key}` has no rules", self.name),
+                );
+            }
             for (code, v) in raw::entries(table) {
                 let targets = self.targets(v, &format!("geo.{key}"), &code.span(), cx);
                 let c = code.get_ref().as_ref();
@@ -383,7 +401,8 @@ impl Resolver<'_> {
     }
 
     /// Report every reference cycle between the zone's policies once, at the reference
-    /// that closes it.
+    /// that closes it, and every policy whose chain of nested policies is deeper than the
+    /// walk follows. Iterative, so that a long chain cannot overflow the stack of `check`.
     fn find_cycles(&self, names: &[PolicyName], cx: &mut FileCx<'_>) {
         #[derive(Clone, Copy, PartialEq)]
         enum Mark {
@@ -391,28 +410,43 @@ impl Resolver<'_> {
             OnPath,
             Done,
         }
-        fn visit(
-            u: usize,
-            r: &Resolver<'_>,
-            names: &[PolicyName],
-            mark: &mut [Mark],
-            path: &mut Vec<usize>,
-            cx: &mut FileCx<'_>,
-        ) {
-            mark[u] = Mark::OnPath;
-            path.push(u);
-            for (v, span) in &r.edges[u] {
+        let n = self.edges.len();
+        let mut mark = vec![Mark::New; n];
+        // Policies in the longest chain from each one, itself included.
+        let mut depth = vec![1usize; n];
+        let mut cycles = false;
+        for root in 0..n {
+            if mark[root] != Mark::New {
+                continue;
+            }
+            // (policy, index of its next edge): the path from `root`.
+            let mut stack = vec![(root, 0usize)];
+            mark[root] = Mark::OnPath;
+            while let Some((u, next)) = stack.last_mut() {
+                let u = *u;
+                let Some((v, span)) = self.edges[u].get(*next) else {
+                    stack.pop();
+                    mark[u] = Mark::Done;
+                    let below = self.edges[u].iter().map(|(v, _)| depth[*v]).max();
+                    depth[u] = 1 + below.unwrap_or(0);
+                    continue;
+                };
+                *next += 1;
                 match mark[*v] {
-                    Mark::New => visit(*v, r, names, mark, path, cx),
+                    Mark::New => {
+                        mark[*v] = Mark::OnPath;
+                        stack.push((*v, 0));
+                    }
                     Mark::OnPath => {
-                        let from = path
+                        let from = stack
                             .iter()
-                            .position(|p| p == v)
+                            .position(|(p, _)| p == v)
                             .expect("a policy on the path is in it");
-                        let cycle: Vec<&str> = path[from..]
+                        let cycle: Vec<&str> = stack[from..]
                             .iter()
-                            .chain([v])
-                            .map(|i| names[*i].name.as_str())
+                            .map(|(i, _)| *i)
+                            .chain([*v])
+                            .map(|i| names[i].name.as_str())
                             .collect();
                         cx.err(
                             span,
@@ -422,17 +456,25 @@ impl Resolver<'_> {
                                 cycle.join(" -> ")
                             ),
                         );
+                        cycles = true;
                     }
                     Mark::Done => {}
                 }
             }
-            path.pop();
-            mark[u] = Mark::Done;
         }
-        let mut mark = vec![Mark::New; self.edges.len()];
-        for u in 0..self.edges.len() {
-            if mark[u] == Mark::New {
-                visit(u, self, names, &mut mark, &mut Vec::new(), cx);
+        if cycles {
+            return;
+        }
+        // Once per over-long chain: at the policy one step past the limit.
+        for (u, d) in depth.iter().enumerate() {
+            if *d == MAX_POLICY_DEPTH + 1 {
+                cx.err(
+                    &names[u].span,
+                    format!(
+                        "policy \"{}\": starts a chain of {d} nested policies; at most {MAX_POLICY_DEPTH} are followed",
+                        names[u].name
+                    ),
+                );
             }
         }
     }

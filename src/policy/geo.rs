@@ -48,23 +48,23 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
     None
 }
 
-/// The first target of the most specific matched value, for the all-down rule.
+/// The first target of the most specific matched value, for the all-down rule; `None` only
+/// for rules `check` rejects (no rule, or a rule without targets).
 pub(super) fn first_matched_target<L: Locate + ?Sized, T: Trace>(
     w: &mut Walker<'_, '_, L, T>,
     rules: &GeoRules,
-) -> Target {
+) -> Option<Target> {
     let chain = matches(w, rules, false);
+    let first = |t: &[Target]| t.first().copied();
     chain
         .iter()
         .flatten()
-        .next()
-        .map(|m| m.targets[0])
-        .or_else(|| rules.default.as_ref().map(|d| d[0]))
-        .or_else(|| rules.cidr.first().map(|c| c.1[0]))
-        .or_else(|| rules.country.values().next().map(|v| v[0]))
-        .or_else(|| rules.continent.values().next().map(|v| v[0]))
-        .or_else(|| rules.subdivision.values().next().map(|v| v[0]))
-        .expect("check rejects a geo policy without rules")
+        .find_map(|m| first(m.targets))
+        .or_else(|| rules.default.as_deref().and_then(first))
+        .or_else(|| rules.cidr.iter().find_map(|c| first(&c.1)))
+        .or_else(|| rules.country.values().find_map(|v| first(v)))
+        .or_else(|| rules.continent.values().find_map(|v| first(v)))
+        .or_else(|| rules.subdivision.values().find_map(|v| first(v)))
 }
 
 /// The chain of matches: [cidr, subdivision, country, continent, default].

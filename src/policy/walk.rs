@@ -7,11 +7,13 @@ use super::scope::{Scope, client_prefix};
 use super::{Client, Ctx, Outcome, Trace, geo, latency, locate, weighted};
 use crate::geo::{Locate, Location};
 use crate::health::Health;
-use crate::model::{Coords, Fallback, PolicyId, PolicyKind, PoolId, Target, ZoneId};
+use crate::model::{
+    Coords, Fallback, MAX_POLICY_DEPTH, PolicyId, PolicyKind, PoolId, Target, ZoneId,
+};
 
-/// Nested policies deeper than this are cut off (cycles are rejected by `check`; this only
-/// bounds the damage of a bug).
-const MAX_DEPTH: usize = 16;
+/// Nested policies deeper than this are cut off (`check` rejects cycles and deeper chains;
+/// this only bounds the damage of a bug).
+const MAX_DEPTH: usize = MAX_POLICY_DEPTH;
 
 /// Mean Earth radius in km (IUGG), for great-circle distances.
 const EARTH_RADIUS_KM: f64 = 6371.0;
@@ -60,7 +62,13 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             });
             return Outcome::Servfail;
         }
-        let pool = self.fail_open_pool(Target::Policy(id), 0);
+        // Total even for shapes `check` rejects (no target at all): SERVFAIL, never a panic.
+        let Some(pool) = self.fail_open_pool(Target::Policy(id), 0) else {
+            self.note("servfail", || {
+                "nothing is up and no target to fail open to".into()
+            });
+            return Outcome::Servfail;
+        };
         let name = &self.ctx.snap.pool(pool).name;
         self.note("fail-open", || {
             format!("nothing is up: failing open to {name} (every endpoint answered)")
@@ -157,23 +165,21 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
         }
     }
 
-    /// The all-down rule: the first target's pool (following nested policies).
-    fn fail_open_pool(&mut self, target: Target, depth: usize) -> PoolId {
+    /// The all-down rule: the first target's pool (following nested policies); `None` only
+    /// for shapes `check` rejects (a policy without targets, nesting past [`MAX_DEPTH`]).
+    fn fail_open_pool(&mut self, target: Target, depth: usize) -> Option<PoolId> {
         match target {
-            Target::Pool(p) => p,
+            Target::Pool(p) => Some(p),
+            Target::Policy(_) if depth >= MAX_DEPTH => None,
             Target::Policy(id) => {
                 let policy = self.ctx.snap.policy(id);
                 let first = match &policy.kind {
-                    PolicyKind::Failover(t) | PolicyKind::Latency { targets: t, .. } => t[0],
-                    PolicyKind::Weighted { targets, .. } => targets[0].0,
-                    PolicyKind::Geo(rules) => geo::first_matched_target(self, rules),
-                };
-                if depth >= MAX_DEPTH {
-                    if let Target::Pool(p) = first {
-                        return p;
+                    PolicyKind::Failover(t) | PolicyKind::Latency { targets: t, .. } => {
+                        t.first().copied()
                     }
-                    return PoolId(0);
-                }
+                    PolicyKind::Weighted { targets, .. } => targets.first().map(|(t, _)| *t),
+                    PolicyKind::Geo(rules) => geo::first_matched_target(self, rules),
+                }?;
                 self.fail_open_pool(first, depth + 1)
             }
         }
