@@ -65,6 +65,7 @@ pub fn serve(settings: Settings) -> Result<ExitCode> {
 /// Load the configuration and start every part; errors if the zones do not load.
 pub async fn start(settings: Settings) -> Result<Running> {
     probe::install_crypto_provider();
+    crate::dns::guard::install_panic_hook();
     let mut snapshot = config::load_dir(&LoadOptions {
         zones_dir: &settings.zones,
         previous: None,

@@ -20,6 +20,25 @@ pub type NameMap<V> = FxHashMap<WireName, V>;
 /// (`\x03www\x04gslb\x07example\x04test\x00`).
 pub type WireName = Box<[u8]>;
 
+/// RFC 1035 §4.2.2: a message over TCP follows a 16-bit length, so no DNS message is
+/// longer than this; `check` rejects data whose smallest answer would be, and the writer
+/// truncates (TC=1) rather than wrap a length.
+pub const MAX_MESSAGE: usize = 65_535;
+/// RFC 1035 §3.2.1: RDLENGTH is 16 bits.
+pub const MAX_RDATA: usize = 65_535;
+/// RFC 1035 §4.1.1: the fixed header of every message.
+pub const HEADER_LEN: usize = 12;
+/// Bytes of one record besides its RDATA when its owner is a compression pointer (2) to the
+/// question: TYPE, CLASS, TTL, RDLENGTH (RFC 1035 §4.1.3).
+pub const RR_FIXED_LEN: usize = 2 + 10;
+
+/// The smallest message that answers `owner` with `rdata_lens`: header, question, and each
+/// record with its owner compressed to the question name.
+pub fn smallest_answer(owner: &[u8], rdata_lens: impl IntoIterator<Item = usize>) -> usize {
+    let records: usize = rdata_lens.into_iter().map(|n| RR_FIXED_LEN + n).sum();
+    HEADER_LEN + owner.len() + 4 + records
+}
+
 /// Policies nest at most this deep (the asked policy counts as one): `check` rejects deeper
 /// chains, and the walk stops there, so a bug can never recurse without bound.
 pub const MAX_POLICY_DEPTH: usize = 16;

@@ -22,6 +22,7 @@
 //! | `meridian_endpoint_up` | gauge | `zone`, `pool`, `address` | 1 when the endpoint's probe says up or has no result yet (or the pool has no check), 0 when it is down; overrides are not applied here, see `meridian_pool_override` |
 //! | `meridian_pool_override` | gauge | `zone`, `pool`, `state` | 1 for the operator override in force on the pool (`state` = `up`, `down`, `drain`), 0 for the other states; all three 0 when the probes decide |
 //! | `meridian_zone_serial` | gauge | `zone` | SOA serial of the zone being served |
+//! | `meridian_panics_total` | counter | | queries whose answering panicked: each got SERVFAIL and one log line with the query (a bug; the worker goes on) |
 //! | `meridian_reloads_total` | counter | | reloads that succeeded (SIGHUP or `POST /v1/reload`) |
 //! | `meridian_reload_errors_total` | counter | | reloads that failed (the previous configuration kept serving) |
 //! | `meridian_uptime_seconds` | gauge | | seconds since the server started |
@@ -140,6 +141,11 @@ pub const ZONE_SERIAL: Metric = Metric {
     kind: Kind::Gauge,
     help: "SOA serial of the zone being served.",
 };
+pub const PANICS: Metric = Metric {
+    name: "meridian_panics_total",
+    kind: Kind::Counter,
+    help: "Queries whose answering panicked; each got SERVFAIL and a log line (a bug: please report).",
+};
 pub const RELOADS: Metric = Metric {
     name: "meridian_reloads_total",
     kind: Kind::Counter,
@@ -177,6 +183,7 @@ pub const ALL: &[&Metric] = &[
     &ENDPOINT_UP,
     &POOL_OVERRIDE,
     &ZONE_SERIAL,
+    &PANICS,
     &RELOADS,
     &RELOAD_ERRORS,
     &UPTIME,
@@ -357,6 +364,8 @@ fn health_metrics(out: &mut Exposition, world: &World) {
 }
 
 fn process_metrics(out: &mut Exposition, control: &Control) {
+    out.family(&PANICS);
+    out.sample(PANICS.name, &[], control.dns_stats.totals().panics);
     out.family(&RELOADS);
     out.sample(RELOADS.name, &[], control.reloads.load(Ordering::Relaxed));
     out.family(&RELOAD_ERRORS);

@@ -8,7 +8,7 @@
 //!
 //! | route | handler |
 //! |---|---|
-//! | `GET /healthz` | `"ok"` while serving |
+//! | `GET /healthz` | `"ok"` while every DNS worker runs; 503 when one has stopped |
 //! | `GET /metrics` | [`metrics::render`] |
 //! | `GET /v1/status` | `status::status` |
 //! | `GET /v1/explain?name=&type=&client=` | `explain::explain` |
@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -82,7 +83,7 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: watch::Re
 
 fn router(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::scrape))
         .route("/v1/status", get(status::status))
         .route("/v1/explain", get(explain::explain))
@@ -101,6 +102,18 @@ fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
         })
         .with_state(state)
+}
+
+/// `ok` while every DNS worker runs; 503 once one has stopped (a worker that died of a
+/// panic, or shutdown under way), so that a load balancer or supervisor takes notice.
+async fn healthz(State(state): State<AppState>) -> (StatusCode, String) {
+    match state.control.dns_stats.workers_stopped() {
+        0 => (StatusCode::OK, "ok\n".into()),
+        n => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("dns workers not running: {n}\n"),
+        ),
+    }
 }
 
 /// An error answer: the status and `{"error": message}`.

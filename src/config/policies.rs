@@ -12,8 +12,8 @@ use super::latency;
 use super::raw::{self, Value};
 use super::values;
 use crate::model::{
-    Fallback, GeoRules, LatencyTable, MAX_POLICY_DEPTH, Policy, PolicyId, PolicyKind, PoolId,
-    Target,
+    Fallback, GeoRules, LatencyTable, MAX_MESSAGE, MAX_POLICY_DEPTH, Policy, PolicyId, PolicyKind,
+    PoolId, Target, smallest_answer,
 };
 
 const POLICY_KEYS: &[&str] = &[
@@ -99,6 +99,7 @@ pub(crate) fn compile_policies(
         b.snap.policies.push(policy);
     }
     r.find_cycles(&out, cx);
+    check_answer_sizes(&out, b, cx);
     if let Some((span, path)) = &zc.latency_table
         && !r.tables.contains_key(path)
     {
@@ -106,6 +107,69 @@ pub(crate) fn compile_policies(
         latency::load(path, span, zc, &r.pools, cx);
     }
     out
+}
+
+/// A published policy's largest answer must fit a DNS message: `max_answers` addresses, or
+/// all of a reachable pool's addresses of one family when fewer (RFC 1035 §4.2.2).
+fn check_answer_sizes(names: &[PolicyName], b: &Builder<'_>, cx: &mut FileCx<'_>) {
+    let snap = &b.snap;
+    for p in names {
+        let Some(owner) = &p.owner else { continue };
+        let policy = snap.policy(p.id);
+        let mut largest = 0;
+        for pool in reachable_pools(snap, p.id) {
+            let addrs = &snap.pool(pool).endpoints;
+            let v6 = addrs.iter().filter(|e| e.addr.is_ipv6()).count();
+            for (count, len) in [(addrs.len() - v6, 4), (v6, 16)] {
+                let n = count.min(policy.max_answers);
+                largest = largest.max(smallest_answer(owner, std::iter::repeat_n(len, n)));
+            }
+        }
+        if largest > MAX_MESSAGE {
+            cx.err(
+                &p.span,
+                format!(
+                    "policy \"{}\": its largest answer is {largest} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2): lower `max_answers`",
+                    p.name
+                ),
+            );
+        }
+    }
+}
+
+/// Every pool a policy may answer from, through nested policies (each visited once).
+fn reachable_pools(snap: &crate::model::Snapshot, id: PolicyId) -> Vec<PoolId> {
+    let mut pools = Vec::new();
+    let mut seen = vec![id];
+    let mut todo = vec![id];
+    while let Some(id) = todo.pop() {
+        let targets: Vec<Target> = match &snap.policy(id).kind {
+            PolicyKind::Failover(t) | PolicyKind::Latency { targets: t, .. } => t.clone(),
+            PolicyKind::Weighted { targets, .. } => targets.iter().map(|(t, _)| *t).collect(),
+            PolicyKind::Geo(r) => r
+                .cidr
+                .iter()
+                .map(|(_, t)| t)
+                .chain(r.subdivision.values())
+                .chain(r.country.values())
+                .chain(r.continent.values())
+                .chain(r.default.iter())
+                .flatten()
+                .copied()
+                .collect(),
+        };
+        for t in targets {
+            match t {
+                Target::Pool(p) if !pools.contains(&p) => pools.push(p),
+                Target::Policy(q) if !seen.contains(&q) => {
+                    seen.push(q);
+                    todo.push(q);
+                }
+                _ => {}
+            }
+        }
+    }
+    pools
 }
 
 /// Stands in for a policy that could not be read, so that ids stay in step.

@@ -8,7 +8,7 @@ use super::compile::ZoneCx;
 use super::diag::{FileCx, Span};
 use super::raw;
 use super::values;
-use crate::model::{RrSet, WireName, rtype};
+use crate::model::{MAX_MESSAGE, MAX_RDATA, RrSet, WireName, rtype, smallest_answer};
 
 /// One owner name with its static data.
 pub(crate) struct Owner {
@@ -96,12 +96,27 @@ fn compile_owner(
         let mut rdatas: Vec<Box<[u8]>> = Vec::new();
         for (span, s) in items {
             match values::encode_rdata(t, s, &zc.origin) {
+                Ok(rd) if rd.len() > MAX_RDATA => cx.err(
+                    &span,
+                    format!(
+                        "{k} record of {text}: {} bytes of RDATA; RDLENGTH holds at most {MAX_RDATA} (RFC 1035 §3.2.1)",
+                        rd.len()
+                    ),
+                ),
                 Ok(rd) if !rdatas.iter().any(|r| **r == *rd) => rdatas.push(rd.into()),
                 Ok(_) => {} // RFC 2181 §5: an RRset holds no duplicates.
                 Err(e) => cx.err(&span, format!("{k} record of {text}: {e}")),
             }
         }
-        if !rdatas.is_empty() {
+        let size = smallest_answer(name, rdatas.iter().map(|r| r.len()));
+        if size > MAX_MESSAGE {
+            cx.err(
+                &key.span(),
+                format!(
+                    "{k} records of {text}: the smallest answer with them is {size} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2)"
+                ),
+            );
+        } else if !rdatas.is_empty() {
             rrsets.push(RrSet {
                 rtype: t,
                 ttl,

@@ -67,8 +67,23 @@ impl Default for Local {
     }
 }
 
-/// Answer `packet` from `src` into `out`; false when nothing is to be sent.
+/// Answer `packet` from `src` into `out`; false when nothing is to be sent. A panic while
+/// answering becomes SERVFAIL for this query alone ([`super::guard`]).
 pub fn handle(
+    world: &World,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    seed: u64,
+    out: &mut Vec<u8>,
+    local: &mut Local,
+) -> bool {
+    super::guard::guarded(packet, src, out, local, |out, local| {
+        answer(world, packet, src, transport, seed, out, local)
+    })
+}
+
+fn answer(
     world: &World,
     packet: &[u8],
     src: IpAddr,

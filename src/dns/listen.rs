@@ -80,9 +80,12 @@ pub fn spawn_udp(
         let world = world.clone();
         let totals = stats.register();
         let stop = stop.clone();
-        let h = std::thread::Builder::new()
-            .name(format!("dns-udp-{i}"))
-            .spawn(move || udp_worker(sock, world, totals, stop))?;
+        let name = format!("dns-udp-{i}");
+        let running = stats.worker_started(name.clone());
+        let h = std::thread::Builder::new().name(name).spawn(move || {
+            let _running = running;
+            udp_worker(sock, world, totals, stop)
+        })?;
         handles.push(h);
     }
     Ok(handles)

@@ -80,16 +80,10 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
                 return found;
             };
             if let Some(cname) = node.rrset(rtype::CNAME)
+                && let Some(target) = cname.rdatas.first()
                 && qtype != rtype::CNAME
             {
-                w.record(
-                    Section::Answer,
-                    owner,
-                    rtype::CNAME,
-                    cname.ttl,
-                    &cname.rdatas[0],
-                );
-                let target = &cname.rdatas[0];
+                w.record(Section::Answer, owner, rtype::CNAME, cname.ttl, target);
                 if !wire::is_within(target, &zone.origin_wire) {
                     return found;
                 }

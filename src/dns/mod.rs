@@ -1,9 +1,12 @@
 //! The DNS front end: wire parsing (wire.rs), the reject ladder and one world load per query
-//! (handler.rs), TSIG without keys (tsig.rs), the authoritative lookup (lookup.rs), response writing with EDNS, ECS and
-//! truncation (response.rs), per-worker counters (stats.rs), the sockets (listen.rs) and DNS over TCP (tcp.rs).
+//! (handler.rs) under a panic guard (guard.rs), TSIG without keys (tsig.rs), the
+//! authoritative lookup (lookup.rs), response writing with EDNS, ECS and truncation
+//! (response.rs), per-worker counters (stats.rs), the sockets (listen.rs) and DNS over TCP
+//! (tcp.rs).
 
 pub mod decisions;
 pub mod geocache;
+pub mod guard;
 pub mod handler;
 pub mod listen;
 pub mod lookup;

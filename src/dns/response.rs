@@ -3,6 +3,7 @@
 //! question are compressed to a pointer at it. Truncation to the UDP limit happens here.
 
 use super::wire::{Ecs, HEADER_LEN, Query};
+use crate::model::MAX_MESSAGE;
 
 /// RFC 1035 §4.1.4: pointer to the question name, which always starts right after the
 /// header.
@@ -49,6 +50,8 @@ pub struct Writer<'b> {
     section: Section,
     /// Where the records start (after the header and question).
     question_end: usize,
+    /// A record had more RDATA than RDLENGTH can say: the response is truncated.
+    overflow: bool,
 }
 
 impl<'b> Writer<'b> {
@@ -64,6 +67,7 @@ impl<'b> Writer<'b> {
             buf,
             counts: [0; 3],
             section: Section::Answer,
+            overflow: false,
         }
     }
 
@@ -114,16 +118,32 @@ impl<'b> Writer<'b> {
         let [t0, t1] = rtype.to_be_bytes();
         let [c0, c1] = CLASS_IN.to_be_bytes();
         let [l0, l1, l2, l3] = ttl.to_be_bytes();
-        let [r0, r1] = (rdlen as u16).to_be_bytes();
+        // `check` keeps RDATA within RDLENGTH; should one not be, the response is cut to
+        // TC=1 in `finish` instead of going out with a wrapped length.
+        let [r0, r1] = u16::try_from(rdlen)
+            .unwrap_or_else(|_| {
+                self.overflow = true;
+                u16::MAX
+            })
+            .to_be_bytes();
         self.buf
             .extend_from_slice(&[t0, t1, c0, c1, l0, l1, l2, l3, r0, r1]);
-        self.counts[section as usize] += 1;
+        let count = &mut self.counts[section as usize];
+        *count = count.saturating_add(1);
     }
 
-    /// Complete the header (and OPT), truncating to `limit` bytes when given: a response
-    /// that does not fit keeps only its header, question and OPT, with TC=1.
+    /// Complete the header (and OPT), truncating to `limit` bytes when given, and always to
+    /// [`MAX_MESSAGE`]: a response that does not fit keeps only its header, question and
+    /// OPT, with TC=1. Over TCP that is the answer to data too large for any message (which
+    /// `check` rejects where it can see it: CNAME chains and referrals add up at run time).
     pub fn finish(self, q: &Query<'_>, meta: Meta, limit: Option<usize>) {
-        let Writer { buf, counts, .. } = self;
+        let Writer {
+            buf,
+            counts,
+            overflow,
+            ..
+        } = self;
+        let limit = limit.map_or(MAX_MESSAGE, |l| l.min(MAX_MESSAGE));
         let question_end = HEADER_LEN + q.question.len();
         let opt_len = if q.edns.is_some() {
             opt_size(meta.ecs)
@@ -132,9 +152,7 @@ impl<'b> Writer<'b> {
         };
         let mut counts = counts;
         let mut tc = false;
-        if let Some(limit) = limit
-            && buf.len() + opt_len > limit
-        {
+        if overflow || buf.len() + opt_len > limit {
             buf.truncate(question_end);
             counts = [0; 3];
             tc = true;

@@ -3,7 +3,7 @@
 //! [`WorkerTotals`], which `/metrics` sums over workers.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ pub struct LocalStats {
     buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
     time_sum: f64,
     pending: u64,
+    /// Queries whose answering panicked (answered SERVFAIL instead).
+    panics: u64,
     dnssec: Dnssec,
     /// Signatures in this worker's cache, when it reports them.
     dnssec_cache: Option<u64>,
@@ -59,6 +61,12 @@ impl LocalStats {
             &mut self.answers,
             u64::from(policy.0) << 32 | u64::from(pool.0) << 1 | u64::from(fail_open),
         );
+    }
+
+    /// A query whose answering panicked.
+    pub fn panic(&mut self) {
+        self.panics += 1;
+        self.pending += 1;
     }
 
     pub fn dnssec_signed(&mut self, negative: bool) {
@@ -134,6 +142,7 @@ impl LocalStats {
         if let Some(n) = self.dnssec_cache {
             t.dnssec.cache_entries = n;
         }
+        t.panics += std::mem::take(&mut self.panics);
         self.pending = 0;
     }
 }
@@ -163,6 +172,8 @@ pub struct Totals {
     pub buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
     pub time_sum: f64,
     pub dnssec: Dnssec,
+    /// Queries whose answering panicked and got SERVFAIL.
+    pub panics: u64,
 }
 
 impl Totals {
@@ -184,6 +195,7 @@ impl Totals {
         self.dnssec.cache_hits += other.dnssec.cache_hits;
         self.dnssec.negative_signatures += other.dnssec.negative_signatures;
         self.dnssec.cache_entries += other.dnssec.cache_entries;
+        self.panics += other.panics;
     }
 }
 
@@ -195,6 +207,8 @@ pub struct WorkerTotals(pub Mutex<Totals>);
 #[derive(Default)]
 pub struct DnsStats {
     workers: Mutex<Vec<Arc<WorkerTotals>>>,
+    /// DNS workers (UDP threads, TCP accept loops) that have stopped, for `/healthz`.
+    stopped: Arc<AtomicUsize>,
     /// The connection tables of the TCP listeners.
     tcp_tables: Mutex<Vec<Arc<Table>>>,
     /// TCP connections closed, by [`TcpClose`].
@@ -257,7 +271,37 @@ pub struct TcpTotals {
     pub closed: [u64; TcpClose::ALL.len()],
 }
 
+/// Held by a DNS worker while it runs. Dropping it, when the worker returns or unwinds from
+/// a panic, counts the worker as stopped; a panic is also logged, so that no worker dies
+/// silently.
+pub struct WorkerRunning {
+    name: String,
+    stopped: Arc<AtomicUsize>,
+}
+
+impl Drop for WorkerRunning {
+    fn drop(&mut self) {
+        self.stopped.fetch_add(1, Ordering::Relaxed);
+        if std::thread::panicking() {
+            tracing::error!(worker = %self.name, "dns worker died of a panic; /healthz answers 503");
+        }
+    }
+}
+
 impl DnsStats {
+    /// A DNS worker starts: it holds the token for as long as it runs.
+    pub fn worker_started(&self, name: String) -> WorkerRunning {
+        WorkerRunning {
+            name,
+            stopped: self.stopped.clone(),
+        }
+    }
+
+    /// DNS workers no longer running (dead, or stopped at shutdown).
+    pub fn workers_stopped(&self) -> usize {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     /// A new worker's own totals.
     pub fn register(&self) -> Arc<WorkerTotals> {
         let t = Arc::new(WorkerTotals::default());

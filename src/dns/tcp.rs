@@ -92,6 +92,10 @@ pub async fn serve_tcp(
     let table = Table::new(limits.caps);
     stats.register_tcp_table(table.clone());
     let totals = stats.register();
+    let name = listener
+        .local_addr()
+        .map_or_else(|_| "dns-tcp".into(), |a| format!("dns-tcp {a}"));
+    let _running = stats.worker_started(name);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {

@@ -9,6 +9,7 @@ mod cli;
 mod dns;
 mod dnssec;
 mod geo;
+mod hardening;
 mod health;
 mod policy;
 mod support;
