@@ -273,6 +273,12 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
+/// The open files limit in force (the soft one).
+pub fn fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(FALLBACK_FD_LIMIT, |(soft, _)| soft)
+}
+
 /// The usual soft limit, assumed when the limit cannot be read.
 const FALLBACK_FD_LIMIT: u64 = 1024;
 

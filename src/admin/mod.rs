@@ -1,5 +1,6 @@
 //! The admin HTTP API (SPEC §7): health, Prometheus metrics, status, explain, reload and
-//! overrides, on its own listener beside the DNS workers.
+//! overrides, on its own listener beside the DNS workers, within the limits of `limits.rs`
+//! (connection cap, head and body deadlines, body size, connection lifetime).
 //!
 //! Everything here reads the world the DNS path serves (one `load` per request) or writes it
 //! through [`Control`]; nothing here runs on the DNS hot path (a scrape takes each worker's
@@ -19,15 +20,15 @@
 mod auth;
 mod change;
 mod explain;
+pub mod limits;
 pub mod metrics;
 mod status;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -37,10 +38,11 @@ use tokio::sync::watch;
 use crate::reload::Control;
 
 use auth::Auth;
+pub use limits::AdminLimits;
 
 /// After the stop signal, in-flight requests (a reload, a slow scrape) get this long to
 /// finish before the server task returns anyway, so a stuck client cannot hold up shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -49,8 +51,19 @@ struct AppState {
     auth: Arc<Auth>,
 }
 
-/// Serve the admin API until `stop` turns true.
+/// Serve the admin API until `stop` turns true, with the default limits.
 pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: watch::Receiver<bool>) {
+    let limits = AdminLimits::for_fd_limit(crate::connections::fd_limit());
+    serve_with_limits(listener, control, stop, limits).await;
+}
+
+/// Serve the admin API until `stop` turns true, within `limits`.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    control: Arc<Control>,
+    stop: watch::Receiver<bool>,
+    limits: AdminLimits,
+) {
     let auth = match Auth::from_settings(&control.settings) {
         Ok(a) => a,
         Err(e) => {
@@ -64,21 +77,12 @@ pub async fn serve(listener: TcpListener, control: Arc<Control>, stop: watch::Re
         control,
         auth: Arc::new(auth),
     };
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let mut stop_signal = stop.clone();
-    let graceful = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = stop_signal.wait_for(|s| *s).await;
-    });
-    let mut stop_deadline = stop;
-    tokio::select! {
-        r = graceful => if let Err(e) = r {
-            tracing::error!("admin: {e}");
-        },
-        () = async {
-            let _ = stop_deadline.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!("admin: requests still running {SHUTDOWN_GRACE:?} after stop; dropped"),
-    }
+    let app = router(state)
+        .layer(axum::middleware::from_fn(move |req, next| {
+            limits::read_body(limits, req, next)
+        }))
+        .layer(DefaultBodyLimit::max(limits.max_body));
+    limits::serve(listener, app, limits, stop).await;
 }
 
 fn router(state: AppState) -> Router {

@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod admin;
+mod admin_limits;
 mod check;
 mod cli;
 mod dns;
