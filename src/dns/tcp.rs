@@ -149,6 +149,18 @@ struct Buffers {
     seed: u64,
 }
 
+impl Buffers {
+    /// Give back what one large message grew the buffers to (up to 64 KiB each), so that
+    /// idle connections cost [`READ_CHUNK`]-sized buffers, not their largest message.
+    fn shrink(&mut self) {
+        for v in [&mut self.input, &mut self.reply, &mut self.output] {
+            if v.capacity() > 2 * READ_CHUNK {
+                v.shrink_to(READ_CHUNK);
+            }
+        }
+    }
+}
+
 impl Connection {
     async fn run(self, stream: TcpStream, stop: watch::Receiver<bool>) {
         let mut b = Buffers {
@@ -195,6 +207,7 @@ impl Connection {
             }
             if b.input.is_empty() {
                 partial_since = None;
+                b.shrink();
                 slot.set_idle();
             } else if consumed > 0 || partial_since.is_none() {
                 partial_since = Some(Instant::now());
