@@ -14,11 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::cluster::Cluster;
 use crate::config::{self, LoadOptions};
 use crate::dns::{listen, tcp};
 use crate::health::overrides::OverrideStore;
 use crate::health::prober::Prober;
-use crate::health::{View, probe};
+use crate::health::{Clients, View, probe};
 use crate::reload::Control;
 use crate::settings::{LogFormat, Settings};
 use crate::world::World;
@@ -82,12 +83,17 @@ pub async fn start(settings: Settings) -> Result<Running> {
     health.overrides = overrides.resolve(&snapshot);
     health.endpoint_overrides = overrides.resolve_endpoints(&snapshot);
     let snapshot = Arc::new(snapshot);
-    let world = Arc::new(ArcSwap::from_pointee(World::new(
-        snapshot.clone(),
-        Arc::new(health),
-        geo,
-    )));
-    let control = Arc::new(Control::new(settings.clone(), world.clone(), overrides));
+    let world = Arc::new(ArcSwap::from_pointee(
+        World::new(snapshot.clone(), Arc::new(health), geo)
+            .with_nsid(Some(Arc::from(settings.instance.as_str()))),
+    ));
+    let cluster = settings
+        .cluster
+        .clone()
+        .map(|c| Cluster::new(c, settings.instance.clone(), &settings.zones));
+    let control = Arc::new(
+        Control::new(settings.clone(), world.clone(), overrides).with_cluster(cluster.clone()),
+    );
 
     let (stop, stop_rx) = watch::channel(false);
     let stop_udp = Arc::new(AtomicBool::new(false));
@@ -129,7 +135,26 @@ pub async fn start(settings: Settings) -> Result<Running> {
             c.publish_health(probes);
         }
     });
-    let _ = control.prober.set(Prober::start(snapshot, sink));
+    let clients = Clients::new().with_source(settings.probe_source);
+    let _ = control
+        .prober
+        .set(Prober::start_with(snapshot, sink, clients));
+    if let Some(cluster) = &cluster {
+        let weak = Arc::downgrade(&control);
+        cluster.on_change(Box::new(move || {
+            if let Some(c) = weak.upgrade() {
+                c.cluster_changed();
+            }
+        }));
+        tracing::info!(
+            instance = %settings.instance,
+            endpoints = ?cluster.settings.endpoints,
+            prefix = %cluster.settings.prefix,
+            "cluster: sharing verdicts and overrides through etcd"
+        );
+        tasks.spawn(cluster.run(stop_rx.clone()));
+    }
+    tasks.spawn(expire_overrides(Arc::downgrade(&control), stop_rx.clone()));
 
     if settings.watch_zones {
         tasks.spawn(crate::reload::watch_zones(control.clone(), stop_rx.clone()));
@@ -159,6 +184,21 @@ pub async fn start(settings: Settings) -> Result<Running> {
         udp_threads,
         tasks,
     })
+}
+
+/// How often overrides are re-resolved, so one with an `until` stops applying on time.
+const OVERRIDE_EXPIRY_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Re-resolve the overrides every [`OVERRIDE_EXPIRY_CHECK`] until `stop`.
+async fn expire_overrides(control: Weak<Control>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(OVERRIDE_EXPIRY_CHECK) => {}
+            _ = stop.changed() => return,
+        }
+        let Some(c) = control.upgrade() else { return };
+        let _ = tokio::task::spawn_blocking(move || c.refresh_overrides()).await;
+    }
 }
 
 /// UDP sockets (one per worker) and a TCP listener on the same address and port.

@@ -68,7 +68,7 @@ pub struct CommonArgs {
     /// Optional ASN database (.mmdb)
     #[arg(long, env = "MERIDIAN_ASN")]
     pub asn: Option<PathBuf>,
-    /// Settings file (TOML: listen, admin, admin_token_file, zones, geoip, asn, state, log_format, watch_zones)
+    /// Settings file (TOML: listen, admin, admin_token_file, zones, geoip, asn, state, log_format, watch_zones, cluster, instance, cluster_prefix, cluster_lease_ttl, probe_source)
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format
@@ -93,6 +93,21 @@ pub struct ServeArgs {
     /// Reload when a file under the zone directory changes (polled every second)
     #[arg(long, env = "MERIDIAN_WATCH_ZONES")]
     pub watch_zones: bool,
+    /// Share health verdicts and overrides through etcd: v3 client URLs, comma separated
+    #[arg(long, env = "MERIDIAN_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This instance's name (NSID, cluster key) [default: the host name]
+    #[arg(long, env = "MERIDIAN_INSTANCE")]
+    pub instance: Option<String>,
+    /// Key prefix in etcd [default: /meridian/]
+    #[arg(long, env = "MERIDIAN_CLUSTER_PREFIX")]
+    pub cluster_prefix: Option<String>,
+    /// Seconds of the instance lease in etcd, 2 to 300 [default: 6]
+    #[arg(long, env = "MERIDIAN_CLUSTER_LEASE_TTL")]
+    pub cluster_lease_ttl: Option<u64>,
+    /// Local address every health probe binds to
+    #[arg(long, env = "MERIDIAN_PROBE_SOURCE")]
+    pub probe_source: Option<IpAddr>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -146,6 +161,11 @@ impl ServeArgs {
             admin: self.admin.clone(),
             admin_token_file: self.admin_token_file.clone(),
             watch_zones: self.watch_zones,
+            cluster: self.cluster.clone(),
+            instance: self.instance.clone(),
+            cluster_prefix: self.cluster_prefix.clone(),
+            cluster_lease_ttl: self.cluster_lease_ttl,
+            probe_source: self.probe_source,
             ..self.common.flags()
         }
     }

@@ -11,11 +11,13 @@ use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use serde_json::json;
 
+use crate::cluster::{Cluster, ProbeQuorum};
 use crate::dns::handler::{Local, Transport, handle};
 use crate::dns::lookup::wildcard_node;
 use crate::geo::{GeoDb, Locate, Location, code_str};
+use crate::health::ProbeStatus;
 use crate::health::{Override, View};
-use crate::model::{PolicyId, Snapshot, rtype, wire};
+use crate::model::{PolicyId, PolicyKind, PoolId, Snapshot, Target, rtype, wire};
 use crate::policy::{self, Client, Ctx, Recorder, Step};
 use crate::world::World;
 
@@ -36,6 +38,16 @@ pub struct Explanation {
     pub answers: Vec<(String, u32, String)>,
     pub scope: Option<u8>,
     pub note: Option<String>,
+    /// With a cluster: every instance's verdict on each endpoint the policy can answer.
+    pub cluster: Vec<ClusterLine>,
+}
+
+/// One probed endpoint and what the cluster says about it.
+#[derive(Debug)]
+pub struct ClusterLine {
+    pub pool: String,
+    pub address: IpAddr,
+    pub quorum: ProbeQuorum,
 }
 
 /// A world for offline explain: health unknown (so up), `--down` pools overridden down.
@@ -83,6 +95,7 @@ pub fn explain(
         answers: Vec::new(),
         scope: None,
         note: None,
+        cluster: Vec::new(),
     };
     let Some(qname) = wire::from_text(name) else {
         e.note = Some(format!("{name:?} is not a valid domain name"));
@@ -132,6 +145,65 @@ pub fn explain(
         None => e.note = Some("static data (no policy)".into()),
     }
     e
+}
+
+impl Explanation {
+    /// Add each instance's verdict on every checked endpoint the policy can answer, with
+    /// `local` this instance's own statuses (the world holds the quorum's result).
+    pub fn add_cluster(&mut self, world: &World, cluster: &Cluster, local: &[ProbeStatus]) {
+        let snap = &world.snapshot;
+        let Some(policy) = wire::from_text(&self.name).and_then(|q| policy_at(snap, &q)) else {
+            return;
+        };
+        for pool in policy_pools(snap, policy) {
+            let p = snap.pool(pool);
+            for e in &p.endpoints {
+                let Some(id) = e.probe else { continue };
+                let own = local.get(id.0 as usize).cloned().unwrap_or_default();
+                self.cluster.push(ClusterLine {
+                    pool: p.name.clone(),
+                    address: e.addr,
+                    quorum: cluster.explain_probe(snap.probe(id), &own),
+                });
+            }
+        }
+    }
+}
+
+/// Every pool a policy can answer from, nested policies followed, in order of first mention.
+fn policy_pools(snap: &Snapshot, policy: PolicyId) -> Vec<PoolId> {
+    let mut pools = Vec::new();
+    let mut seen = vec![false; snap.policies.len()];
+    let mut todo = vec![policy];
+    while let Some(id) = todo.pop() {
+        if std::mem::replace(&mut seen[id.0 as usize], true) {
+            continue;
+        }
+        let targets: Vec<Target> = match &snap.policy(id).kind {
+            PolicyKind::Failover(t) => t.clone(),
+            PolicyKind::Weighted { targets, .. } => targets.iter().map(|(t, _)| *t).collect(),
+            PolicyKind::Latency { targets, .. } => targets.clone(),
+            PolicyKind::Geo(g) => g
+                .cidr
+                .iter()
+                .map(|(_, t)| t)
+                .chain(g.subdivision.values())
+                .chain(g.country.values())
+                .chain(g.continent.values())
+                .chain(g.default.iter())
+                .flatten()
+                .copied()
+                .collect(),
+        };
+        for t in targets {
+            match t {
+                Target::Pool(p) if !pools.contains(&p) => pools.push(p),
+                Target::Pool(_) => {}
+                Target::Policy(p) => todo.push(p),
+            }
+        }
+    }
+    pools
 }
 
 /// The policy that answers `qname`, following CNAMEs inside the zone.
@@ -232,6 +304,14 @@ impl Explanation {
         for (depth, line) in merge_steps(&self.steps) {
             out.push_str(&format!("{}{line}\n", "  ".repeat(depth + 1)));
         }
+        for c in &self.cluster {
+            out.push_str(&format!(
+                "  cluster: {} {}: {}\n",
+                c.pool,
+                c.address,
+                c.quorum.text()
+            ));
+        }
         out.push_str(&format!("  answer: {}\n", self.answer_text()));
         out
     }
@@ -275,6 +355,12 @@ impl Explanation {
             "rcode": self.rcode,
             "answers": self.answers.iter().map(|(t, ttl, d)| json!({"type": t, "ttl": ttl, "data": d})).collect::<Vec<_>>(),
             "ecs_scope": self.scope,
+            "cluster": self.cluster.iter().map(|c| {
+                let mut v = c.quorum.to_json();
+                v["pool"] = json!(c.pool);
+                v["address"] = json!(c.address.to_string());
+                v
+            }).collect::<Vec<_>>(),
             "text": self.to_text(),
         })
     }

@@ -195,6 +195,28 @@ pub struct CheckSpec {
     /// PEM file of the CA to trust instead of the Mozilla roots (https).
     pub ca_file: Option<PathBuf>,
     pub tls_verify: bool,
+    /// With a cluster: how many instances' down verdicts take an endpoint down (SPEC §5).
+    pub quorum: Quorum,
+}
+
+/// A check's `quorum` (SPEC §5, §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Quorum {
+    /// Down when more than half of the reporting instances say down.
+    #[default]
+    Majority,
+    /// Down when at least this many reporting instances say down.
+    AtLeast(u32),
+}
+
+impl Quorum {
+    /// For explain and status: `majority`, `2`.
+    pub fn text(self) -> String {
+        match self {
+            Quorum::Majority => "majority".into(),
+            Quorum::AtLeast(n) => n.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

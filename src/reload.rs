@@ -10,9 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use crate::cluster::Cluster;
 use crate::config::{self, Diagnostics, LoadOptions};
 use crate::dns::stats::DnsStats;
-use crate::health::overrides::{OverrideError, OverrideStore, PoolRef};
+use crate::health::overrides::{OverrideEntry, OverrideError, OverrideStore, PoolRef};
 use crate::health::prober::Prober;
 use crate::health::{Override, ProbeStatus, View};
 use crate::model::Snapshot;
@@ -62,12 +63,19 @@ pub struct Control {
     overrides: Mutex<OverrideStore>,
     /// Serialises writers of `world`.
     publish: Mutex<()>,
+    /// `--cluster`: shared verdicts and overrides.
+    pub cluster: Option<Arc<Cluster>>,
+    /// This instance's own probe statuses of the current snapshot (the view holds the
+    /// effective ones, quorum applied).
+    local: Mutex<Vec<ProbeStatus>>,
+    /// The NSID every world answers with.
+    nsid: Arc<str>,
 }
 
 impl Control {
     pub fn new(settings: Settings, world: SharedWorld, overrides: OverrideStore) -> Control {
         Control {
-            settings,
+            local: Mutex::new(world.load().health.probes.clone()),
             world,
             dns_stats: Arc::new(DnsStats::default()),
             started: Instant::now(),
@@ -77,6 +85,106 @@ impl Control {
             reload_errors: AtomicU64::new(0),
             overrides: Mutex::new(overrides),
             publish: Mutex::new(()),
+            cluster: None,
+            nsid: Arc::from(settings_instance(&settings)),
+            settings,
+        }
+    }
+
+    /// The same control plane sharing health and overrides through `cluster`.
+    pub fn with_cluster(mut self, cluster: Option<Arc<Cluster>>) -> Control {
+        self.cluster = cluster;
+        self
+    }
+
+    /// A world of `snapshot` with `view`, answering NSID with this instance's name.
+    fn world_of(
+        &self,
+        snapshot: Arc<Snapshot>,
+        view: View,
+        geo: Option<Arc<crate::geo::GeoDb>>,
+    ) -> Arc<World> {
+        Arc::new(World::new(snapshot, Arc::new(view), geo).with_nsid(Some(self.nsid.clone())))
+    }
+
+    /// The view of `snap` from local statuses: the quorum applied when clustered, and the
+    /// stored overrides active now.
+    fn build_view(&self, snap: &Snapshot, local: &[ProbeStatus], store: &OverrideStore) -> View {
+        let probes = match &self.cluster {
+            Some(c) => c.effective(snap, local),
+            None => local.to_vec(),
+        };
+        View {
+            probes,
+            overrides: store.resolve(snap),
+            endpoint_overrides: store.resolve_endpoints(snap),
+        }
+    }
+
+    /// This instance's own probe statuses (before any quorum), by `ProbeId`.
+    pub fn local_statuses(&self) -> Vec<ProbeStatus> {
+        self.local
+            .lock()
+            .expect("local lock is never poisoned")
+            .clone()
+    }
+
+    /// The cluster's state changed (verdicts, instances, overrides, connection): mirror the
+    /// shared overrides to `overrides.json` and publish a new view if answers change.
+    pub fn cluster_changed(&self) {
+        let Some(cluster) = &self.cluster else {
+            return;
+        };
+        let state = cluster.state();
+        let _writer = self.publish.lock().expect("publish lock is never poisoned");
+        let mut store = self
+            .overrides
+            .lock()
+            .expect("overrides lock is never poisoned");
+        if state.overrides_known {
+            let entries = state
+                .overrides
+                .iter()
+                .map(|(k, (e, _))| (k.clone(), e.clone()))
+                .collect();
+            if let Err(e) = store.replace_all(entries) {
+                tracing::error!("cluster: cannot keep the local copy of the overrides: {e}");
+            }
+        }
+        self.refresh_view(&store);
+    }
+
+    /// Re-resolve overrides (an `until` passed) and publish when answers change.
+    pub fn refresh_overrides(&self) {
+        let _writer = self.publish.lock().expect("publish lock is never poisoned");
+        let store = self
+            .overrides
+            .lock()
+            .expect("overrides lock is never poisoned");
+        self.refresh_view(&store);
+    }
+
+    /// Callers hold `publish`.
+    fn refresh_view(&self, store: &OverrideStore) {
+        let current = self.world.load_full();
+        let local = self
+            .local
+            .lock()
+            .expect("local lock is never poisoned")
+            .clone();
+        if local.len() != current.snapshot.probes.len() {
+            return;
+        }
+        let view = self.build_view(&current.snapshot, &local, store);
+        let same = view.overrides == current.health.overrides
+            && view.endpoint_overrides == current.health.endpoint_overrides
+            && view.probes.iter().map(|p| p.health).eq(current
+                .health
+                .probes
+                .iter()
+                .map(|p| p.health));
+        if !same {
+            self.store_view(&current, view);
         }
     }
 
@@ -102,27 +210,24 @@ impl Control {
             Some(p) => p.reconfigure(snapshot.clone()),
             None => vec![ProbeStatus::default(); snapshot.probes.len()],
         };
-        let (overrides, endpoint_overrides) = {
+        if let Some(c) = &self.cluster {
+            c.zones_changed(&self.settings.zones);
+            c.local_changed(&snapshot, &probes);
+        }
+        *self.local.lock().expect("local lock is never poisoned") = probes.clone();
+        let view = {
             let store = self
                 .overrides
                 .lock()
                 .expect("overrides lock is never poisoned");
-            (store.resolve(&snapshot), store.resolve_endpoints(&snapshot))
+            self.build_view(&snapshot, &probes, &store)
         };
         let serials = snapshot
             .zones
             .iter()
             .map(|z| (z.origin.clone(), z.serial))
             .collect();
-        self.world.store(Arc::new(World::new(
-            snapshot,
-            Arc::new(View {
-                probes,
-                overrides,
-                endpoint_overrides,
-            }),
-            geo,
-        )));
+        self.world.store(self.world_of(snapshot, view, geo));
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(?serials, "reloaded");
         Ok(serials)
@@ -153,24 +258,49 @@ impl Control {
         if probes.len() != current.snapshot.probes.len() {
             return;
         }
+        if let Some(c) = &self.cluster {
+            c.local_changed(&current.snapshot, &probes);
+        }
+        let probes_effective = match &self.cluster {
+            Some(c) => c.effective(&current.snapshot, &probes),
+            None => probes.clone(),
+        };
+        *self.local.lock().expect("local lock is never poisoned") = probes;
         let view = View {
-            probes,
+            probes: probes_effective,
             overrides: current.health.overrides.clone(),
             endpoint_overrides: current.health.endpoint_overrides.clone(),
         };
         self.store_view(&current, view);
     }
 
-    /// Pin a pool, or one endpoint of it when `address` is given (`state` `None` clears the
-    /// override); persisted before it takes effect.
-    pub fn set_override(
+    /// A new health view of the serving snapshot and database (callers hold `publish`).
+    fn store_view(&self, current: &World, view: View) {
+        self.world
+            .store(self.world_of(current.snapshot.clone(), view, current.geo.clone()));
+    }
+
+    /// Every stored override: ((zone, pool, endpoint address), entry).
+    pub fn overrides(&self) -> Vec<(PoolRef, OverrideEntry)> {
+        let store = self
+            .overrides
+            .lock()
+            .expect("overrides lock is never poisoned");
+        store
+            .full_entries()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Check a zone, pool and endpoint address against the serving snapshot; the target's
+    /// normalized (zone origin, pool name, address).
+    pub fn override_target(
         &self,
         zone: &str,
         pool: &str,
         address: Option<IpAddr>,
-        state: Option<Override>,
-    ) -> Result<Option<Override>, OverrideChangeError> {
-        let _writer = self.publish.lock().expect("publish lock is never poisoned");
+    ) -> Result<PoolRef, OverrideChangeError> {
         let current = self.world.load_full();
         let snap = &current.snapshot;
         let z = snap
@@ -188,52 +318,52 @@ impl Control {
         {
             return Err(OverrideChangeError::NoEndpoint(pool.to_string(), addr));
         }
-        let origin = &snap.zone(z).origin;
+        Ok(crate::health::overrides::normalize(
+            &snap.zone(z).origin,
+            pool,
+            address,
+        ))
+    }
+
+    /// Set or clear an override locally with who, why, when and until (no cluster).
+    pub fn set_override_entry(
+        &self,
+        target: &PoolRef,
+        entry: Option<OverrideEntry>,
+    ) -> Result<Option<Override>, OverrideChangeError> {
+        let _writer = self.publish.lock().expect("publish lock is never poisoned");
         let mut store = self
             .overrides
             .lock()
             .expect("overrides lock is never poisoned");
-        let previous = match state {
-            Some(s) => {
-                let prev = store.get(origin, pool, address);
-                store.set(origin, pool, address, s)?;
+        let (zone, pool, address) = target;
+        let previous = match entry {
+            Some(e) => {
+                let prev = store.get(zone, pool, *address);
+                store.set_entry(zone, pool, *address, e)?;
                 prev
             }
-            None => store.clear(origin, pool, address)?,
+            None => store.clear(zone, pool, *address)?,
         };
-        let view = View {
-            probes: current.health.probes.clone(),
-            overrides: store.resolve(snap),
-            endpoint_overrides: store.resolve_endpoints(snap),
+        let current = self.world.load_full();
+        let local = self
+            .local
+            .lock()
+            .expect("local lock is never poisoned")
+            .clone();
+        let local = if local.len() == current.snapshot.probes.len() {
+            local
+        } else {
+            current.health.probes.clone()
         };
+        let view = self.build_view(&current.snapshot, &local, &store);
         self.store_view(&current, view);
-        tracing::info!(
-            zone = origin,
-            pool,
-            address = ?address,
-            state = state.map_or("cleared", |s| s.as_str()),
-            "override"
-        );
         Ok(previous)
     }
+}
 
-    /// A new health view of the serving snapshot and database (callers hold `publish`).
-    fn store_view(&self, current: &World, view: View) {
-        self.world.store(Arc::new(World::new(
-            current.snapshot.clone(),
-            Arc::new(view),
-            current.geo.clone(),
-        )));
-    }
-
-    /// Every stored override: ((zone, pool, endpoint address), state).
-    pub fn overrides(&self) -> Vec<(PoolRef, Override)> {
-        let store = self
-            .overrides
-            .lock()
-            .expect("overrides lock is never poisoned");
-        store.entries().map(|(k, v)| (k.clone(), v)).collect()
-    }
+fn settings_instance(settings: &Settings) -> &str {
+    &settings.instance
 }
 
 /// Attach the DNSSEC keys of the signed zones; a zone whose key is missing is logged with

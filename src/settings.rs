@@ -2,8 +2,9 @@
 //! fills [`Flags`]; flags and their `MERIDIAN_*` variables beat the `--config` file, which
 //! beats the defaults. Lower layers (app, reload, admin) read [`Settings`] and never `cli`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -19,6 +20,15 @@ pub const DEFAULT_ZONES: &str = "zones";
 pub const DEFAULT_GEOIP: &str = "geoip/test-city.mmdb";
 /// SPEC §1: overrides and other state with no flags.
 pub const DEFAULT_STATE: &str = "state";
+/// SPEC §10: where the cluster's keys live in etcd with no `--cluster-prefix`.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/meridian/";
+/// notes/etcd.md §4: a 6 s lease; a partitioned instance's verdicts leave the quorum after one
+/// TTL, and an instance declares itself disconnected after two.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(6);
+/// etcd's minimum lease TTL is 1.5 × its election timeout (1 s by default), rounded up.
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+/// A bound on `--cluster-lease-ttl`: a day-long lease would keep a dead instance's verdicts.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(300);
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,6 +51,11 @@ pub struct Flags {
     pub state: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub watch_zones: bool,
+    pub cluster: Option<String>,
+    pub instance: Option<String>,
+    pub cluster_prefix: Option<String>,
+    pub cluster_lease_ttl: Option<u64>,
+    pub probe_source: Option<IpAddr>,
 }
 
 /// The `--config` file: the same settings as the flags.
@@ -56,6 +71,11 @@ struct FileSettings {
     state: Option<PathBuf>,
     log_format: Option<LogFormat>,
     watch_zones: Option<bool>,
+    cluster: Option<String>,
+    instance: Option<String>,
+    cluster_prefix: Option<String>,
+    cluster_lease_ttl: Option<u64>,
+    probe_source: Option<IpAddr>,
 }
 
 /// Why the settings cannot be resolved.
@@ -73,6 +93,14 @@ pub enum SettingsError {
     },
     #[error("--admin {0}: expected ADDR:PORT or off")]
     Admin(String),
+    #[error("--cluster {0}: expected etcd client URLs like http://127.0.0.1:2379, comma separated")]
+    Cluster(String),
+    #[error("--instance {0:?}: expected 1 to 63 letters, digits, '-', '_' or '.'")]
+    Instance(String),
+    #[error("--cluster-prefix {0:?}: expected a path starting and ending with '/'")]
+    Prefix(String),
+    #[error("--cluster-lease-ttl {0}: expected {min} to {max} seconds", min = MIN_LEASE_TTL.as_secs(), max = MAX_LEASE_TTL.as_secs())]
+    LeaseTtl(u64),
 }
 
 /// Resolved settings.
@@ -89,6 +117,23 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Reload when the zone directory changes.
     pub watch_zones: bool,
+    /// This instance's name: NSID answers, the cluster's instance key.
+    pub instance: String,
+    /// `--cluster`: share verdicts and overrides through etcd.
+    pub cluster: Option<ClusterSettings>,
+    /// The local address every health probe binds to.
+    pub probe_source: Option<IpAddr>,
+}
+
+/// `--cluster` and its companions (SPEC §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// etcd v3 client URLs.
+    pub endpoints: Vec<String>,
+    /// Key prefix, starting and ending with `/`.
+    pub prefix: String,
+    /// TTL of the instance lease.
+    pub lease_ttl: Duration,
 }
 
 impl Settings {
@@ -132,6 +177,13 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_STATE.into()),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             watch_zones: flags.watch_zones || file.watch_zones.unwrap_or(false),
+            instance: instance_name(flags.instance.or(file.instance))?,
+            cluster: cluster_settings(
+                flags.cluster.or(file.cluster),
+                flags.cluster_prefix.or(file.cluster_prefix),
+                flags.cluster_lease_ttl.or(file.cluster_lease_ttl),
+            )?,
+            probe_source: flags.probe_source.or(file.probe_source),
         })
     }
 
@@ -144,6 +196,76 @@ impl Settings {
     }
 }
 
+/// `--instance`, else the host name (cut to a valid name), else `meridian`.
+fn instance_name(given: Option<String>) -> Result<String, SettingsError> {
+    match given {
+        Some(name) if valid_instance(&name) => Ok(name),
+        Some(name) => Err(SettingsError::Instance(name)),
+        None => {
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default();
+            let name: String = host
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                .take(MAX_INSTANCE_LEN)
+                .collect();
+            Ok(if name.is_empty() {
+                "meridian".into()
+            } else {
+                name
+            })
+        }
+    }
+}
+
+/// An instance name is one etcd key segment and one NSID payload: short, no `/`.
+const MAX_INSTANCE_LEN: usize = 63;
+
+fn valid_instance(name: &str) -> bool {
+    (1..=MAX_INSTANCE_LEN).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn cluster_settings(
+    urls: Option<String>,
+    prefix: Option<String>,
+    ttl: Option<u64>,
+) -> Result<Option<ClusterSettings>, SettingsError> {
+    let Some(urls) = urls.filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let endpoints: Vec<String> = urls.split(',').map(|u| u.trim().to_string()).collect();
+    let valid = |u: &String| {
+        let rest = u
+            .strip_prefix("http://")
+            .or_else(|| u.strip_prefix("https://"));
+        rest.is_some_and(|r| !r.is_empty() && !r.contains('/'))
+    };
+    if !endpoints.iter().all(valid) {
+        return Err(SettingsError::Cluster(urls));
+    }
+    let prefix = prefix.unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_string());
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        return Err(SettingsError::Prefix(prefix));
+    }
+    let lease_ttl = match ttl {
+        None => DEFAULT_LEASE_TTL,
+        Some(s) if (MIN_LEASE_TTL.as_secs()..=MAX_LEASE_TTL.as_secs()).contains(&s) => {
+            Duration::from_secs(s)
+        }
+        Some(s) => return Err(SettingsError::LeaseTtl(s)),
+    };
+    Ok(Some(ClusterSettings {
+        endpoints,
+        prefix,
+        lease_ttl,
+    }))
+}
+
 fn read_file(path: &std::path::Path) -> Result<FileSettings, SettingsError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
@@ -154,4 +276,38 @@ fn read_file(path: &std::path::Path) -> Result<FileSettings, SettingsError> {
         path: shown,
         source: Box::new(source),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        assert_eq!(cluster_settings(None, None, None).expect("none"), None);
+        let c = cluster_settings(
+            Some("http://127.0.0.1:2379, http://127.0.0.1:22379".into()),
+            None,
+            None,
+        )
+        .expect("valid")
+        .expect("some");
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.prefix, DEFAULT_CLUSTER_PREFIX);
+        assert_eq!(c.lease_ttl, DEFAULT_LEASE_TTL);
+        assert!(cluster_settings(Some("127.0.0.1:2379".into()), None, None).is_err());
+        assert!(cluster_settings(Some("http://a:1".into()), Some("x/".into()), None).is_err());
+        assert!(cluster_settings(Some("http://a:1".into()), None, Some(1)).is_err());
+        assert!(cluster_settings(Some("http://a:1".into()), None, Some(301)).is_err());
+        assert!(cluster_settings(Some("http://a:1".into()), None, Some(2)).is_ok());
+    }
+
+    #[test]
+    fn instance_names_are_one_key_segment() {
+        assert_eq!(instance_name(Some("ns1.eu".into())).expect("ok"), "ns1.eu");
+        assert!(instance_name(Some("a/b".into())).is_err());
+        assert!(instance_name(Some(String::new())).is_err());
+        assert!(instance_name(Some("x".repeat(64))).is_err());
+        assert!(valid_instance(&instance_name(None).expect("host name")));
+    }
 }

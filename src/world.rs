@@ -17,6 +17,8 @@ pub struct World {
     pub geo: Option<Arc<GeoDb>>,
     /// Unique per world (never reused in a process): per-worker caches key on it.
     pub generation: u64,
+    /// The instance name NSID answers carry (RFC 5001); `None` answers no NSID.
+    pub nsid: Option<Arc<str>>,
 }
 
 /// Source of [`World::generation`].
@@ -29,7 +31,14 @@ impl World {
             health,
             geo,
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            nsid: None,
         }
+    }
+
+    /// The same world answering NSID with `name`.
+    pub fn with_nsid(mut self, name: Option<Arc<str>>) -> World {
+        self.nsid = name;
+        self
     }
 }
 

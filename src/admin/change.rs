@@ -2,19 +2,22 @@
 //! `PUT`/`DELETE /v1/overrides/{zone}/{pool}[/{address}]` (SPEC §5). Each takes [`Authorized`] first and
 //! goes through [`crate::reload::Control`], which serialises writers and swaps the world.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Authorized;
 use super::{ApiError, AppState};
+use crate::cluster::{OverrideWrite, WriteError};
 use crate::health::Override;
+use crate::health::overrides::OverrideEntry;
 use crate::reload::OverrideChangeError;
 
 /// `POST /v1/reload`: 200 with the new serials, or 422 with every error (the old
@@ -43,21 +46,35 @@ pub(super) async fn reload(_: Authorized, State(state): State<AppState>) -> Resp
     }
 }
 
-/// The body of `PUT /v1/overrides/{zone}/{pool}`.
+/// The body of `PUT /v1/overrides/{zone}/{pool}[/{address}]`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OverrideBody {
     state: Override,
+    /// Who sets it; the peer address when absent.
+    by: Option<String>,
+    /// Why, for the next operator.
+    why: Option<String>,
+    /// RFC 3339: the override stops applying then.
+    until: Option<String>,
 }
 
-/// `PUT /v1/overrides/{zone}/{pool}` with `{"state": "up" | "down" | "drain"}`.
+/// Longest `by` or `why` kept: a sentence, not a document (the value sits in etcd and in
+/// every status page).
+const MAX_NOTE_LEN: usize = 512;
+
+/// `PUT /v1/overrides/{zone}/{pool}` with `{"state": "up" | "down" | "drain"}` and optional
+/// `by`, `why`, `until`.
 pub(super) async fn set_override(
     _: Authorized,
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((zone, pool)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    change(&state, &zone, &pool, None, Some(parse_body(&body)?)).await
+    let entry = parse_body(&body, peer)?;
+    change(&state, &zone, &pool, None, Some(entry), if_match(&headers)?).await
 }
 
 /// `DELETE /v1/overrides/{zone}/{pool}`: back to what the probes say.
@@ -65,24 +82,29 @@ pub(super) async fn clear_override(
     _: Authorized,
     State(state): State<AppState>,
     Path((zone, pool)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    change(&state, &zone, &pool, None, None).await
+    change(&state, &zone, &pool, None, None, if_match(&headers)?).await
 }
 
 /// `PUT /v1/overrides/{zone}/{pool}/{address}`: one endpoint of the pool.
 pub(super) async fn set_endpoint_override(
     _: Authorized,
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((zone, pool, address)): Path<(String, String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let address = parse_address(&address)?;
+    let entry = parse_body(&body, peer)?;
     change(
         &state,
         &zone,
         &pool,
         Some(address),
-        Some(parse_body(&body)?),
+        Some(entry),
+        if_match(&headers)?,
     )
     .await
 }
@@ -92,19 +114,71 @@ pub(super) async fn clear_endpoint_override(
     _: Authorized,
     State(state): State<AppState>,
     Path((zone, pool, address)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let address = parse_address(&address)?;
-    change(&state, &zone, &pool, Some(address), None).await
+    change(
+        &state,
+        &zone,
+        &pool,
+        Some(address),
+        None,
+        if_match(&headers)?,
+    )
+    .await
 }
 
-fn parse_body(body: &[u8]) -> Result<Override, ApiError> {
+fn parse_body(body: &[u8], peer: SocketAddr) -> Result<OverrideEntry, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     let wanted: OverrideBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("expected a body {{\"state\": \"up\" | \"down\" | \"drain\"}}: {e}"),
-        )
+        bad(format!(
+            "expected a body {{\"state\": \"up\" | \"down\" | \"drain\", \"by\"?, \"why\"?, \"until\"?}}: {e}"
+        ))
     })?;
-    Ok(wanted.state)
+    for (name, v) in [("by", &wanted.by), ("why", &wanted.why)] {
+        if v.as_ref().is_some_and(|t| t.len() > MAX_NOTE_LEN) {
+            return Err(bad(format!("`{name}` is longer than {MAX_NOTE_LEN} bytes")));
+        }
+    }
+    let now = SystemTime::now();
+    if let Some(u) = &wanted.until {
+        match crate::clock::parse_rfc3339(u) {
+            Some(t) if t > now => {}
+            Some(_) => return Err(bad(format!("`until` {u} is in the past"))),
+            None => {
+                return Err(bad(format!(
+                    "`until` {u:?} is not an RFC 3339 time like 2026-12-01T16:00:00Z"
+                )));
+            }
+        }
+    }
+    Ok(OverrideEntry {
+        state: wanted.state,
+        by: Some(wanted.by.unwrap_or_else(|| peer.ip().to_string())),
+        why: wanted.why,
+        at: Some(crate::clock::rfc3339_millis(now)),
+        until: wanted.until,
+    })
+}
+
+/// `If-Match: <revision>` (as `GET /v1/overrides` lists it; 0 = must not exist): write only
+/// if nobody changed the override since.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .map(|t| t.trim().trim_matches('"'))
+        .and_then(|t| t.parse::<i64>().ok())
+        .filter(|r| *r >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "If-Match must be a revision from GET /v1/overrides",
+            )
+        })
 }
 
 fn parse_address(text: &str) -> Result<IpAddr, ApiError> {
@@ -116,37 +190,67 @@ fn parse_address(text: &str) -> Result<IpAddr, ApiError> {
     })
 }
 
-/// Apply an override (persisted before it takes effect) and answer with the pool as it is
-/// now: `{"zone", "pool", "state", "previous", "up"}`.
+/// Apply an override (persisted before it takes effect: in etcd with a cluster, else in
+/// `overrides.json`) and answer with the pool as it is now.
 async fn change(
     state: &AppState,
     zone: &str,
     pool: &str,
     address: Option<IpAddr>,
-    wanted: Option<Override>,
+    wanted: Option<OverrideEntry>,
+    expect: Option<i64>,
 ) -> Result<Response, ApiError> {
-    let control = state.control.clone();
-    let (z, p) = (zone.to_string(), pool.to_string());
-    // Writes overrides.json: blocking file I/O.
-    let previous =
-        tokio::task::spawn_blocking(move || control.set_override(&z, &p, address, wanted))
-            .await
-            .map_err(|e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("override did not finish: {e}"),
-                )
-            })?
-            .map_err(|e| match e {
-                OverrideChangeError::NoZone(_)
-                | OverrideChangeError::NoPool(..)
-                | OverrideChangeError::NoEndpoint(..) => {
-                    ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+    let target = state
+        .control
+        .override_target(zone, pool, address)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let (previous, revision) = match &state.control.cluster {
+        Some(cluster) => {
+            let write = OverrideWrite {
+                target: target.clone(),
+                entry: wanted.clone(),
+                expect,
+            };
+            match cluster.write_override(write).await {
+                Ok((prev, rev)) => (prev.map(|e| e.state), Some(rev)),
+                Err(WriteError::Conflict { current }) => {
+                    return Ok(conflict(current));
                 }
-                OverrideChangeError::Store(_) => {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                Err(e @ WriteError::Unavailable(_)) => {
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        e.to_string(),
+                    ));
                 }
-            })?;
+            }
+        }
+        None => {
+            if expect.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "If-Match needs --cluster (revisions are etcd's)",
+                ));
+            }
+            let control = state.control.clone();
+            let (t, w) = (target.clone(), wanted.clone());
+            // Writes overrides.json: blocking file I/O.
+            let prev = tokio::task::spawn_blocking(move || control.set_override_entry(&t, w))
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("override did not finish: {e}"),
+                    )
+                })?
+                .map_err(|e| match e {
+                    OverrideChangeError::Store(_) => {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                    }
+                    _ => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+                })?;
+            (prev, None)
+        }
+    };
     let world = state.control.world.load();
     let snap = &world.snapshot;
     let found = snap
@@ -164,12 +268,38 @@ async fn change(
     let mut body = json!({
         "zone": origin,
         "pool": name,
-        "state": wanted.map(Override::as_str),
+        "state": wanted.as_ref().map(|e| e.state.as_str()),
         "previous": previous.map(Override::as_str),
         "up": up,
     });
+    if let Some(e) = &wanted {
+        body["by"] = json!(e.by);
+        body["why"] = json!(e.why);
+        body["at"] = json!(e.at);
+        body["until"] = json!(e.until);
+    }
+    if let Some(r) = revision {
+        body["revision"] = json!(r);
+    }
     if let Some(a) = address {
         body["address"] = json!(a.to_string());
     }
     Ok(Json(body).into_response())
+}
+
+/// 409 with the value that won (`null` when it was cleared).
+fn conflict(current: Option<(OverrideEntry, i64)>) -> Response {
+    let current = current.map(|(e, rev)| {
+        let mut v = serde_json::to_value(&e).expect("plain values serialize");
+        v["revision"] = json!(rev);
+        v
+    });
+    (
+        StatusCode::CONFLICT,
+        Json(json!({
+            "error": "another writer changed this override first; read it again and retry",
+            "current": current,
+        })),
+    )
+        .into_response()
 }

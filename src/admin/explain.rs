@@ -40,7 +40,7 @@ pub(super) async fn explain(
         return Err(bad(format!("name: {name:?} is not a valid domain name")));
     }
     let world = state.control.world.load_full();
-    let e = crate::explain::explain(
+    let mut e = crate::explain::explain(
         &world,
         name,
         qtype,
@@ -48,5 +48,8 @@ pub(super) async fn explain(
         source_prefix,
         SystemTime::now(),
     );
+    if let Some(cluster) = &state.control.cluster {
+        e.add_cluster(&world, cluster, &state.control.local_statuses());
+    }
     Ok(Json(e.to_json()))
 }

@@ -27,6 +27,10 @@
 //! | `meridian_reload_errors_total` | counter | | reloads that failed (the previous configuration kept serving) |
 //! | `meridian_uptime_seconds` | gauge | | seconds since the server started |
 //! | `meridian_build_info` | gauge | `version` | always 1; the running version in its label |
+//! | `meridian_cluster_connected` | gauge | | with `--cluster`: 1 while etcd answered within two lease TTLs (shared verdicts and overrides apply), 0 while the instance follows its local view |
+//! | `meridian_cluster_instances` | gauge | | with `--cluster`: live instances (their lease holds), this one included |
+//! | `meridian_cluster_zone_mismatch` | gauge | | with `--cluster`: live instances whose zone files differ from this one's |
+//! | `meridian_cluster_recoveries_total` | counter | `kind` | with `--cluster`: store loop recoveries: `lease_grant`, `relist`, `watch_resume`, `compaction` |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -167,6 +171,27 @@ pub const BUILD_INFO: Metric = Metric {
     help: "Always 1; the running version is in the version label.",
 };
 
+pub const CLUSTER_CONNECTED: Metric = Metric {
+    name: "meridian_cluster_connected",
+    kind: Kind::Gauge,
+    help: "1 while etcd answered within two lease TTLs, 0 while following the local view.",
+};
+pub const CLUSTER_INSTANCES: Metric = Metric {
+    name: "meridian_cluster_instances",
+    kind: Kind::Gauge,
+    help: "Live instances of the cluster (their lease holds), this one included.",
+};
+pub const CLUSTER_ZONE_MISMATCH: Metric = Metric {
+    name: "meridian_cluster_zone_mismatch",
+    kind: Kind::Gauge,
+    help: "Live instances whose zone files differ from this one's.",
+};
+pub const CLUSTER_RECOVERIES: Metric = Metric {
+    name: "meridian_cluster_recoveries_total",
+    kind: Kind::Counter,
+    help: "Store loop recoveries, by kind (lease_grant, relist, watch_resume, compaction).",
+};
+
 /// Every family, in the order a scrape renders them.
 pub const ALL: &[&Metric] = &[
     &DNS_QUERIES,
@@ -188,6 +213,10 @@ pub const ALL: &[&Metric] = &[
     &RELOAD_ERRORS,
     &UPTIME,
     &BUILD_INFO,
+    &CLUSTER_CONNECTED,
+    &CLUSTER_INSTANCES,
+    &CLUSTER_ZONE_MISMATCH,
+    &CLUSTER_RECOVERIES,
 ];
 
 /// Override states, each a series of [`POOL_OVERRIDE`] for every pool.
@@ -212,7 +241,40 @@ pub fn render(control: &Control) -> String {
     );
     health_metrics(&mut out, &control.world.load_full());
     process_metrics(&mut out, control);
+    cluster_metrics(&mut out, control);
     out.text
+}
+
+/// Only with `--cluster`: a scrape of a lone instance does not grow.
+fn cluster_metrics(out: &mut Exposition, control: &Control) {
+    let Some(cluster) = &control.cluster else {
+        return;
+    };
+    let state = cluster.state();
+    out.family(&CLUSTER_CONNECTED);
+    out.sample(CLUSTER_CONNECTED.name, &[], u64::from(state.connected));
+    out.family(&CLUSTER_INSTANCES);
+    out.sample(CLUSTER_INSTANCES.name, &[], state.instances.len() as u64);
+    out.family(&CLUSTER_ZONE_MISMATCH);
+    out.sample(
+        CLUSTER_ZONE_MISMATCH.name,
+        &[],
+        cluster.zone_mismatch(&state).len() as u64,
+    );
+    out.family(&CLUSTER_RECOVERIES);
+    let s = &cluster.stats;
+    for (kind, n) in [
+        ("lease_grant", &s.lease_grants),
+        ("relist", &s.relists),
+        ("watch_resume", &s.watch_resumes),
+        ("compaction", &s.compactions),
+    ] {
+        out.sample(
+            CLUSTER_RECOVERIES.name,
+            &[("kind", kind)],
+            n.load(Ordering::Relaxed),
+        );
+    }
 }
 
 fn dns_metrics(out: &mut Exposition, totals: &Totals) {

@@ -12,7 +12,9 @@ use super::compile::{Builder, Checks, PoolName, ZoneCx};
 use super::diag::{FileCx, Span};
 use super::raw::{self, Value};
 use super::values;
-use crate::model::{CheckKind, CheckSpec, Coords, Endpoint, Pool, PoolId, ProbeKey, StatusSet};
+use crate::model::{
+    CheckKind, CheckSpec, Coords, Endpoint, Pool, PoolId, ProbeKey, Quorum, StatusSet,
+};
 
 const CHECK_KEYS: &[&str] = &[
     "kind",
@@ -28,6 +30,7 @@ const CHECK_KEYS: &[&str] = &[
     "fall",
     "ca_file",
     "tls_verify",
+    "quorum",
 ];
 const POOL_KEYS: &[&str] = &[
     "A",
@@ -47,6 +50,9 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_RISE: u32 = 2;
 const DEFAULT_FALL: u32 = 2;
+/// The largest integer `quorum`: far above any real count of name servers (RFC 2182 asks
+/// for at least two; the root zone has thirteen), small enough to print and compare.
+const MAX_QUORUM: i64 = 1000;
 /// A pool is up while at least this many endpoints are (SPEC §2).
 const DEFAULT_MIN_HEALTHY: u32 = 1;
 
@@ -164,6 +170,30 @@ fn compile_check(
         tls_verify: raw::get(t, "tls_verify")
             .and_then(|(_, v)| raw::boolean(v, "tls_verify", cx))
             .unwrap_or(true),
+        quorum: quorum(t, what, cx),
+    }
+}
+
+/// `quorum = "majority"` (the default) or an integer from 1 to [`MAX_QUORUM`].
+fn quorum(t: &DeTable<'_>, what: &str, cx: &mut FileCx<'_>) -> Quorum {
+    let Some((_, v)) = raw::get(t, "quorum") else {
+        return Quorum::Majority;
+    };
+    match v.get_ref() {
+        DeValue::String(s) if s.as_ref() == "majority" => Quorum::Majority,
+        DeValue::Integer(_) => raw::int_in(v, "quorum", 1, MAX_QUORUM, cx)
+            .map_or(Quorum::Majority, |n| Quorum::AtLeast(n as u32)),
+        other => {
+            let shown = match other {
+                DeValue::String(s) => format!("\"{s}\""),
+                o => raw::type_name(o).to_string(),
+            };
+            cx.err(
+                &v.span(),
+                format!("{what}: `quorum` must be \"majority\" or an integer, not {shown}"),
+            );
+            Quorum::Majority
+        }
     }
 }
 

@@ -121,13 +121,14 @@ fn answer(
         stats.query(None, q.qtype, tsig::NOTAUTH);
         return true;
     }
+    let nsid = response::nsid_for(&q, world.nsid.as_deref());
     if q.opcode() != 0 {
-        return error(out, &q, stats, u16::from(rcode::NOTIMP));
+        return error(out, &q, stats, u16::from(rcode::NOTIMP), nsid);
     }
     if let Some(e) = q.edns
         && e.version > 0
     {
-        return error(out, &q, stats, rcode::BADVERS);
+        return error(out, &q, stats, rcode::BADVERS, nsid);
     }
     let snap = &world.snapshot;
     let zone = (q.qclass == CLASS_IN)
@@ -135,16 +136,16 @@ fn answer(
         .flatten();
     let Some(zone) = zone.filter(|_| q.qtype != AXFR && q.qtype != IXFR && q.qtype != rtype::OPT)
     else {
-        return error(out, &q, stats, u16::from(rcode::REFUSED));
+        return error(out, &q, stats, u16::from(rcode::REFUSED), nsid);
     };
     // SPEC §11: a signed zone without its key is not served (unsigned answers under a DS
     // would be bogus); RFC 9824 §2: NXNAME is a meta-type, never asked.
     let key = snap.zone(zone).key.as_deref();
     if snap.zone(zone).dnssec.is_some() && key.is_none() {
-        return error(out, &q, stats, u16::from(rcode::REFUSED));
+        return error(out, &q, stats, u16::from(rcode::REFUSED), nsid);
     }
     if key.is_some() && q.qtype == NXNAME {
-        return error(out, &q, stats, u16::from(rcode::FORMERR));
+        return error(out, &q, stats, u16::from(rcode::FORMERR), nsid);
     }
     let ecs = q.edns.and_then(|e| e.ecs);
     let client = Client {
@@ -177,6 +178,7 @@ fn answer(
         rcode: u16::from(found.rcode),
         authoritative: found.authoritative,
         ecs: ecs.map(|e| (e, found.scope)),
+        nsid,
     };
     let limit = (transport == Transport::Udp).then(|| response::udp_limit(&q));
     w.finish(&q, meta, limit);
@@ -188,8 +190,14 @@ fn answer(
 }
 
 /// An answer that is only an rcode (with the question and OPT), counted under no zone.
-fn error(out: &mut Vec<u8>, q: &wire::Query<'_>, stats: &mut LocalStats, rcode: u16) -> bool {
-    response::error(out, q, rcode);
+fn error(
+    out: &mut Vec<u8>,
+    q: &wire::Query<'_>,
+    stats: &mut LocalStats,
+    rcode: u16,
+    nsid: Option<&[u8]>,
+) -> bool {
+    response::error_with_nsid(out, q, rcode, nsid);
     stats.query(None, q.qtype, rcode);
     true
 }

@@ -2,7 +2,7 @@
 //! records and the OPT record, straight into a reused buffer. Owner names equal to the
 //! question are compressed to a pointer at it. Truncation to the UDP limit happens here.
 
-use super::wire::{Ecs, HEADER_LEN, Query};
+use super::wire::{Ecs, HEADER_LEN, NSID_OPTION, Query};
 use crate::model::MAX_MESSAGE;
 
 /// RFC 1035 §4.1.4: pointer to the question name, which always starts right after the
@@ -136,7 +136,7 @@ impl<'b> Writer<'b> {
     /// [`MAX_MESSAGE`]: a response that does not fit keeps only its header, question and
     /// OPT, with TC=1. Over TCP that is the answer to data too large for any message (which
     /// `check` rejects where it can see it: CNAME chains and referrals add up at run time).
-    pub fn finish(self, q: &Query<'_>, meta: Meta, limit: Option<usize>) {
+    pub fn finish(self, q: &Query<'_>, meta: Meta<'_>, limit: Option<usize>) {
         let Writer {
             buf,
             counts,
@@ -145,11 +145,7 @@ impl<'b> Writer<'b> {
         } = self;
         let limit = limit.map_or(MAX_MESSAGE, |l| l.min(MAX_MESSAGE));
         let question_end = HEADER_LEN + q.question.len();
-        let opt_len = if q.edns.is_some() {
-            opt_size(meta.ecs)
-        } else {
-            0
-        };
+        let opt_len = if q.edns.is_some() { opt_size(&meta) } else { 0 };
         let mut counts = counts;
         let mut tc = false;
         if overflow || buf.len() + opt_len > limit {
@@ -167,20 +163,34 @@ impl<'b> Writer<'b> {
 
 /// What the header and OPT of a response say besides the records.
 #[derive(Clone, Copy, Debug)]
-pub struct Meta {
+pub struct Meta<'a> {
     /// Extended rcode (BADVERS = 16 spills into the OPT).
     pub rcode: u16,
     pub authoritative: bool,
     /// ECS to echo, with its scope.
     pub ecs: Option<(Ecs, u8)>,
+    /// The NSID payload to send (RFC 5001), when the query asked for it.
+    pub nsid: Option<&'a [u8]>,
+}
+
+/// The NSID payload for `q`: the instance name when the query asked (RFC 5001 §2.1).
+pub fn nsid_for<'a>(q: &Query<'_>, name: Option<&'a str>) -> Option<&'a [u8]> {
+    name.filter(|_| q.edns.is_some_and(|e| e.nsid))
+        .map(str::as_bytes)
 }
 
 /// A response with no records: errors, and answers that carry only the header.
 pub fn error(buf: &mut Vec<u8>, q: &Query<'_>, rcode: u16) {
+    error_with_nsid(buf, q, rcode, None);
+}
+
+/// [`error`] carrying the NSID the query asked for.
+pub fn error_with_nsid(buf: &mut Vec<u8>, q: &Query<'_>, rcode: u16, nsid: Option<&[u8]>) {
     let meta = Meta {
         rcode,
         authoritative: false,
         ecs: None,
+        nsid,
     };
     Writer::new(buf, q).finish(q, meta, None);
 }
@@ -195,7 +205,7 @@ pub fn bare(buf: &mut Vec<u8>, id: u16, request_flags: u16, rcode: u8) {
     buf.extend_from_slice(&[0; 8]);
 }
 
-fn write_header(buf: &mut [u8], q: &Query<'_>, meta: Meta, tc: bool, counts: [u16; 3]) {
+fn write_header(buf: &mut [u8], q: &Query<'_>, meta: Meta<'_>, tc: bool, counts: [u16; 3]) {
     // QR, opcode copied, AA, TC, RD copied, CD copied (RFC 6840 §5.9).
     let mut flags = 0x8000 | (q.flags & 0x7800) | (q.flags & 0x0100) | (q.flags & 0x0010);
     if meta.authoritative {
@@ -212,39 +222,51 @@ fn write_header(buf: &mut [u8], q: &Query<'_>, meta: Meta, tc: bool, counts: [u1
     buf[10..12].copy_from_slice(&counts[2].to_be_bytes());
 }
 
-fn opt_size(ecs: Option<(Ecs, u8)>) -> usize {
-    11 + ecs.map_or(0, |(e, _)| 8 + usize::from(e.source_prefix).div_ceil(8))
+fn opt_size(meta: &Meta<'_>) -> usize {
+    11 + meta
+        .ecs
+        .map_or(0, |(e, _)| 8 + usize::from(e.source_prefix).div_ceil(8))
+        + meta.nsid.map_or(0, |n| 4 + n.len())
 }
 
 /// RFC 6891 §6.1.2 OPT: our payload size, extended rcode, version 0, DO copied
-/// (RFC 3225 §3), CO copied when DO is set (RFC 9824 §5: compact answers understood), and
-/// the ECS option echoed with its scope (RFC 7871 §7.2.1).
-fn write_opt(buf: &mut Vec<u8>, meta: Meta, dnssec_ok: bool, compact_ok: bool) {
+/// (RFC 3225 §3), CO copied when DO is set (RFC 9824 §5: compact answers understood), the
+/// ECS option echoed with its scope (RFC 7871 §7.2.1) and the NSID (RFC 5001 §2.3). Written
+/// straight into the reused buffer: no allocation.
+fn write_opt(buf: &mut Vec<u8>, meta: Meta<'_>, dnssec_ok: bool, compact_ok: bool) {
     let [p0, p1] = MAX_UDP_PAYLOAD.to_be_bytes();
     let do_bit = if dnssec_ok { 0x80 } else { 0 } | if compact_ok { 0x40 } else { 0 };
-    let mut opt = [0u8; 11 + 8 + 16];
-    opt[..9].copy_from_slice(&[0, 0, 41, p0, p1, (meta.rcode >> 4) as u8, 0, do_bit, 0]);
-    let len = match meta.ecs {
-        None => 11,
-        Some((ecs, scope)) => {
-            let addr_len = usize::from(ecs.source_prefix).div_ceil(8);
-            let [f0, f1] = ecs.family().to_be_bytes();
-            opt[9..11].copy_from_slice(&((8 + addr_len) as u16).to_be_bytes());
-            opt[11..13].copy_from_slice(&8u16.to_be_bytes());
-            opt[13..15].copy_from_slice(&((4 + addr_len) as u16).to_be_bytes());
-            opt[15..19].copy_from_slice(&[f0, f1, ecs.source_prefix, scope]);
-            match ecs.addr {
-                std::net::IpAddr::V4(a) => {
-                    opt[19..19 + addr_len].copy_from_slice(&a.octets()[..addr_len])
-                }
-                std::net::IpAddr::V6(a) => {
-                    opt[19..19 + addr_len].copy_from_slice(&a.octets()[..addr_len])
-                }
-            }
-            19 + addr_len
+    let start = buf.len();
+    buf.extend_from_slice(&[
+        0,
+        0,
+        41,
+        p0,
+        p1,
+        (meta.rcode >> 4) as u8,
+        0,
+        do_bit,
+        0,
+        0,
+        0,
+    ]);
+    if let Some((ecs, scope)) = meta.ecs {
+        let addr_len = usize::from(ecs.source_prefix).div_ceil(8);
+        let [f0, f1] = ecs.family().to_be_bytes();
+        let [l0, l1] = ((4 + addr_len) as u16).to_be_bytes();
+        buf.extend_from_slice(&[0, 8, l0, l1, f0, f1, ecs.source_prefix, scope]);
+        match ecs.addr {
+            std::net::IpAddr::V4(a) => buf.extend_from_slice(&a.octets()[..addr_len]),
+            std::net::IpAddr::V6(a) => buf.extend_from_slice(&a.octets()[..addr_len]),
         }
-    };
-    buf.extend_from_slice(&opt[..len]);
+    }
+    if let Some(id) = meta.nsid {
+        buf.extend_from_slice(&NSID_OPTION.to_be_bytes());
+        buf.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        buf.extend_from_slice(id);
+    }
+    let rdlen = (buf.len() - start - 11) as u16;
+    buf[start + 9..start + 11].copy_from_slice(&rdlen.to_be_bytes());
 }
 
 /// The UDP size limit for a query (RFC 6891 §6.2.5: at least 512, capped at ours).

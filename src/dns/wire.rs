@@ -14,6 +14,8 @@ pub const HEADER_LEN: usize = 12;
 pub const MAX_NAME: usize = 255;
 /// RFC 7871 §6: the EDNS option code of Client Subnet.
 const ECS_OPTION: u16 = 8;
+/// RFC 5001 §2.3: the EDNS option code of the Name Server Identifier.
+pub const NSID_OPTION: u16 = 3;
 
 /// Why a packet gets no normal answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct Edns {
     /// requestor wants NXDOMAIN in the header of a compact denial.
     pub compact_ok: bool,
     pub ecs: Option<Ecs>,
+    /// RFC 5001 §2.1: the query carries an empty NSID option, asking who answers.
+    pub nsid: bool,
 }
 
 /// A Client Subnet option, validated (RFC 7871 §7.1.2).
@@ -181,12 +185,14 @@ fn read_records(
                 if !additional || edns.is_some() || packet[name_start] != 0 {
                     return Err(Reject::FormErr);
                 }
+                let (ecs, nsid) = read_options(rdata)?;
                 edns = Some(Edns {
                     payload: class,
                     version: (ttl >> 16) as u8,
                     dnssec_ok: ttl & 0x8000 != 0,
                     compact_ok: ttl & 0x4000 != 0,
-                    ecs: read_options(rdata)?,
+                    ecs,
+                    nsid,
                 });
             }
             TSIG => {
@@ -223,9 +229,12 @@ fn skip_name(packet: &[u8], mut at: usize) -> Option<usize> {
     }
 }
 
-/// EDNS options: ECS is validated, every other option ignored (RFC 6891 §6.1.2).
-fn read_options(mut rdata: &[u8]) -> Result<Option<Ecs>, Reject> {
+/// EDNS options: ECS is validated, an empty NSID noted (RFC 5001 §2.3: a requestor sends it
+/// empty; a non-empty one is not a request and is ignored), every other option ignored
+/// (RFC 6891 §6.1.2).
+fn read_options(mut rdata: &[u8]) -> Result<(Option<Ecs>, bool), Reject> {
     let mut ecs = None;
+    let mut nsid = false;
     while !rdata.is_empty() {
         let head = rdata.get(..4).ok_or(Reject::FormErr)?;
         let code = u16::from_be_bytes([head[0], head[1]]);
@@ -237,9 +246,11 @@ fn read_options(mut rdata: &[u8]) -> Result<Option<Ecs>, Reject> {
                 return Err(Reject::FormErr);
             }
             ecs = Some(read_ecs(body)?);
+        } else if code == NSID_OPTION && body.is_empty() {
+            nsid = true;
         }
     }
-    Ok(ecs)
+    Ok((ecs, nsid))
 }
 
 /// RFC 7871 §6 and §7.1.2: family 1 or 2, SOURCE within the family, SCOPE 0 in queries,

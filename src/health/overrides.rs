@@ -6,11 +6,16 @@
 //! lowercase, origin with its trailing dot), not by id: a reload renumbers pools, and an
 //! entry for a pool that is gone stays in the file in case the pool comes back.
 //! [`OverrideStore::resolve`] maps them onto a snapshot's ids for the health view.
+//!
+//! Each entry carries who set it, why, when, and an optional expiry (`until`); an expired
+//! entry is ignored by `resolve`. With a cluster (SPEC §10) etcd holds the overrides and this
+//! file is the local copy of the last known set ([`OverrideStore::replace_all`]).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,11 +48,51 @@ pub enum OverrideError {
 /// lowercase, the origin ends with a dot.
 pub type PoolRef = (String, String, Option<IpAddr>);
 
+/// One override: the state and who set it, why, when (RFC 3339), and until when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideEntry {
+    pub state: Override,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// RFC 3339; the override stops applying at that time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+impl OverrideEntry {
+    /// A bare override (no who, why or expiry).
+    pub fn new(state: Override) -> OverrideEntry {
+        OverrideEntry {
+            state,
+            by: None,
+            why: None,
+            at: None,
+            until: None,
+        }
+    }
+
+    /// When it stops applying; `None` for never (an unparsable `until` also never expires,
+    /// as the API refuses one, so it can only come from a hand-edited file).
+    pub fn expires(&self) -> Option<SystemTime> {
+        self.until.as_deref().and_then(crate::clock::parse_rfc3339)
+    }
+
+    /// Whether it applies at `now`.
+    pub fn active(&self, now: SystemTime) -> bool {
+        self.expires().is_none_or(|t| now < t)
+    }
+}
+
 /// Overrides in memory, mirrored to `overrides.json` on every change.
 #[derive(Debug, Clone)]
 pub struct OverrideStore {
     path: PathBuf,
-    pools: BTreeMap<PoolRef, Override>,
+    pools: BTreeMap<PoolRef, OverrideEntry>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,6 +109,14 @@ struct FileEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     address: Option<IpAddr>,
     state: Override,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    why: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    until: Option<String>,
 }
 
 impl OverrideStore {
@@ -88,7 +141,17 @@ impl OverrideStore {
         let pools = file
             .pools
             .into_iter()
-            .map(|e| (normalize(&e.zone, &e.pool, e.address), e.state))
+            .map(|e| {
+                let key = normalize(&e.zone, &e.pool, e.address);
+                let entry = OverrideEntry {
+                    state: e.state,
+                    by: e.by,
+                    why: e.why,
+                    at: e.at,
+                    until: e.until,
+                };
+                (key, entry)
+            })
             .collect();
         Ok(OverrideStore { path, pools })
     }
@@ -107,10 +170,39 @@ impl OverrideStore {
         address: Option<IpAddr>,
         state: Override,
     ) -> Result<(), OverrideError> {
+        self.set_entry(zone, pool, address, OverrideEntry::new(state))
+    }
+
+    /// [`OverrideStore::set`] with who, why, when and until.
+    pub fn set_entry(
+        &mut self,
+        zone: &str,
+        pool: &str,
+        address: Option<IpAddr>,
+        entry: OverrideEntry,
+    ) -> Result<(), OverrideError> {
         let key = normalize(zone, pool, address);
-        let before = self.pools.insert(key.clone(), state);
+        let before = self.pools.insert(key.clone(), entry);
         self.save()
             .inspect_err(|_| restore(&mut self.pools, key, before))
+    }
+
+    /// Make the store exactly `entries` (the cluster's set) and persist it when it changed.
+    /// On a write error the memory copy is still replaced: it mirrors etcd, which is the
+    /// truth, and the next change retries the write.
+    pub fn replace_all(
+        &mut self,
+        entries: BTreeMap<PoolRef, OverrideEntry>,
+    ) -> Result<bool, OverrideError> {
+        let entries: BTreeMap<PoolRef, OverrideEntry> = entries
+            .into_iter()
+            .map(|((z, p, a), e)| (normalize(&z, &p, a), e))
+            .collect();
+        if entries == self.pools {
+            return Ok(false);
+        }
+        self.pools = entries;
+        self.save().map(|()| true)
     }
 
     /// Clear an override and persist it; returns what was there. On a write error nothing
@@ -126,7 +218,7 @@ impl OverrideStore {
             return Ok(None);
         };
         match self.save() {
-            Ok(()) => Ok(Some(before)),
+            Ok(()) => Ok(Some(before.state)),
             Err(e) => {
                 self.pools.insert(key, before);
                 Err(e)
@@ -135,36 +227,58 @@ impl OverrideStore {
     }
 
     pub fn get(&self, zone: &str, pool: &str, address: Option<IpAddr>) -> Option<Override> {
-        self.pools.get(&normalize(zone, pool, address)).copied()
+        self.pools
+            .get(&normalize(zone, pool, address))
+            .map(|e| e.state)
     }
 
     /// Every entry, pools of zones not loaded included, sorted by zone then pool.
     pub fn entries(&self) -> impl Iterator<Item = (&PoolRef, Override)> + '_ {
-        self.pools.iter().map(|(k, v)| (k, *v))
+        self.pools.iter().map(|(k, v)| (k, v.state))
     }
 
-    /// The override of every pool of `snap`, indexed by `PoolId`.
+    /// Every entry with who, why, when and until.
+    pub fn full_entries(&self) -> &BTreeMap<PoolRef, OverrideEntry> {
+        &self.pools
+    }
+
+    /// The earliest expiry still ahead of `now`, so the caller can re-resolve then.
+    pub fn next_expiry(&self, now: SystemTime) -> Option<SystemTime> {
+        self.pools
+            .values()
+            .filter_map(OverrideEntry::expires)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// The override of every pool of `snap` active now, indexed by `PoolId`.
     pub fn resolve(&self, snap: &Snapshot) -> Vec<Option<Override>> {
+        let now = SystemTime::now();
         let mut out = vec![None; snap.pools.len()];
-        for ((zone, pool, address), state) in &self.pools {
+        for ((zone, pool, address), entry) in &self.pools {
             if address.is_none()
+                && entry.active(now)
                 && let Some(id) = find(snap, zone, pool)
             {
-                out[id.0 as usize] = Some(*state);
+                out[id.0 as usize] = Some(entry.state);
             }
         }
         out
     }
 
-    /// The endpoint overrides that name an endpoint of `snap`.
+    /// The endpoint overrides active now that name an endpoint of `snap`.
     pub fn resolve_endpoints(&self, snap: &Snapshot) -> EndpointOverrides {
+        let now = SystemTime::now();
         let mut out = EndpointOverrides::default();
-        for ((zone, pool, address), state) in &self.pools {
+        for ((zone, pool, address), entry) in &self.pools {
             let (Some(addr), Some(id)) = (address, find(snap, zone, pool)) else {
                 continue;
             };
+            if !entry.active(now) {
+                continue;
+            }
             if let Some(i) = snap.pool(id).endpoints.iter().position(|e| e.addr == *addr) {
-                out.insert((id, i), *state);
+                out.insert((id, i), entry.state);
             }
         }
         out
@@ -183,11 +297,15 @@ impl OverrideStore {
             pools: self
                 .pools
                 .iter()
-                .map(|((zone, pool, address), state)| FileEntry {
+                .map(|((zone, pool, address), entry)| FileEntry {
                     zone: zone.clone(),
                     pool: pool.clone(),
                     address: *address,
-                    state: *state,
+                    state: entry.state,
+                    by: entry.by.clone(),
+                    why: entry.why.clone(),
+                    at: entry.at.clone(),
+                    until: entry.until.clone(),
                 })
                 .collect(),
         };
@@ -215,7 +333,11 @@ impl OverrideStore {
     }
 }
 
-fn restore(pools: &mut BTreeMap<PoolRef, Override>, key: PoolRef, before: Option<Override>) {
+fn restore(
+    pools: &mut BTreeMap<PoolRef, OverrideEntry>,
+    key: PoolRef,
+    before: Option<OverrideEntry>,
+) {
     match before {
         Some(state) => pools.insert(key, state),
         None => pools.remove(&key),
@@ -223,7 +345,7 @@ fn restore(pools: &mut BTreeMap<PoolRef, Override>, key: PoolRef, before: Option
 }
 
 /// Origins are case-insensitive and the trailing dot optional; pool names case-insensitive.
-fn normalize(zone: &str, pool: &str, address: Option<IpAddr>) -> PoolRef {
+pub fn normalize(zone: &str, pool: &str, address: Option<IpAddr>) -> PoolRef {
     let zone = zone.trim_end_matches('.').to_ascii_lowercase() + ".";
     (
         zone,

@@ -33,6 +33,8 @@ pub fn install_crypto_provider() {
 pub struct Clients {
     mozilla: Arc<ClientConfig>,
     insecure: Arc<ClientConfig>,
+    /// `--probe-source`: the local address probes bind to (SPEC §5).
+    source: Option<IpAddr>,
 }
 
 impl Default for Clients {
@@ -71,7 +73,21 @@ impl Clients {
         Clients {
             mozilla: Arc::new(mozilla),
             insecure: Arc::new(insecure),
+            source: None,
         }
+    }
+
+    /// Probes bind to `source` (`--probe-source`); targets of the other address family
+    /// keep the system's choice, as a socket of one family cannot bind an address of the
+    /// other.
+    pub fn with_source(mut self, source: Option<IpAddr>) -> Clients {
+        self.source = source;
+        self
+    }
+
+    /// The source address for a probe of `addr`, when one is set and of its family.
+    fn source_for(&self, addr: IpAddr) -> Option<IpAddr> {
+        self.source.filter(|s| s.is_ipv4() == addr.is_ipv4())
     }
 
     /// Everything a probe of `addr` needs that does not change between runs: the HTTP client
@@ -86,6 +102,7 @@ impl Clients {
             addr,
             spec: Arc::clone(spec),
             http,
+            source: self.source_for(addr),
         }
     }
 
@@ -113,6 +130,7 @@ impl Clients {
             // A fresh connection per probe: pooled ones would hide connect failures.
             .pool_max_idle_per_host(0)
             .tcp_nodelay(true)
+            .local_address(self.source_for(addr))
             .tls_backend_preconfigured((*tls).clone());
         let is_name = |h: &str| h.trim_matches(['[', ']']).parse::<IpAddr>().is_err();
         if let Some(h) = host.as_deref().filter(|h| is_name(h)) {
@@ -167,6 +185,7 @@ pub struct Target {
     addr: IpAddr,
     spec: Arc<CheckSpec>,
     http: Option<Result<HttpTarget, String>>,
+    source: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -192,15 +211,31 @@ impl Target {
 
     async fn attempt(&self) -> Result<(), String> {
         match &self.http {
-            None => tcp(SocketAddr::new(self.addr, self.spec.port)).await,
+            None => tcp(SocketAddr::new(self.addr, self.spec.port), self.source).await,
             Some(Err(e)) => Err(e.clone()),
             Some(Ok(h)) => http(h, &self.spec).await,
         }
     }
 }
 
-async fn tcp(sock: SocketAddr) -> Result<(), String> {
-    tokio::net::TcpStream::connect(sock)
+async fn tcp(sock: SocketAddr, source: Option<IpAddr>) -> Result<(), String> {
+    let Some(source) = source else {
+        return tokio::net::TcpStream::connect(sock)
+            .await
+            .map(drop)
+            .map_err(|e| io_error(&e));
+    };
+    let socket = if sock.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| io_error(&e))?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("cannot bind probe source {source}: {e}"))?;
+    socket
+        .connect(sock)
         .await
         .map(drop)
         .map_err(|e| io_error(&e))

@@ -132,6 +132,11 @@ impl Prober {
     ///
     /// The sink is called from a prober task, never under a prober lock.
     pub fn start(snapshot: Arc<Snapshot>, sink: Sink) -> Prober {
+        Prober::start_with(snapshot, sink, Clients::new())
+    }
+
+    /// [`Prober::start`] with prepared clients (`--probe-source`).
+    pub fn start_with(snapshot: Arc<Snapshot>, sink: Sink, clients: Clients) -> Prober {
         let runtime = Handle::current();
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -141,7 +146,7 @@ impl Prober {
                 next_gen: 0,
                 epoch: 0,
             }),
-            clients: Clients::new(),
+            clients,
             permits: Semaphore::new(MAX_CONCURRENT_PROBES),
             stats: Mutex::new(HashMap::new()),
             wake: Notify::new(),

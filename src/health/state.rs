@@ -129,6 +129,7 @@ mod tests {
             fall,
             ca_file: None,
             tls_verify: true,
+            quorum: Default::default(),
         }
     }
 

@@ -119,6 +119,9 @@ fn settings(dir: &TempDir, token_file: Option<PathBuf>) -> Settings {
         state: dir.0.join("state"),
         log_format: LogFormat::Text,
         watch_zones: false,
+        instance: "test".into(),
+        cluster: None,
+        probe_source: None,
     }
 }
 
@@ -808,10 +811,20 @@ async fn overrides_need_the_token_move_answers_and_survive_a_restart() {
         .change(put.clone(), "/v1/overrides/ADMIN.test/primary", token, down)
         .await;
     assert_eq!(c, 200, "{v}");
-    assert_eq!(
-        v,
-        json!({"zone": ZONE, "pool": "primary", "state": "down", "previous": null, "up": false})
-    );
+    for (k, want) in [
+        ("zone", json!(ZONE)),
+        ("pool", json!("primary")),
+        ("state", json!("down")),
+        ("previous", json!(null)),
+        ("up", json!(false)),
+        // Who, why, when: the peer when the body names nobody.
+        ("by", json!("127.0.0.1")),
+        ("why", json!(null)),
+        ("until", json!(null)),
+    ] {
+        assert_eq!(v[k], want, "{k}: {v}");
+    }
+    assert!(v["at"].is_string(), "{v}");
     assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [SECONDARY]);
     let m = server.metrics().await;
     assert_eq!(
@@ -842,10 +855,27 @@ async fn overrides_need_the_token_move_answers_and_survive_a_restart() {
     server.stop().await;
     let server = Server::start(settings(&dir, Some(token_file))).await;
     let s = server.status().await;
-    assert_eq!(
-        s["overrides"],
-        json!([{"zone": ZONE, "pool": "primary", "state": "drain"}])
-    );
+    let listed = |o: &Value| -> Vec<(String, String, String, bool)> {
+        o.as_array()
+            .expect("overrides")
+            .iter()
+            .map(|e| {
+                (
+                    e["zone"].as_str().unwrap_or_default().to_string(),
+                    e["pool"].as_str().unwrap_or_default().to_string(),
+                    e["state"].as_str().unwrap_or_default().to_string(),
+                    e["active"] == json!(true),
+                )
+            })
+            .collect()
+    };
+    let want = vec![(
+        ZONE.to_string(),
+        "primary".to_string(),
+        "drain".to_string(),
+        true,
+    )];
+    assert_eq!(listed(&s["overrides"]), want, "{s}");
     let primary = s["pools"]
         .as_array()
         .expect("pools")
@@ -860,10 +890,7 @@ async fn overrides_need_the_token_move_answers_and_survive_a_restart() {
     assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [SECONDARY]);
     let (c, v) = server.get_json("/v1/overrides").await;
     assert_eq!(c, 200, "{v}");
-    assert_eq!(
-        v,
-        json!({"overrides": [{"zone": ZONE, "pool": "primary", "state": "drain"}]})
-    );
+    assert_eq!(listed(&v["overrides"]), want, "{v}");
     server.stop().await;
 }
 

@@ -464,6 +464,7 @@ fn example_world() -> &'static meridian::world::World {
             health,
             Some(std::sync::Arc::new(geo)),
         )
+        .with_nsid(Some(std::sync::Arc::from("ns-test")))
     })
 }
 
@@ -511,6 +512,7 @@ fn answering_a_query_allocates_nothing() {
             .ecs(ip("192.0.2.1"), 24)
             .packet(),
         Query::new("nope.gslb.example.test", A).packet(),
+        nsid_query("www.gslb.example.test").packet(),
         Query::new("docs.gslb.example.test", A).packet(),
         Query::new("x.wild.gslb.example.test", A).packet(),
         Query::new("www.example.com", A).packet(),
@@ -544,4 +546,51 @@ fn answering_a_query_allocates_nothing() {
         stats.is_zero(),
         "heap operations while answering: {stats:?}"
     );
+}
+
+/// A query asking for the server's NSID (RFC 5001: an empty option 3).
+fn nsid_query(name: &str) -> Query {
+    let mut q = Query::new(name, 1).edns(1232);
+    q.options.push((3, Vec::new()));
+    q
+}
+
+#[tokio::test]
+async fn nsid_answers_the_instance_name_and_only_when_asked() {
+    let zones = crate::support::zone_dir(
+        "nsid",
+        &[(
+            "z.toml",
+            "origin = \"n.test.\"\n[soa]\nmname = \"ns1.n.test.\"\nrname = \"h.n.test.\"\n[records.a]\nA = [\"192.0.2.1\"]\n",
+        )],
+    );
+    let mut settings = crate::support::settings(&zones, None);
+    settings.instance = "ns-eu-1".into();
+    let server = crate::support::Server::start(settings).await;
+    let nsid_of = |bytes: Vec<u8>| {
+        use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+        let m = hickory_proto::op::Message::from_vec(&bytes).expect("parses");
+        match m
+            .edns
+            .as_ref()
+            .and_then(|e| e.option(EdnsCode::NSID).cloned())
+        {
+            Some(EdnsOption::NSID(p)) => Some(String::from_utf8_lossy(p.as_ref()).into_owned()),
+            _ => None,
+        }
+    };
+    for name in ["a.n.test.", "missing.n.test.", "elsewhere.example."] {
+        let reply = server.udp(&nsid_query(name).packet()).await.expect("reply");
+        assert_eq!(nsid_of(reply).as_deref(), Some("ns-eu-1"), "{name}");
+        let plain = server
+            .udp(&Query::new(name, 1).edns(1232).packet())
+            .await
+            .expect("reply");
+        assert_eq!(nsid_of(plain), None, "{name}: NSID only when asked");
+    }
+    // A non-empty NSID option is not a request (RFC 5001 §2.3).
+    let mut q = Query::new("a.n.test.", 1).edns(1232);
+    q.options.push((3, b"x".to_vec()));
+    assert_eq!(nsid_of(server.udp(&q.packet()).await.expect("reply")), None);
+    server.stop().await;
 }

@@ -33,6 +33,7 @@ fn spec(kind: CheckKind, port: u16) -> CheckSpec {
         fall: 1,
         ca_file: None,
         tls_verify: true,
+        quorum: Default::default(),
     }
 }
 
@@ -325,6 +326,51 @@ async fn endless_body_stops_after_64_kib() {
         "read the endless body for {:?}",
         started.elapsed()
     );
+}
+
+/// `--probe-source`: HTTP and TCP probes leave from the given address (the backend sees
+/// it as the peer), with no cluster involved.
+#[tokio::test]
+async fn probes_bind_to_the_probe_source() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&peers);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, peer)) = listener.accept().await else {
+                return;
+            };
+            seen.lock().expect("peers").push(peer.ip());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    let clients = Clients::new().with_source(Some(ip("127.0.0.77")));
+    for kind in [CheckKind::Http, CheckKind::Tcp] {
+        let r = probe::run(&clients, ip("127.0.0.1"), &spec(kind, port)).await;
+        assert!(r.ok, "{kind:?}: {r:?}");
+    }
+    // An IPv6 target keeps the system's source (a v4 source cannot bind a v6 socket).
+    let r = probe::run(
+        &clients,
+        ip("::1"),
+        &spec(CheckKind::Tcp, closed_port("127.0.0.1")),
+    )
+    .await;
+    assert!(r.error.is_some_and(|e| !e.contains("bind")));
+    assert_eq!(
+        *peers.lock().expect("peers"),
+        [ip("127.0.0.77"), ip("127.0.0.77")]
+    );
+    task.abort();
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod admin;
 mod admin_limits;
 mod check;
 mod cli;
+mod cluster;
 mod dns;
 mod dnssec;
 mod geo;

@@ -51,6 +51,9 @@ pub fn settings(zones: &Path, geoip: Option<&str>) -> Settings {
         state: temp_dir("state"),
         log_format: LogFormat::Text,
         watch_zones: false,
+        instance: "test".into(),
+        cluster: None,
+        probe_source: None,
     }
 }
 
