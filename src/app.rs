@@ -109,6 +109,8 @@ pub async fn start(settings: Settings) -> Result<Running> {
         tcp_max_per_network = tcp_limits.caps.per_network,
         "open files limit and tcp connection caps"
     );
+    let rrl = crate::dns::rrl::Shared::new(settings.rrl.clone());
+    tracing::info!(rrl = ?settings.rrl, "response rate limiting");
     for addr in &settings.listen {
         let (sockets, tcp) = bind_dns(*addr, workers)?;
         let bound = tcp.local_addr()?;
@@ -118,6 +120,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
             sockets,
             world.clone(),
             &control.dns_stats,
+            &rrl,
             stop_udp.clone(),
         )?);
         tasks.spawn(tcp::serve_tcp(

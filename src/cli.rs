@@ -9,10 +9,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::values::parse_cidr;
 use crate::config::{self, LoadOptions};
+use crate::dns::rrl;
 use crate::explain;
 use crate::explain::{parse_client, parse_qtype};
-use crate::settings::{Flags, LogFormat, Settings};
+use crate::settings::{Flags, LogFormat, RrlFlags, Settings};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,7 +70,7 @@ pub struct CommonArgs {
     /// Optional ASN database (.mmdb)
     #[arg(long, env = "MERIDIAN_ASN")]
     pub asn: Option<PathBuf>,
-    /// Settings file (TOML: listen, admin, admin_token_file, zones, geoip, asn, state, log_format, watch_zones, cluster, instance, cluster_prefix, cluster_lease_ttl, probe_source)
+    /// Settings file (TOML: listen, admin, admin_token_file, zones, geoip, asn, state, log_format, watch_zones, cluster, instance, cluster_prefix, cluster_lease_ttl, probe_source, rrl, rrl_rate, rrl_slip, rrl_ipv4_prefix, rrl_ipv6_prefix, rrl_exempt)
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format
@@ -109,7 +111,45 @@ pub struct ServeArgs {
     #[arg(long, env = "MERIDIAN_PROBE_SOURCE")]
     pub probe_source: Option<IpAddr>,
     #[command(flatten)]
+    pub rrl: RrlArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// Response rate limiting of UDP answers (SPEC §9); TCP is never limited.
+#[derive(Args, Debug, Default, Clone)]
+pub struct RrlArgs {
+    /// Response rate limiting: on, off or log-only (count and log, limit nothing) [default: on]
+    #[arg(long = "rrl", env = "MERIDIAN_RRL", value_name = "on|off|log-only")]
+    pub mode: Option<rrl::Mode>,
+    /// Responses per second per client prefix and response class [default: 20]
+    #[arg(long = "rrl-rate", env = "MERIDIAN_RRL_RATE", value_parser = clap::value_parser!(u32).range(1..=i64::from(rrl::MAX_RATE)))]
+    pub rate: Option<u32>,
+    /// Every N-th limited response is a TC=1 reply with no records, the others are dropped (0: drop all) [default: 2]
+    #[arg(long = "rrl-slip", env = "MERIDIAN_RRL_SLIP", value_parser = clap::value_parser!(u8).range(0..=i64::from(rrl::MAX_SLIP)))]
+    pub slip: Option<u8>,
+    /// IPv4 client prefix length that shares a bucket [default: 24]
+    #[arg(long = "rrl-ipv4-prefix", env = "MERIDIAN_RRL_IPV4_PREFIX", value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub ipv4_prefix: Option<u8>,
+    /// IPv6 client prefix length that shares a bucket [default: 56]
+    #[arg(long = "rrl-ipv6-prefix", env = "MERIDIAN_RRL_IPV6_PREFIX", value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub ipv6_prefix: Option<u8>,
+    /// Client prefixes never limited, comma-separated (CIDR or address) [default: none]
+    #[arg(long = "rrl-exempt", env = "MERIDIAN_RRL_EXEMPT", value_name = "CIDR,...", value_delimiter = ',', num_args = 0.., value_parser = parse_cidr)]
+    pub exempt: Option<Vec<ipnet::IpNet>>,
+}
+
+impl RrlArgs {
+    fn flags(&self) -> RrlFlags {
+        RrlFlags {
+            mode: self.mode,
+            rate: self.rate,
+            slip: self.slip,
+            ipv4_prefix: self.ipv4_prefix,
+            ipv6_prefix: self.ipv6_prefix,
+            exempt: self.exempt.clone(),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +206,7 @@ impl ServeArgs {
             cluster_prefix: self.cluster_prefix.clone(),
             cluster_lease_ttl: self.cluster_lease_ttl,
             probe_source: self.probe_source,
+            rrl: self.rrl.flags(),
             ..self.common.flags()
         }
     }

@@ -6,8 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::config::values::parse_cidr;
+use crate::dns::rrl;
 use crate::geo::{GeoDb, GeoError};
 
 /// SPEC §1: where `serve` listens with no flags.
@@ -56,6 +59,19 @@ pub struct Flags {
     pub cluster_prefix: Option<String>,
     pub cluster_lease_ttl: Option<u64>,
     pub probe_source: Option<IpAddr>,
+    pub rrl: RrlFlags,
+}
+
+/// The `--rrl*` flags (SPEC §9).
+#[derive(Debug, Default, Clone)]
+pub struct RrlFlags {
+    pub mode: Option<rrl::Mode>,
+    pub rate: Option<u32>,
+    pub slip: Option<u8>,
+    pub ipv4_prefix: Option<u8>,
+    pub ipv6_prefix: Option<u8>,
+    /// Given: replaces the file's list (an empty value clears it).
+    pub exempt: Option<Vec<IpNet>>,
 }
 
 /// The `--config` file: the same settings as the flags.
@@ -76,6 +92,12 @@ struct FileSettings {
     cluster_prefix: Option<String>,
     cluster_lease_ttl: Option<u64>,
     probe_source: Option<IpAddr>,
+    rrl: Option<rrl::Mode>,
+    rrl_rate: Option<u32>,
+    rrl_slip: Option<u8>,
+    rrl_ipv4_prefix: Option<u8>,
+    rrl_ipv6_prefix: Option<u8>,
+    rrl_exempt: Option<Vec<String>>,
 }
 
 /// Why the settings cannot be resolved.
@@ -101,6 +123,8 @@ pub enum SettingsError {
     Prefix(String),
     #[error("--cluster-lease-ttl {0}: expected {min} to {max} seconds", min = MIN_LEASE_TTL.as_secs(), max = MAX_LEASE_TTL.as_secs())]
     LeaseTtl(u64),
+    #[error("{0}")]
+    Rrl(String),
 }
 
 /// Resolved settings.
@@ -123,6 +147,8 @@ pub struct Settings {
     pub cluster: Option<ClusterSettings>,
     /// The local address every health probe binds to.
     pub probe_source: Option<IpAddr>,
+    /// Response rate limiting of UDP answers (SPEC §9).
+    pub rrl: rrl::Config,
 }
 
 /// `--cluster` and its companions (SPEC §10).
@@ -143,6 +169,7 @@ impl Settings {
             Some(path) => read_file(path)?,
             None => FileSettings::default(),
         };
+        let rrl = resolve_rrl(&flags.rrl, &file)?;
         let listen = match Some(flags.listen).filter(|l| !l.is_empty()) {
             Some(l) => l,
             None => file
@@ -184,6 +211,7 @@ impl Settings {
                 flags.cluster_lease_ttl.or(file.cluster_lease_ttl),
             )?,
             probe_source: flags.probe_source.or(file.probe_source),
+            rrl,
         })
     }
 
@@ -266,6 +294,35 @@ fn cluster_settings(
     }))
 }
 
+/// The RRL settings: flags over the file over the defaults, checked.
+fn resolve_rrl(flags: &RrlFlags, file: &FileSettings) -> Result<rrl::Config, SettingsError> {
+    let d = rrl::Config::default();
+    let exempt = match (&flags.exempt, &file.rrl_exempt) {
+        (Some(list), _) => list.clone(),
+        (None, Some(texts)) => texts
+            .iter()
+            .map(|t| parse_cidr(t).map_err(|e| SettingsError::Rrl(format!("rrl_exempt: {e}"))))
+            .collect::<Result<_, _>>()?,
+        (None, None) => d.exempt,
+    };
+    let config = rrl::Config {
+        mode: flags.mode.or(file.rrl).unwrap_or(d.mode),
+        rate: flags.rate.or(file.rrl_rate).unwrap_or(d.rate),
+        slip: flags.slip.or(file.rrl_slip).unwrap_or(d.slip),
+        ipv4_prefix: flags
+            .ipv4_prefix
+            .or(file.rrl_ipv4_prefix)
+            .unwrap_or(d.ipv4_prefix),
+        ipv6_prefix: flags
+            .ipv6_prefix
+            .or(file.rrl_ipv6_prefix)
+            .unwrap_or(d.ipv6_prefix),
+        exempt,
+    };
+    config.validate().map_err(SettingsError::Rrl)?;
+    Ok(config)
+}
+
 fn read_file(path: &std::path::Path) -> Result<FileSettings, SettingsError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
@@ -309,5 +366,77 @@ mod tests {
         assert!(instance_name(Some(String::new())).is_err());
         assert!(instance_name(Some("x".repeat(64))).is_err());
         assert!(valid_instance(&instance_name(None).expect("host name")));
+    }
+
+    fn with_file(text: &str, flags: Flags) -> Result<Settings, SettingsError> {
+        let path = std::env::temp_dir().join(format!(
+            "meridian-settings-{}-{}.toml",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::write(&path, text).expect("write settings");
+        let r = Settings::resolve(Flags {
+            config: Some(path.clone()),
+            ..flags
+        });
+        let _ = std::fs::remove_file(path);
+        r
+    }
+
+    #[test]
+    fn rate_limiting_is_on_by_default() {
+        let s = Settings::resolve(Flags::default()).expect("defaults resolve");
+        assert_eq!(s.rrl, rrl::Config::default());
+        assert_eq!(s.rrl.mode, rrl::Mode::On);
+        assert_eq!((s.rrl.rate, s.rrl.slip), (20, 2));
+        assert_eq!((s.rrl.ipv4_prefix, s.rrl.ipv6_prefix), (24, 56));
+        assert!(s.rrl.exempt.is_empty());
+    }
+
+    #[test]
+    fn rrl_keys_of_the_file_apply_and_flags_beat_them() {
+        let file = "rrl = \"log-only\"\nrrl_rate = 50\nrrl_slip = 0\nrrl_ipv4_prefix = 32\n\
+                    rrl_ipv6_prefix = 64\nrrl_exempt = [\"127.0.0.1\", \"10.0.0.0/8\"]\n";
+        let s = with_file(file, Flags::default()).expect("file resolves");
+        let expect = rrl::Config {
+            mode: rrl::Mode::LogOnly,
+            rate: 50,
+            slip: 0,
+            ipv4_prefix: 32,
+            ipv6_prefix: 64,
+            exempt: vec![
+                "127.0.0.1/32".parse().expect("net"),
+                "10.0.0.0/8".parse().expect("net"),
+            ],
+        };
+        assert_eq!(s.rrl, expect);
+        let flags = Flags {
+            rrl: RrlFlags {
+                mode: Some(rrl::Mode::Off),
+                rate: Some(7),
+                exempt: Some(Vec::new()),
+                ..RrlFlags::default()
+            },
+            ..Flags::default()
+        };
+        let s = with_file(file, flags).expect("flags resolve");
+        assert_eq!((s.rrl.mode, s.rrl.rate, s.rrl.slip), (rrl::Mode::Off, 7, 0));
+        assert!(s.rrl.exempt.is_empty());
+    }
+
+    #[test]
+    fn bad_rrl_settings_are_errors() {
+        for (text, needle) in [
+            ("rrl_rate = 0\n", "rrl rate 0"),
+            ("rrl_slip = 11\n", "rrl slip 11"),
+            ("rrl_ipv4_prefix = 33\n", "ipv4 prefix 33"),
+            ("rrl_exempt = [\"10.0.0.1/8\"]\n", "host bits"),
+            ("rrl = \"sometimes\"\n", "bad settings"),
+        ] {
+            let e = with_file(text, Flags::default())
+                .expect_err(text)
+                .to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 }

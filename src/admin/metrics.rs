@@ -16,6 +16,9 @@
 //! | `meridian_tcp_evicted_total` | counter | | idle TCP connections closed to make room for a new one under a full cap (global, or the client's /24 or /56) |
 //! | `meridian_tcp_refused_total` | counter | | new TCP connections refused because the cap was full of busy connections |
 //! | `meridian_tcp_closed_total` | counter | `reason` | TCP connections closed: `eof`, `error`, `shutdown`, `idle` (idle timeout), `read_timeout` (a started message not complete in time), `write_timeout` (replies not taken in time), `evicted`, `bad_frame` (a frame shorter than a DNS header) |
+//! | `meridian_rrl_limited_total` | counter | | UDP responses over the response rate limit (SPEC §9), whatever was done with them (in `--rrl log-only` they were sent) |
+//! | `meridian_rrl_slipped_total` | counter | | limited responses sent as TC=1 replies with no records (the client may retry over TCP) |
+//! | `meridian_rrl_dropped_total` | counter | | limited responses not sent |
 //! | `meridian_probe_results_total` | counter | `check`, `result` | health probes run, by check (its name in the zones, `web`; `kind:port/path` when no pool names it) and result (`ok`, `fail`) |
 //! | `meridian_probe_duration_seconds` | histogram | `check` | duration of health probes, by check, buckets 1 ms to 10 s |
 //! | `meridian_pool_up` | gauge | `zone`, `pool` | 1 when the pool may be answered (overrides allow it and at least `min_healthy` endpoints are up), else 0 |
@@ -115,6 +118,21 @@ pub const TCP_CLOSED: Metric = Metric {
     kind: Kind::Counter,
     help: "DNS-over-TCP connections closed, by reason.",
 };
+pub const RRL_LIMITED: Metric = Metric {
+    name: "meridian_rrl_limited_total",
+    kind: Kind::Counter,
+    help: "UDP responses over the response rate limit (sent anyway in log-only mode).",
+};
+pub const RRL_SLIPPED: Metric = Metric {
+    name: "meridian_rrl_slipped_total",
+    kind: Kind::Counter,
+    help: "Rate-limited responses sent as TC=1 replies with no records.",
+};
+pub const RRL_DROPPED: Metric = Metric {
+    name: "meridian_rrl_dropped_total",
+    kind: Kind::Counter,
+    help: "Rate-limited responses not sent.",
+};
 pub const PROBE_RESULTS: Metric = Metric {
     name: "meridian_probe_results_total",
     kind: Kind::Counter,
@@ -202,6 +220,9 @@ pub const ALL: &[&Metric] = &[
     &TCP_EVICTED,
     &TCP_REFUSED,
     &TCP_CLOSED,
+    &RRL_LIMITED,
+    &RRL_SLIPPED,
+    &RRL_DROPPED,
     &PROBE_RESULTS,
     &PROBE_DURATION,
     &POOL_UP,
@@ -318,6 +339,14 @@ fn dns_metrics(out: &mut Exposition, totals: &Totals) {
         count,
         totals.time_sum,
     );
+    for (metric, n) in [
+        (&RRL_LIMITED, totals.rrl.limited),
+        (&RRL_SLIPPED, totals.rrl.slipped),
+        (&RRL_DROPPED, totals.rrl.dropped),
+    ] {
+        out.family(metric);
+        out.sample(metric.name, &[], n);
+    }
 }
 
 fn tcp_metrics(out: &mut Exposition, t: &TcpTotals) {

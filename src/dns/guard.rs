@@ -12,8 +12,9 @@ use std::net::IpAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 
-use super::handler::Local;
+use super::handler::{Local, Response};
 use super::response::{self, rcode};
+use super::rrl::Class;
 use super::wire;
 use crate::model::rtype;
 
@@ -45,14 +46,14 @@ pub fn install_panic_hook() {
 }
 
 /// Run `answer` (which writes a reply to `packet` into `out`); if it panics, answer SERVFAIL
-/// instead. Returns whether `out` is to be sent.
+/// instead. Returns what `out` holds, `None` when nothing is to be sent.
 pub fn guarded(
     packet: &[u8],
     src: IpAddr,
     out: &mut Vec<u8>,
     local: &mut Local,
-    answer: impl FnOnce(&mut Vec<u8>, &mut Local) -> bool,
-) -> bool {
+    answer: impl FnOnce(&mut Vec<u8>, &mut Local) -> Option<Response>,
+) -> Option<Response> {
     GUARDED.with(|g| g.set(true));
     let result = catch_unwind(AssertUnwindSafe(|| answer(&mut *out, &mut *local)));
     let sent = match result {
@@ -70,7 +71,7 @@ fn servfail(
     out: &mut Vec<u8>,
     local: &mut Local,
     payload: &(dyn Any + Send),
-) -> bool {
+) -> Option<Response> {
     let detail = LAST_PANIC
         .with(|p| p.borrow_mut().take())
         .unwrap_or_else(|| payload_text(payload));
@@ -80,16 +81,16 @@ fn servfail(
         let q = wire::parse(packet, &mut local.qname).ok()?;
         let what = (crate::model::wire::to_text(q.qname), rtype::name(q.qtype));
         response::error(out, &q, u16::from(rcode::SERVFAIL));
-        Some(what)
+        Some((what, Response::to(&q, Class::Error(None))))
     }));
     match written {
-        Ok(Some((qname, qtype))) => {
+        Ok(Some(((qname, qtype), reply))) => {
             tracing::error!(client = %src, %qname, %qtype, "panic while answering, sent SERVFAIL: {detail}");
-            true
+            Some(reply)
         }
         _ => {
             tracing::error!(client = %src, "panic while answering, nothing sent: {detail}");
-            false
+            None
         }
     }
 }

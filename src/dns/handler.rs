@@ -8,8 +8,9 @@ use std::net::IpAddr;
 use super::decisions::DecisionCache;
 use super::geocache::{Cached, GeoCache};
 
-use super::lookup::{Lookup, Scratch};
+use super::lookup::{Kind, Lookup, Scratch};
 use super::response::{self, CLASS_IN, Meta, Writer, rcode};
+use super::rrl::Class;
 use super::stats::LocalStats;
 use super::tsig;
 use super::wire::{self, Reject};
@@ -67,7 +68,33 @@ impl Default for Local {
     }
 }
 
-/// Answer `packet` from `src` into `out`; false when nothing is to be sent. A panic while
+/// A response written into `out`: what the sender and the rate limiter need to know of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    /// The RRL bucket class (SPEC §9).
+    pub class: Class,
+    /// Octets of header and question at the start of `out` (all an RRL slip keeps).
+    pub head_len: usize,
+    /// Length of the lowercased question name in [`Local::qname`] (0 without a question).
+    pub qname_len: usize,
+}
+
+impl Response {
+    /// The lowercased question name this response answers.
+    pub fn qname<'l>(&self, local: &'l Local) -> &'l [u8] {
+        &local.qname[..self.qname_len]
+    }
+
+    pub(super) fn to(q: &wire::Query<'_>, class: Class) -> Response {
+        Response {
+            class,
+            head_len: wire::HEADER_LEN + q.question.len(),
+            qname_len: q.qname.len(),
+        }
+    }
+}
+
+/// Answer `packet` from `src` into `out`; `None` when nothing is to be sent. A panic while
 /// answering becomes SERVFAIL for this query alone ([`super::guard`]).
 pub fn handle(
     world: &World,
@@ -77,7 +104,7 @@ pub fn handle(
     seed: u64,
     out: &mut Vec<u8>,
     local: &mut Local,
-) -> bool {
+) -> Option<Response> {
     super::guard::guarded(packet, src, out, local, |out, local| {
         answer(world, packet, src, transport, seed, out, local)
     })
@@ -91,7 +118,7 @@ fn answer(
     seed: u64,
     out: &mut Vec<u8>,
     local: &mut Local,
-) -> bool {
+) -> Option<Response> {
     let Local {
         scratch,
         stats,
@@ -102,7 +129,7 @@ fn answer(
     } = local;
     let q = match wire::parse(packet, qname) {
         Ok(q) => q,
-        Err((Reject::Drop, _)) => return false,
+        Err((Reject::Drop, _)) => return None,
         Err((reject, id)) => {
             let flags = u16::from_be_bytes([packet[2], packet[3]]);
             let code = if reject == Reject::NotImp {
@@ -112,14 +139,18 @@ fn answer(
             };
             response::bare(out, id.unwrap_or(0), flags, code);
             stats.query(None, 0, u16::from(code));
-            return true;
+            return Some(Response {
+                class: Class::Error(None),
+                head_len: wire::HEADER_LEN,
+                qname_len: 0,
+            });
         }
     };
     // RFC 8945 §5.2.2: no key is configured, so no signature can be checked.
     if let Some(t) = &q.tsig {
         tsig::badkey(out, &q, t);
         stats.query(None, q.qtype, tsig::NOTAUTH);
-        return true;
+        return Some(Response::to(&q, Class::Error(None)));
     }
     let nsid = response::nsid_for(&q, world.nsid.as_deref());
     if q.opcode() != 0 {
@@ -186,7 +217,15 @@ fn answer(
     if let Some((policy, pool, fail_open)) = found.policy {
         stats.answer(policy, pool, fail_open);
     }
-    true
+    let class = match found.kind {
+        Kind::Answer => Class::Answer { qtype: q.qtype },
+        Kind::Nodata => Class::Nodata,
+        Kind::Nxdomain => Class::Nxdomain(zone),
+        Kind::Referral => Class::Referral(zone),
+        Kind::Wildcard { encloser_len } => Class::Wildcard { zone, encloser_len },
+        Kind::Error => Class::Error(Some(zone)),
+    };
+    Some(Response::to(&q, class))
 }
 
 /// An answer that is only an rcode (with the question and OPT), counted under no zone.
@@ -196,8 +235,8 @@ fn error(
     stats: &mut LocalStats,
     rcode: u16,
     nsid: Option<&[u8]>,
-) -> bool {
+) -> Option<Response> {
     response::error_with_nsid(out, q, rcode, nsid);
     stats.query(None, q.qtype, rcode);
-    true
+    Some(Response::to(q, Class::Error(None)))
 }

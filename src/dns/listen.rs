@@ -1,7 +1,8 @@
 //! Sockets. UDP: one thread per core per address on its own SO_REUSEPORT socket, receiving
 //! and sending in batches (recvmmsg/sendmmsg) with buffers allocated once, loading the world
-//! once per batch; nothing is shared between workers but the world pointer. The TCP listener
-//! is bound here and served by `tcp.rs`.
+//! once per batch; nothing is shared between workers but the world pointer. Each UDP worker
+//! rate-limits its responses with its own table (rrl.rs). The TCP listener is bound here and
+//! served by `tcp.rs` (never rate-limited).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +17,8 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmm
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::handler::{Local, Transport, UDP_CACHE_SLOTS, handle};
+use super::response;
+use super::rrl::{self, Limiter, Verdict};
 use super::stats::{DnsStats, WorkerTotals};
 use crate::world::{SharedWorld, World};
 
@@ -68,11 +71,13 @@ pub fn bind_tcp(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-/// Start a worker thread per socket; they stop when `stop` is set.
+/// Start a worker thread per socket, each with its own rate limiter; they stop when `stop`
+/// is set.
 pub fn spawn_udp(
     sockets: Vec<std::net::UdpSocket>,
     world: SharedWorld,
     stats: &DnsStats,
+    rrl: &rrl::Shared,
     stop: Arc<AtomicBool>,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
@@ -82,9 +87,10 @@ pub fn spawn_udp(
         let stop = stop.clone();
         let name = format!("dns-udp-{i}");
         let running = stats.worker_started(name.clone());
+        let limiter = rrl.limiter();
         let h = std::thread::Builder::new().name(name).spawn(move || {
             let _running = running;
-            udp_worker(sock, world, totals, stop)
+            udp_worker(sock, world, totals, limiter, stop)
         })?;
         handles.push(h);
     }
@@ -105,6 +111,7 @@ fn udp_worker(
     sock: std::net::UdpSocket,
     world: SharedWorld,
     totals: Arc<WorkerTotals>,
+    mut limiter: Option<Limiter>,
     stop: Arc<AtomicBool>,
 ) {
     let fd = sock.as_raw_fd();
@@ -141,6 +148,9 @@ fn udp_worker(
             local.stats.flush(&prev.snapshot, &totals);
         }
         let started = Instant::now();
+        if let Some(l) = &mut limiter {
+            l.tick(started);
+        }
         b.send_peers.clear();
         b.send_index.clear();
         for i in 0..n {
@@ -148,7 +158,7 @@ fn udp_worker(
             let Some(src) = peer_ip(&peer) else { continue };
             seed = xorshift(seed);
             let packet = &b.recv[i][..b.lens[i]];
-            if handle(
+            let Some(reply) = handle(
                 world,
                 packet,
                 src,
@@ -156,10 +166,20 @@ fn udp_worker(
                 seed,
                 &mut b.out[i],
                 &mut local,
-            ) {
-                b.send_peers.push(Some(peer));
-                b.send_index.push(i);
+            ) else {
+                continue;
+            };
+            if let Some(l) = &mut limiter {
+                let verdict = l.check(src, reply.class, reply.qname(&local), &world.snapshot);
+                local.stats.rrl(verdict);
+                match verdict {
+                    Verdict::Send | Verdict::Logged => {}
+                    Verdict::Slip => response::slip(&mut b.out[i], reply.head_len),
+                    Verdict::Drop => continue,
+                }
             }
+            b.send_peers.push(Some(peer));
+            b.send_index.push(i);
         }
         if n > 0 {
             local

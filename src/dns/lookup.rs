@@ -25,6 +25,28 @@ pub struct Found {
     pub scope: u8,
     /// The policy answer, for metrics.
     pub policy: Option<(PolicyId, PoolId, bool)>,
+    /// What kind of response this is, for response rate limiting (SPEC §9).
+    pub kind: Kind,
+}
+
+/// The kinds of response that RRL counts apart (the BIND/NSD classes, SPEC §9).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Records for the question (CNAME chains included).
+    #[default]
+    Answer,
+    /// NOERROR without records for the question.
+    Nodata,
+    Nxdomain,
+    /// A delegation: NS in authority, not authoritative.
+    Referral,
+    /// Synthesized from `*.<encloser>` (answer or NODATA), the closest encloser being the last
+    /// `encloser_len` octets of the question name.
+    Wildcard {
+        encloser_len: u8,
+    },
+    /// SERVFAIL: a policy with nothing to answer.
+    Error,
 }
 
 /// Reused per worker: no allocation per query.
@@ -71,14 +93,25 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
                 if owner_is_qname(owner) {
                     referral(zone, cut, w);
                     found.authoritative = false;
+                    found.kind = Kind::Referral;
                 }
                 return found;
             }
-            let Some(node) = exact.or_else(|| wildcard_node(zone, name)) else {
+            let wildcard = match exact {
+                Some(_) => None,
+                None => wildcard_match(zone, name),
+            };
+            let Some(node) = exact.or(wildcard.map(|(n, _)| n)) else {
                 found.rcode = rcode::NXDOMAIN;
+                found.kind = Kind::Nxdomain;
                 negative(zone, w);
                 return found;
             };
+            // Only a wildcard met at the question name keys RRL by wildcard: its owner is
+            // what a flood of random names under it has in common.
+            if let (Some((_, encloser_len)), Owner::Qname) = (wildcard, owner) {
+                found.kind = Kind::Wildcard { encloser_len };
+            }
             if let Some(cname) = node.rrset(rtype::CNAME)
                 && let Some(target) = cname.rdatas.first()
                 && qtype != rtype::CNAME
@@ -115,7 +148,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
         if let Some(policy) = node.policy {
             let written = self.answer_policy(policy, owner, qtype, w, scratch, found);
             if !written && found.rcode == rcode::NOERROR {
-                negative(zone, w);
+                nodata(zone, owner, w, found);
             }
             return;
         }
@@ -135,7 +168,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
                     w.record(Section::Answer, owner, set.rtype, set.ttl, rd);
                 }
             }
-            None => negative(zone, w),
+            None => nodata(zone, owner, w, found),
         }
     }
 
@@ -158,6 +191,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
         found.scope = found.scope.max(decision.scope);
         let Outcome::Pool { pool, fail_open } = decision.outcome else {
             found.rcode = rcode::SERVFAIL;
+            found.kind = Kind::Error;
             return false;
         };
         found.policy = Some((policy, pool, fail_open));
@@ -219,6 +253,11 @@ fn delegation_above<'z>(zone: &'z Zone, name: &'z [u8]) -> Option<&'z [u8]> {
 
 /// RFC 4592: `*.<closest encloser>` when the name does not exist.
 pub(crate) fn wildcard_node<'z>(zone: &'z Zone, name: &[u8]) -> Option<&'z Node> {
+    wildcard_match(zone, name).map(|(node, _)| node)
+}
+
+/// The wildcard node for `name` and the length of its closest encloser (a suffix of `name`).
+fn wildcard_match<'z>(zone: &'z Zone, name: &[u8]) -> Option<(&'z Node, u8)> {
     let mut encloser = wire::parent(name)?;
     while !zone.nodes.contains_key(encloser) {
         if encloser.len() <= zone.origin_wire.len() {
@@ -230,9 +269,11 @@ pub(crate) fn wildcard_node<'z>(zone: &'z Zone, name: &[u8]) -> Option<&'z Node>
     buf[0] = 1;
     buf[1] = b'*';
     buf[2..2 + encloser.len()].copy_from_slice(encloser);
+    let encloser_len = u8::try_from(encloser.len()).ok()?;
     zone.nodes
         .get(&buf[..2 + encloser.len()])
         .filter(|n| !n.is_empty())
+        .map(|n| (n, encloser_len))
 }
 
 /// A referral: the cut's NS in authority, in-zone glue in additional.
@@ -255,6 +296,15 @@ fn referral(zone: &Zone, cut: &[u8], w: &mut Writer<'_>) {
             }
         }
     }
+}
+
+/// NODATA. For RRL it is NODATA only when nothing was written for the question: the end of
+/// a CNAME chain stays an answer, and a wildcard's NODATA stays a wildcard response.
+fn nodata(zone: &Zone, owner: Owner<'_>, w: &mut Writer<'_>, found: &mut Found) {
+    if found.kind == Kind::Answer && owner_is_qname(owner) {
+        found.kind = Kind::Nodata;
+    }
+    negative(zone, w);
 }
 
 /// NODATA / NXDOMAIN: the SOA in authority, TTL min(SOA TTL, MINIMUM) (RFC 2308 §3).

@@ -1,8 +1,8 @@
 //! The DNS front end: wire parsing (wire.rs), the reject ladder and one world load per query
 //! (handler.rs) under a panic guard (guard.rs), TSIG without keys (tsig.rs), the
 //! authoritative lookup (lookup.rs), response writing with EDNS, ECS and truncation
-//! (response.rs), per-worker counters (stats.rs), the sockets (listen.rs) and DNS over TCP
-//! (tcp.rs).
+//! (response.rs), per-worker counters (stats.rs), response rate limiting of UDP (rrl.rs), the
+//! sockets (listen.rs) and DNS over TCP (tcp.rs).
 
 pub mod decisions;
 pub mod geocache;
@@ -11,6 +11,7 @@ pub mod handler;
 pub mod listen;
 pub mod lookup;
 pub mod response;
+pub mod rrl;
 pub mod stats;
 pub mod tcp;
 pub mod tsig;

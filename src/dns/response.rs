@@ -195,6 +195,18 @@ pub fn error_with_nsid(buf: &mut Vec<u8>, q: &Query<'_>, rcode: u16, nsid: Optio
     Writer::new(buf, q).finish(q, meta, None);
 }
 
+/// An RRL slip (SPEC §9): the response cut to its first `head_len` octets (header and
+/// question), with TC=1 and AA=1 and no records, not even the OPT, so that it is never bigger
+/// than the query it answers. A resolver retries it over TCP.
+pub fn slip(buf: &mut Vec<u8>, head_len: usize) {
+    buf.truncate(head_len);
+    if buf.len() < HEADER_LEN {
+        return;
+    }
+    buf[2] |= 0x06;
+    buf[6..12].fill(0);
+}
+
 /// A header-only reply when the question did not parse (FORMERR, NOTIMP): id and opcode
 /// copied, no sections.
 pub fn bare(buf: &mut Vec<u8>, id: u16, request_flags: u16, rcode: u8) {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::rrl::Verdict;
 use crate::connections::{Table, TableStats};
 use crate::model::{PolicyId, PoolId, Snapshot, ZoneId, rtype};
 
@@ -25,6 +26,7 @@ pub struct LocalStats {
     buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
     time_sum: f64,
     pending: u64,
+    rrl: RrlCounts,
     /// Queries whose answering panicked (answered SERVFAIL instead).
     panics: u64,
     dnssec: Dnssec,
@@ -44,6 +46,17 @@ pub struct Dnssec {
     pub negative_signatures: u64,
     /// Signatures held in the UDP workers' caches.
     pub cache_entries: u64,
+}
+
+/// Responses over the RRL limit (SPEC §9).
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RrlCounts {
+    /// Over the limit, whatever was done (log-only included).
+    pub limited: u64,
+    /// Sent as TC=1 with no records.
+    pub slipped: u64,
+    /// Not sent.
+    pub dropped: u64,
 }
 
 impl LocalStats {
@@ -81,6 +94,18 @@ impl LocalStats {
     /// The worker's cache now holds `n` signatures.
     pub fn dnssec_cache(&mut self, n: u64) {
         self.dnssec_cache = Some(n);
+    }
+
+    /// What rate limiting did with one response.
+    pub fn rrl(&mut self, verdict: Verdict) {
+        let c = &mut self.rrl;
+        match verdict {
+            Verdict::Send => return,
+            Verdict::Logged => {}
+            Verdict::Slip => c.slipped += 1,
+            Verdict::Drop => c.dropped += 1,
+        }
+        c.limited += 1;
     }
 
     pub fn response_time(&mut self, d: Duration) {
@@ -143,6 +168,7 @@ impl LocalStats {
             t.dnssec.cache_entries = n;
         }
         t.panics += std::mem::take(&mut self.panics);
+        t.rrl.add(std::mem::take(&mut self.rrl));
         self.pending = 0;
     }
 }
@@ -174,6 +200,15 @@ pub struct Totals {
     pub dnssec: Dnssec,
     /// Queries whose answering panicked and got SERVFAIL.
     pub panics: u64,
+    pub rrl: RrlCounts,
+}
+
+impl RrlCounts {
+    fn add(&mut self, other: RrlCounts) {
+        self.limited += other.limited;
+        self.slipped += other.slipped;
+        self.dropped += other.dropped;
+    }
 }
 
 impl Totals {
@@ -196,6 +231,7 @@ impl Totals {
         self.dnssec.negative_signatures += other.dnssec.negative_signatures;
         self.dnssec.cache_entries += other.dnssec.cache_entries;
         self.panics += other.panics;
+        self.rrl.add(other.rrl);
     }
 }
 

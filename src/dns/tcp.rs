@@ -265,7 +265,8 @@ impl Connection {
                 b.seed,
                 &mut b.reply,
                 &mut b.local,
-            );
+            )
+            .is_some();
             b.local.stats.response_time(started.elapsed());
             if b.local.stats.pending() >= TCP_STATS_FLUSH_QUERIES {
                 b.local.stats.flush(&world.snapshot, &self.totals);

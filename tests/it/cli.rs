@@ -216,3 +216,59 @@ fn signal(pid: &str, sig: &str) {
         .expect("kill runs");
     assert!(status.success(), "kill {sig} {pid}");
 }
+
+/// SPEC §9: `serve` limits UDP responses with no flag; `MERIDIAN_RRL=off` turns it off.
+#[tokio::test]
+async fn serve_rate_limits_by_default_and_the_variable_turns_it_off() {
+    let example = std::fs::read_to_string("zones/example.toml").expect("example");
+    let dir = zone_dir("cli-rrl", &[("example.toml", &example)]);
+    for (variable, limited) in [(None, true), (Some("off"), false)] {
+        let mut cmd = meridian();
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--log-format",
+            "json",
+            "--zones",
+        ])
+        .arg(&dir)
+        .arg("--state")
+        .arg(crate::support::temp_dir("cli-rrl-state"))
+        .env_remove("MERIDIAN_RRL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if let Some(v) = variable {
+            cmd.env("MERIDIAN_RRL", v);
+        }
+        let mut child = cmd.spawn().expect("serve starts");
+        let dns = wait_for_dns(&mut child);
+        // 60 queries at once from one socket: one flow, so one worker and one bucket.
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        for id in 1..=60u16 {
+            let mut q = Query::new("static.gslb.example.test", 1);
+            q.id = id;
+            sock.send_to(&q.packet(), dns).await.expect("send");
+        }
+        let mut full = 0;
+        let mut buf = [0u8; 1500];
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(600);
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            let m = Message::from_vec(&buf[..n]).expect("parses");
+            if !m.metadata.truncation {
+                full += 1;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if limited {
+            assert!((20..=22).contains(&full), "default: {full} of 60 answered");
+        } else {
+            assert_eq!(full, 60, "MERIDIAN_RRL=off");
+        }
+    }
+}

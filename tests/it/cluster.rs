@@ -300,6 +300,8 @@ impl Instance {
             instance: name.to_string(),
             cluster: Some(cluster),
             probe_source: Some(source.parse().expect("source")),
+            // Tests fire many queries from 127.0.0.1; the RRL tests turn it on.
+            rrl: meridian::dns::rrl::Config::off(),
         };
         let running = start(settings).await.expect("instance starts");
         let dns = running.dns[0];

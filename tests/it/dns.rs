@@ -439,7 +439,7 @@ proptest::proptest! {
         let mut out = Vec::new();
         let mut local = Local::default();
         for transport in [Transport::Udp, Transport::Tcp] {
-            if handle(world, &packet, ip("192.0.2.1"), transport, 9, &mut out, &mut local) {
+            if handle(world, &packet, ip("192.0.2.1"), transport, 9, &mut out, &mut local).is_some() {
                 let m = Message::from_vec(&out).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}")))?;
                 proptest::prop_assert_eq!(m.metadata.id, u16::from_be_bytes([packet[0], packet[1]]));
             }
@@ -494,8 +494,13 @@ async fn watch_zones_reloads_when_a_zone_file_changes() {
 #[test]
 fn answering_a_query_allocates_nothing() {
     use meridian::dns::handler::{Local, Transport, UDP_CACHE_SLOTS, handle};
+    use meridian::dns::rrl;
     let world = example_world();
     let mut local = Local::new(UDP_CACHE_SLOTS);
+    // Rate limiting as the UDP loop does it: four /24s, so buckets are made, then limited.
+    let mut limiter = rrl::Shared::new(rrl::Config::default())
+        .limiter()
+        .expect("rrl is on");
     let mut out = Vec::with_capacity(4096);
     let queries = [
         Query::new("static.gslb.example.test", A).packet(),
@@ -520,15 +525,18 @@ fn answering_a_query_allocates_nothing() {
     ];
     // Warm up: caches, counters and buffers reach their size.
     for (i, q) in queries.iter().enumerate() {
-        assert!(handle(
-            world,
-            q,
-            ip("192.0.2.1"),
-            Transport::Udp,
-            i as u64,
-            &mut out,
-            &mut local
-        ));
+        assert!(
+            handle(
+                world,
+                q,
+                ip("192.0.2.1"),
+                Transport::Udp,
+                i as u64,
+                &mut out,
+                &mut local
+            )
+            .is_some()
+        );
     }
     assert!(
         densa_alloc::is_active(),
@@ -537,8 +545,17 @@ fn answering_a_query_allocates_nothing() {
     let src = ip("192.0.2.1");
     let ((), stats) = densa_alloc::measure(|| {
         for round in 0..100u64 {
+            limiter.tick(std::time::Instant::now());
             for q in &queries {
-                handle(world, q, src, Transport::Udp, round, &mut out, &mut local);
+                let reply = handle(world, q, src, Transport::Udp, round, &mut out, &mut local)
+                    .expect("a reply");
+                let from = std::net::IpAddr::from([10, 0, (round % 4) as u8, 1]);
+                let verdict =
+                    limiter.check(from, reply.class, reply.qname(&local), &world.snapshot);
+                local.stats.rrl(verdict);
+                if verdict == rrl::Verdict::Slip {
+                    meridian::dns::response::slip(&mut out, reply.head_len);
+                }
             }
         }
     });
@@ -546,6 +563,20 @@ fn answering_a_query_allocates_nothing() {
         stats.is_zero(),
         "heap operations while answering: {stats:?}"
     );
+    assert!(
+        limiter_slipped(&mut local, world) > 0,
+        "rate limiting was exercised"
+    );
+}
+
+/// Slips counted by the test above (folded into a scratch total).
+fn limiter_slipped(
+    local: &mut meridian::dns::handler::Local,
+    world: &meridian::world::World,
+) -> u64 {
+    let totals = meridian::dns::stats::WorkerTotals::default();
+    local.stats.flush(&world.snapshot, &totals);
+    totals.0.lock().expect("not poisoned").rrl.slipped
 }
 
 /// A query asking for the server's NSID (RFC 5001: an empty option 3).

@@ -14,6 +14,7 @@ mod geo;
 mod hardening;
 mod health;
 mod policy;
+mod rrl;
 mod support;
 mod tcp;
 mod tsig;

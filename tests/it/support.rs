@@ -54,6 +54,8 @@ pub fn settings(zones: &Path, geoip: Option<&str>) -> Settings {
         instance: "test".into(),
         cluster: None,
         probe_source: None,
+        // Tests fire many queries from 127.0.0.1; the RRL tests turn it on.
+        rrl: meridian::dns::rrl::Config::off(),
     }
 }
 
