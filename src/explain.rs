@@ -40,6 +40,8 @@ pub struct Explanation {
     pub note: Option<String>,
     /// With a cluster: every instance's verdict on each endpoint the policy can answer.
     pub cluster: Vec<ClusterLine>,
+    /// SPEC §11: whether DO=1 answers are signed, and with which key.
+    pub dnssec: Dnssec,
 }
 
 /// One probed endpoint and what the cluster says about it.
@@ -48,6 +50,17 @@ pub struct ClusterLine {
     pub pool: String,
     pub address: IpAddr,
     pub quorum: ProbeQuorum,
+}
+
+/// The DNSSEC state of the zone asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dnssec {
+    /// No zone, or a zone without `dnssec = true`.
+    Unsigned,
+    /// Signed online with the key of this tag.
+    Signed { key_tag: u16 },
+    /// `dnssec = true` but no key loaded: the zone is answered REFUSED.
+    NoKey,
 }
 
 /// A world for offline explain: health unknown (so up), `--down` pools overridden down.
@@ -96,12 +109,20 @@ pub fn explain(
         scope: None,
         note: None,
         cluster: Vec::new(),
+        dnssec: Dnssec::Unsigned,
     };
     let Some(qname) = wire::from_text(name) else {
         e.note = Some(format!("{name:?} is not a valid domain name"));
         return e;
     };
     e.name = wire::to_text(&qname);
+    if let Some(zone) = world.snapshot.find_zone(&qname).map(|z| world.snapshot.zone(z)) {
+        e.dnssec = match (&zone.dnssec, &zone.key) {
+            (None, _) => Dnssec::Unsigned,
+            (Some(_), Some(k)) => Dnssec::Signed { key_tag: k.key_tag },
+            (Some(_), None) => Dnssec::NoKey,
+        };
+    }
     let seed = rand::random::<u64>();
     let packet = query_packet(&qname, qtype, client, source_prefix);
     let mut out = Vec::new();
@@ -313,6 +334,15 @@ impl Explanation {
             ));
         }
         out.push_str(&format!("  answer: {}\n", self.answer_text()));
+        match self.dnssec {
+            Dnssec::Unsigned => {}
+            Dnssec::Signed { key_tag } => out.push_str(&format!(
+                "  dnssec: signed online (ECDSAP256SHA256, key tag {key_tag}) for DO=1 queries\n"
+            )),
+            Dnssec::NoKey => out.push_str(
+                "  dnssec: dnssec = true but no key loaded: the zone is answered REFUSED (meridian dnssec keygen)\n",
+            ),
+        }
         out
     }
 
@@ -361,6 +391,11 @@ impl Explanation {
                 v["address"] = json!(c.address.to_string());
                 v
             }).collect::<Vec<_>>(),
+            "dnssec": match self.dnssec {
+                Dnssec::Unsigned => json!({"signed": false}),
+                Dnssec::Signed { key_tag } => json!({"signed": true, "algorithm": 13, "key_tag": key_tag}),
+                Dnssec::NoKey => json!({"signed": false, "missing_key": true}),
+            },
             "text": self.to_text(),
         })
     }

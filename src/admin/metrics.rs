@@ -19,6 +19,11 @@
 //! | `meridian_rrl_limited_total` | counter | | UDP responses over the response rate limit (SPEC §9), whatever was done with them (in `--rrl log-only` they were sent) |
 //! | `meridian_rrl_slipped_total` | counter | | limited responses sent as TC=1 replies with no records (the client may retry over TCP) |
 //! | `meridian_rrl_dropped_total` | counter | | limited responses not sent |
+//! | `meridian_dnssec_signatures_total` | counter | | RRSIGs computed (SPEC §11): answers, proofs, compact denials |
+//! | `meridian_dnssec_cache_hits_total` | counter | | RRSIGs served from a worker's signature cache |
+//! | `meridian_dnssec_cache_entries` | gauge | | signatures held in the UDP workers' caches (fixed slots: bounded) |
+//! | `meridian_dnssec_negative_signatures_total` | counter | | RRSIGs over the NSEC of a nonexistent name, one per unique name |
+//! | `meridian_dnssec_negative_signatures_per_second` | gauge | | the same, per second, between the last two scrapes at least 1 s apart |
 //! | `meridian_probe_results_total` | counter | `check`, `result` | health probes run, by check (its name in the zones, `web`; `kind:port/path` when no pool names it) and result (`ok`, `fail`) |
 //! | `meridian_probe_duration_seconds` | histogram | `check` | duration of health probes, by check, buckets 1 ms to 10 s |
 //! | `meridian_pool_up` | gauge | `zone`, `pool` | 1 when the pool may be answered (overrides allow it and at least `min_healthy` endpoints are up), else 0 |
@@ -44,7 +49,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::AppState;
-use crate::dns::stats::{RESPONSE_TIME_BUCKETS, TcpClose, TcpTotals, Totals};
+use crate::dns::stats::{Dnssec, RESPONSE_TIME_BUCKETS, TcpClose, TcpTotals, Totals};
 use crate::health::Override;
 use crate::health::prober::ProbeStats;
 use crate::reload::Control;
@@ -132,6 +137,31 @@ pub const RRL_DROPPED: Metric = Metric {
     name: "meridian_rrl_dropped_total",
     kind: Kind::Counter,
     help: "Rate-limited responses not sent.",
+};
+pub const DNSSEC_SIGNATURES: Metric = Metric {
+    name: "meridian_dnssec_signatures_total",
+    kind: Kind::Counter,
+    help: "RRSIGs computed (answers, proofs and compact denials of nonexistent names).",
+};
+pub const DNSSEC_CACHE_HITS: Metric = Metric {
+    name: "meridian_dnssec_cache_hits_total",
+    kind: Kind::Counter,
+    help: "RRSIGs taken from a worker's signature cache instead of being computed.",
+};
+pub const DNSSEC_CACHE_ENTRIES: Metric = Metric {
+    name: "meridian_dnssec_cache_entries",
+    kind: Kind::Gauge,
+    help: "Signatures held in the UDP workers' caches (bounded: fixed slots per worker).",
+};
+pub const DNSSEC_NEGATIVE: Metric = Metric {
+    name: "meridian_dnssec_negative_signatures_total",
+    kind: Kind::Counter,
+    help: "RRSIGs computed over the compact-denial NSEC of a nonexistent name (one per unique name).",
+};
+pub const DNSSEC_NEGATIVE_RATE: Metric = Metric {
+    name: "meridian_dnssec_negative_signatures_per_second",
+    kind: Kind::Gauge,
+    help: "Unique negative signatures per second, between the last two scrapes at least 1 s apart.",
 };
 pub const PROBE_RESULTS: Metric = Metric {
     name: "meridian_probe_results_total",
@@ -223,6 +253,11 @@ pub const ALL: &[&Metric] = &[
     &RRL_LIMITED,
     &RRL_SLIPPED,
     &RRL_DROPPED,
+    &DNSSEC_SIGNATURES,
+    &DNSSEC_CACHE_HITS,
+    &DNSSEC_CACHE_ENTRIES,
+    &DNSSEC_NEGATIVE,
+    &DNSSEC_NEGATIVE_RATE,
     &PROBE_RESULTS,
     &PROBE_DURATION,
     &POOL_UP,
@@ -254,8 +289,13 @@ pub(super) async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
 /// Every metric, computed now.
 pub fn render(control: &Control) -> String {
     let mut out = Exposition::default();
-    dns_metrics(&mut out, &control.dns_stats.totals());
+    let totals = control.dns_stats.totals();
+    dns_metrics(&mut out, &totals);
     tcp_metrics(&mut out, &control.dns_stats.tcp_totals());
+    let rate = control
+        .dns_stats
+        .negative_signature_rate(totals.dnssec.negative_signatures);
+    dnssec_metrics(&mut out, &totals.dnssec, rate);
     probe_metrics(
         &mut out,
         &control.prober.get().map(|p| p.stats()).unwrap_or_default(),
@@ -362,6 +402,20 @@ fn tcp_metrics(out: &mut Exposition, t: &TcpTotals) {
     for (why, n) in TcpClose::ALL.iter().zip(t.closed) {
         out.sample(TCP_CLOSED.name, &[("reason", why.label())], n);
     }
+}
+
+fn dnssec_metrics(out: &mut Exposition, d: &Dnssec, negative_rate: f64) {
+    for (metric, value) in [
+        (&DNSSEC_SIGNATURES, d.signatures),
+        (&DNSSEC_CACHE_HITS, d.cache_hits),
+        (&DNSSEC_CACHE_ENTRIES, d.cache_entries),
+        (&DNSSEC_NEGATIVE, d.negative_signatures),
+    ] {
+        out.family(metric);
+        out.sample(metric.name, &[], value);
+    }
+    out.family(&DNSSEC_NEGATIVE_RATE);
+    out.sample(DNSSEC_NEGATIVE_RATE.name, &[], negative_rate);
 }
 
 fn probe_metrics(out: &mut Exposition, stats: &ProbeStats) {

@@ -249,7 +249,20 @@ pub struct DnsStats {
     tcp_tables: Mutex<Vec<Arc<Table>>>,
     /// TCP connections closed, by [`TcpClose`].
     tcp_closed: [AtomicU64; TcpClose::ALL.len()],
+    /// The last sample of the negative-signature counter, for its per-second rate.
+    negative_rate: Mutex<RateWindow>,
 }
+
+/// A counter's rate between two scrapes at least [`RATE_WINDOW`] apart.
+#[derive(Default)]
+struct RateWindow {
+    last: Option<(std::time::Instant, u64)>,
+    rate: f64,
+}
+
+/// Scrapes closer together than this keep the previous rate (a burst of scrapes would
+/// otherwise divide by almost nothing).
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Why a TCP connection closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,6 +349,25 @@ impl DnsStats {
     /// DNS workers no longer running (dead, or stopped at shutdown).
     pub fn workers_stopped(&self) -> usize {
         self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Unique negative signatures per second, given the counter's total now: the rate since
+    /// the previous sample (taken at least [`RATE_WINDOW`] before).
+    pub fn negative_signature_rate(&self, total: u64) -> f64 {
+        let mut w = self
+            .negative_rate
+            .lock()
+            .expect("stats lock is never poisoned");
+        let now = std::time::Instant::now();
+        match w.last {
+            Some((at, n)) if now.duration_since(at) >= RATE_WINDOW => {
+                w.rate = total.saturating_sub(n) as f64 / now.duration_since(at).as_secs_f64();
+                w.last = Some((now, total));
+            }
+            Some(_) => {}
+            None => w.last = Some((now, total)),
+        }
+        w.rate
     }
 
     /// A new worker's own totals.

@@ -115,6 +115,16 @@ impl Signer {
         self.answers.len() + self.negatives.len()
     }
 
+    /// The most signatures this worker ever holds.
+    pub fn capacity(&self) -> usize {
+        self.answers.capacity() + self.negatives.capacity()
+    }
+
+    /// Negative proofs cached (bounded apart from the answers' signatures).
+    pub fn cached_negatives(&self) -> (usize, usize) {
+        (self.negatives.len(), self.negatives.capacity())
+    }
+
     /// Rewrite the response in `w` with signatures and proofs; adjusts `found.rcode` for
     /// compact denial (NXDOMAIN → NOERROR, unless the query set CO).
     #[allow(clippy::too_many_arguments)]

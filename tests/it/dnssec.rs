@@ -677,6 +677,63 @@ fn flip_last_hex_digit(anchor: &str) -> String {
     s
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_signatures_and_explain_names_the_key() {
+    let (zones, state) = signed_setup("dnssec-metrics");
+    let mut s = settings(&zones, None);
+    s.state = state.clone();
+    let server = Server::start(s).await;
+    for i in 0..5 {
+        server.udp(&do_query("static.signed.test", 1)).await.expect("reply");
+        server
+            .udp(&do_query(&format!("nx{i}.signed.test"), 1))
+            .await
+            .expect("reply");
+    }
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let start = Instant::now();
+    let mut text = String::new();
+    while start.elapsed() < Duration::from_secs(5) {
+        text = meridian::admin::metrics::render(&server.running.control);
+        let uses = value(&text, "meridian_dnssec_signatures_total") - 5.0
+            + value(&text, "meridian_dnssec_cache_hits_total");
+        if value(&text, "meridian_dnssec_negative_signatures_total") >= 5.0 && uses >= 10.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Five NSECs; static A and the SOA (shared by the denials) once per UDP worker that
+    // saw them (at most two here), every other use of them a cache hit.
+    assert_eq!(value(&text, "meridian_dnssec_negative_signatures_total"), 5.0, "{text}");
+    let made = value(&text, "meridian_dnssec_signatures_total");
+    let hits = value(&text, "meridian_dnssec_cache_hits_total");
+    assert!((7.0..=9.0).contains(&made), "{text}");
+    assert_eq!(made - 5.0 + hits, 10.0, "{text}");
+    assert!(value(&text, "meridian_dnssec_cache_entries") >= 1.0, "{text}");
+    assert!(value(&text, "meridian_dnssec_negative_signatures_per_second") >= 0.0);
+    server.stop().await;
+
+    let out = meridian()
+        .args(["explain", "static.signed.test", "A", "--client", "192.0.2.1", "--zones"])
+        .arg(&zones)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ds = ds_output(&zones, &state);
+    let tag = ds.split_whitespace().nth(3).expect("tag");
+    assert!(
+        text.contains(&format!("dnssec: signed online (ECDSAP256SHA256, key tag {tag})")),
+        "{text}"
+    );
+}
+
 mod property {
     //! For random queries of every kind, every RRset in answer and authority carries an
     //! RRSIG that hickory-proto's verifier accepts against the served DNSKEY, and no RRset
@@ -794,6 +851,77 @@ mod property {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn signed_answers_from_the_cache_allocate_nothing() {
+        let queries: Vec<Vec<u8>> = [
+            ("static.signed.test", 1, None),
+            ("geo.signed.test", 1, Some(("81.2.69.142", 24))),
+            ("geo.signed.test", 28, Some(("81.2.69.142", 24))),
+            ("weighted.signed.test", 1, None),
+            ("alias.signed.test", 1, None),
+            ("x.wild.signed.test", 1, None),
+            ("nope.signed.test", 1, None),
+            ("static.signed.test", 15, None),
+            ("signed.test", 48, None),
+            ("www.sub.signed.test", 1, None),
+        ]
+        .iter()
+        .map(|(n, t, ecs)| {
+            let mut q = Query::new(n, *t).edns(1232);
+            if let Some((a, l)) = ecs {
+                q = q.ecs(a.parse().expect("ip"), *l);
+            }
+            let mut p = q.packet();
+            let opt = 12 + n.len() + 2 + 4;
+            p[opt + 7] |= 0x80;
+            p
+        })
+        .collect();
+        let mut local = Local::new(UDP_CACHE_SLOTS);
+        let mut out = Vec::with_capacity(4096);
+        let src = IpAddr::from([192, 0, 2, 1]);
+        // Warm up with every seed the measured rounds use: each weighted pool gets signed.
+        for round in 0..100u64 {
+            for q in &queries {
+                handle(world(), q, src, Transport::Udp, round, &mut out, &mut local);
+            }
+        }
+        let ((), stats) = densa_alloc::measure(|| {
+            for round in 0..100u64 {
+                for q in &queries {
+                    handle(world(), q, src, Transport::Udp, round, &mut out, &mut local);
+                }
+            }
+        });
+        assert!(stats.is_zero(), "heap operations while answering: {stats:?}");
+    }
+
+    /// SPEC §11 / issue 11: a flood of unique nonexistent names fills only the small
+    /// negative cache, never more than its fixed slots, and the answers' signatures stay.
+    #[test]
+    fn a_unique_name_flood_stays_within_the_cache_bound() {
+        let mut local = Local::new(UDP_CACHE_SLOTS);
+        let mut out = Vec::with_capacity(4096);
+        let src = IpAddr::from([192, 0, 2, 1]);
+        let ask = |name: &str, local: &mut Local, out: &mut Vec<u8>| {
+            let mut p = Query::new(name, 1).edns(1232).packet();
+            p[12 + name.len() + 2 + 4 + 7] |= 0x80;
+            handle(world(), &p, src, Transport::Udp, 7, out, local);
+        };
+        ask("static.signed.test", &mut local, &mut out);
+        let before = local.signer.cached();
+        let (_, negative_slots) = local.signer.cached_negatives();
+        for i in 0..3 * negative_slots {
+            ask(&format!("flood{i}.signed.test"), &mut local, &mut out);
+        }
+        let (negatives, slots) = local.signer.cached_negatives();
+        assert!(negatives <= slots && slots == negative_slots);
+        assert!(negatives > slots / 2, "the negative cache was used: {negatives}");
+        assert!(local.signer.cached() <= local.signer.capacity());
+        // The answers' signatures (static A, then the SOA of the denials) were not evicted.
+        assert!(local.signer.cached() - negatives >= before);
     }
 
     proptest! {
