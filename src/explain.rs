@@ -116,7 +116,11 @@ pub fn explain(
         return e;
     };
     e.name = wire::to_text(&qname);
-    if let Some(zone) = world.snapshot.find_zone(&qname).map(|z| world.snapshot.zone(z)) {
+    if let Some(zone) = world
+        .snapshot
+        .find_zone(&qname)
+        .map(|z| world.snapshot.zone(z))
+    {
         e.dnssec = match (&zone.dnssec, &zone.key) {
             (None, _) => Dnssec::Unsigned,
             (Some(_), Some(k)) => Dnssec::Signed { key_tag: k.key_tag },

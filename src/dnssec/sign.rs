@@ -50,6 +50,8 @@ pub struct Signer {
     recs: Vec<Rec>,
     /// Canonical order of one RRset (indices into `recs`).
     order: Vec<usize>,
+    /// Which records of the RRset are first of their RDATA (the rest are duplicates).
+    keep: Vec<bool>,
     /// The data to sign (RFC 4034 §3.1.8.1).
     tbs: Vec<u8>,
     /// Two independently keyed hashers: a 128-bit cache key nobody outside can aim at.
@@ -104,6 +106,7 @@ impl Signer {
             body: Vec::new(),
             recs: Vec::new(),
             order: Vec::new(),
+            keep: Vec::new(),
             tbs: Vec::new(),
             hash: Default::default(),
             report_size,
@@ -298,23 +301,29 @@ impl Signer {
         w: &mut Writer<'_>,
         stats: &mut LocalStats,
     ) {
+        // Canonical order (RFC 4034 §6.3) and duplicates marked, in O(n log n).
+        let (body, recs) = (&self.body, &self.recs);
+        let rdata = |i: usize| &body[recs[i].rdata.clone()];
         self.order.clear();
-        for i in set.clone() {
-            let rd = &self.body[self.recs[i].rdata.clone()];
-            let dup = self
-                .order
-                .iter()
-                .any(|&j| self.body[self.recs[j].rdata.clone()] == *rd);
-            if !dup {
-                self.order.push(i);
+        self.order.extend(set.clone());
+        self.order.sort_by(|&a, &b| rdata(a).cmp(rdata(b)));
+        self.keep.clear();
+        self.keep.resize(set.len(), false);
+        let mut previous: Option<usize> = None;
+        for &i in &self.order {
+            if previous.is_none_or(|p| rdata(p) != rdata(i)) {
+                self.keep[i - set.start] = true;
             }
+            previous = Some(i);
         }
+        let keep = &self.keep;
+        self.order.retain(|&i| keep[i - set.start]);
         let first = self.recs[set.start].clone();
         let owner = match &first.owner {
             None => Owner::Qname,
             Some(r) => Owner::Name(&self.body[r.clone()]),
         };
-        for &i in &self.order {
+        for i in set.clone().filter(|i| self.keep[i - set.start]) {
             let r = &self.recs[i];
             w.record(
                 r.section,
@@ -333,11 +342,10 @@ impl Signer {
         if first.section == Section::Additional || delegation || first.rtype == RRSIG {
             return;
         }
-        let body = &self.body;
-        let recs = &self.recs;
-        let order = &mut self.order;
-        order.sort_by(|&a, &b| body[recs[a].rdata.clone()].cmp(&body[recs[b].rdata.clone()]));
-        let rdatas = order.iter().map(|&i| &body[recs[i].rdata.clone()]);
+        let rdatas = self
+            .order
+            .iter()
+            .map(|&i| &self.body[self.recs[i].rdata.clone()]);
         let mut sig = [0u8; MAX_RRSIG_RDATA];
         let Some(len) = rrsig(
             cx,
@@ -356,10 +364,6 @@ impl Signer {
             stats,
         ) else {
             return;
-        };
-        let owner = match &first.owner {
-            None => Owner::Qname,
-            Some(r) => Owner::Name(&self.body[r.clone()]),
         };
         w.record(first.section, owner, RRSIG, first.ttl, &sig[..len]);
     }

@@ -425,6 +425,7 @@ async fn delv_fully_validates_every_kind_of_answer() {
         let positive = [
             ("static.signed.test", "A"),
             ("static.signed.test", "AAAA"),
+            ("dup.signed.test", "A"),
             ("StAtIc.SiGnEd.TeSt", "A"),
             ("signed.test", "SOA"),
             ("signed.test", "NS"),
@@ -684,7 +685,10 @@ async fn metrics_count_signatures_and_explain_names_the_key() {
     s.state = state.clone();
     let server = Server::start(s).await;
     for i in 0..5 {
-        server.udp(&do_query("static.signed.test", 1)).await.expect("reply");
+        server
+            .udp(&do_query("static.signed.test", 1))
+            .await
+            .expect("reply");
         server
             .udp(&do_query(&format!("nx{i}.signed.test"), 1))
             .await
@@ -709,17 +713,31 @@ async fn metrics_count_signatures_and_explain_names_the_key() {
     }
     // Five NSECs; static A and the SOA (shared by the denials) once per UDP worker that
     // saw them (at most two here), every other use of them a cache hit.
-    assert_eq!(value(&text, "meridian_dnssec_negative_signatures_total"), 5.0, "{text}");
+    assert_eq!(
+        value(&text, "meridian_dnssec_negative_signatures_total"),
+        5.0,
+        "{text}"
+    );
     let made = value(&text, "meridian_dnssec_signatures_total");
     let hits = value(&text, "meridian_dnssec_cache_hits_total");
     assert!((7.0..=9.0).contains(&made), "{text}");
     assert_eq!(made - 5.0 + hits, 10.0, "{text}");
-    assert!(value(&text, "meridian_dnssec_cache_entries") >= 1.0, "{text}");
+    assert!(
+        value(&text, "meridian_dnssec_cache_entries") >= 1.0,
+        "{text}"
+    );
     assert!(value(&text, "meridian_dnssec_negative_signatures_per_second") >= 0.0);
     server.stop().await;
 
     let out = meridian()
-        .args(["explain", "static.signed.test", "A", "--client", "192.0.2.1", "--zones"])
+        .args([
+            "explain",
+            "static.signed.test",
+            "A",
+            "--client",
+            "192.0.2.1",
+            "--zones",
+        ])
         .arg(&zones)
         .arg("--state")
         .arg(&state)
@@ -729,7 +747,9 @@ async fn metrics_count_signatures_and_explain_names_the_key() {
     let ds = ds_output(&zones, &state);
     let tag = ds.split_whitespace().nth(3).expect("tag");
     assert!(
-        text.contains(&format!("dnssec: signed online (ECDSAP256SHA256, key tag {tag})")),
+        text.contains(&format!(
+            "dnssec: signed online (ECDSAP256SHA256, key tag {tag})"
+        )),
         "{text}"
     );
 }
@@ -768,6 +788,7 @@ mod property {
     const NAMES: &[&str] = &[
         "signed.test",
         "static.signed.test",
+        "dup.signed.test",
         "x.wild.signed.test",
         "a.b.wild.signed.test",
         "alias.signed.test",
@@ -895,7 +916,10 @@ mod property {
                 }
             }
         });
-        assert!(stats.is_zero(), "heap operations while answering: {stats:?}");
+        assert!(
+            stats.is_zero(),
+            "heap operations while answering: {stats:?}"
+        );
     }
 
     /// SPEC §11 / issue 11: a flood of unique nonexistent names fills only the small
@@ -918,7 +942,10 @@ mod property {
         }
         let (negatives, slots) = local.signer.cached_negatives();
         assert!(negatives <= slots && slots == negative_slots);
-        assert!(negatives > slots / 2, "the negative cache was used: {negatives}");
+        assert!(
+            negatives > slots / 2,
+            "the negative cache was used: {negatives}"
+        );
         assert!(local.signer.cached() <= local.signer.capacity());
         // The answers' signatures (static A, then the SOA of the denials) were not evicted.
         assert!(local.signer.cached() - negatives >= before);
