@@ -23,7 +23,7 @@ trap cleanup EXIT INT TERM
 mkdir -p "$W/zones"
 cp tests/fixtures/dnssec/signed.toml "$W/zones/"
 "$BIN" dnssec keygen signed.test --zones "$W/zones" --state "$W/state" >/dev/null 2>&1
-SERVE="$BIN serve --listen '127.0.0.1:\$BENCH_PORT' --admin off --zones $W/zones --state $W/state --geoip geoip/test-city.mmdb"
+SERVE="$BIN serve --listen '127.0.0.1:\$BENCH_PORT' --admin off --rrl off --zones $W/zones --state $W/state --geoip geoip/test-city.mmdb"
 
 cap() { # LABEL, env passed through
     local out
@@ -40,7 +40,7 @@ done
 
 # The flood: server on CPU 0, generator on CPU 1.
 PORT=15390 ADMIN=15391
-taskset -c 0 "$BIN" serve --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN --zones "$W/zones" \
+taskset -c 0 "$BIN" serve --listen 127.0.0.1:$PORT --admin 127.0.0.1:$ADMIN --rrl off --zones "$W/zones" \
     --state "$W/state" --geoip geoip/test-city.mmdb >"$W/serve.log" 2>&1 &
 SRV_PID=$!
 for _ in $(seq 1 50); do
