@@ -100,7 +100,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
     let mut tasks = JoinSet::new();
     let mut udp_threads = Vec::new();
     let mut dns = Vec::new();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = settings.udp_workers;
     let fd_limit = crate::connections::raise_fd_limit();
     let tcp_limits = tcp::TcpLimits::for_fd_limit(fd_limit, settings.listen.len());
     tracing::info!(

@@ -70,7 +70,7 @@ pub struct CommonArgs {
     /// Optional ASN database (.mmdb)
     #[arg(long, env = "MERIDIAN_ASN")]
     pub asn: Option<PathBuf>,
-    /// Settings file (TOML: listen, admin, admin_token_file, zones, geoip, asn, state, log_format, watch_zones, cluster, instance, cluster_prefix, cluster_lease_ttl, probe_source, rrl, rrl_rate, rrl_slip, rrl_ipv4_prefix, rrl_ipv6_prefix, rrl_exempt)
+    /// Settings file (TOML: listen, admin, admin_token_file, zones, geoip, asn, state, log_format, watch_zones, cluster, instance, cluster_prefix, cluster_lease_ttl, probe_source, rrl, rrl_rate, rrl_slip, rrl_ipv4_prefix, rrl_ipv6_prefix, rrl_exempt, udp_workers)
     #[arg(long, env = "MERIDIAN_CONFIG")]
     pub config: Option<PathBuf>,
     /// Log format
@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Local address every health probe binds to
     #[arg(long, env = "MERIDIAN_PROBE_SOURCE")]
     pub probe_source: Option<IpAddr>,
+    /// UDP worker threads (one SO_REUSEPORT socket each) per listen address [default: the
+    /// number of CPUs this process may run on]
+    #[arg(long, env = "MERIDIAN_UDP_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub udp_workers: Option<u16>,
     #[command(flatten)]
     pub rrl: RrlArgs,
     #[command(flatten)]
@@ -207,6 +211,7 @@ impl ServeArgs {
             cluster_lease_ttl: self.cluster_lease_ttl,
             probe_source: self.probe_source,
             rrl: self.rrl.flags(),
+            udp_workers: self.udp_workers.map(usize::from),
             ..self.common.flags()
         }
     }

@@ -21,6 +21,8 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:8053";
 pub const DEFAULT_ZONES: &str = "zones";
 /// SPEC §1: the GeoIP database shipped in the checkout.
 pub const DEFAULT_GEOIP: &str = "geoip/test-city.mmdb";
+/// Bound of `--udp-workers`: a thread and a socket each; far beyond any core count here.
+pub const MAX_UDP_WORKERS: usize = 1024;
 /// SPEC §1: overrides and other state with no flags.
 pub const DEFAULT_STATE: &str = "state";
 /// SPEC §10: where the cluster's keys live in etcd with no `--cluster-prefix`.
@@ -60,6 +62,7 @@ pub struct Flags {
     pub cluster_lease_ttl: Option<u64>,
     pub probe_source: Option<IpAddr>,
     pub rrl: RrlFlags,
+    pub udp_workers: Option<usize>,
 }
 
 /// The `--rrl*` flags (SPEC §9).
@@ -98,6 +101,7 @@ struct FileSettings {
     rrl_ipv4_prefix: Option<u8>,
     rrl_ipv6_prefix: Option<u8>,
     rrl_exempt: Option<Vec<String>>,
+    udp_workers: Option<usize>,
 }
 
 /// Why the settings cannot be resolved.
@@ -125,6 +129,8 @@ pub enum SettingsError {
     LeaseTtl(u64),
     #[error("{0}")]
     Rrl(String),
+    #[error("udp_workers {0}: expected 1 to {MAX_UDP_WORKERS}")]
+    UdpWorkers(usize),
 }
 
 /// Resolved settings.
@@ -149,6 +155,8 @@ pub struct Settings {
     pub probe_source: Option<IpAddr>,
     /// Response rate limiting of UDP answers (SPEC §9).
     pub rrl: rrl::Config,
+    /// UDP worker threads per listen address.
+    pub udp_workers: usize,
 }
 
 /// `--cluster` and its companions (SPEC §10).
@@ -188,8 +196,17 @@ impl Settings {
             Some(p) => Some(p),
             None => Some(PathBuf::from(DEFAULT_GEOIP)).filter(|p| p.exists()),
         };
+        // One worker per CPU this process may run on (taskset and cgroups count).
+        let udp_workers = flags
+            .udp_workers
+            .or(file.udp_workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if !(1..=MAX_UDP_WORKERS).contains(&udp_workers) {
+            return Err(SettingsError::UdpWorkers(udp_workers));
+        }
         Ok(Settings {
             listen,
+            udp_workers,
             admin,
             admin_token_file: flags.admin_token_file.or(file.admin_token_file),
             zones: flags
@@ -437,6 +454,28 @@ mod tests {
                 .expect_err(text)
                 .to_string();
             assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn udp_workers_default_to_the_cpus_and_are_bounded() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let s = Settings::resolve(Flags::default()).expect("defaults resolve");
+        assert_eq!(s.udp_workers, cpus);
+        let two = Flags {
+            udp_workers: Some(2),
+            ..Flags::default()
+        };
+        assert_eq!(Settings::resolve(two).expect("2 workers").udp_workers, 2);
+        for bad in [0, MAX_UDP_WORKERS + 1] {
+            let flags = Flags {
+                udp_workers: Some(bad),
+                ..Flags::default()
+            };
+            assert!(matches!(
+                Settings::resolve(flags),
+                Err(SettingsError::UdpWorkers(n)) if n == bad
+            ));
         }
     }
 }

@@ -124,6 +124,7 @@ fn settings(dir: &TempDir, token_file: Option<PathBuf>) -> Settings {
         probe_source: None,
         // Tests fire many queries from 127.0.0.1; the RRL tests turn it on.
         rrl: meridian::dns::rrl::Config::off(),
+        udp_workers: 2,
     }
 }
 

@@ -302,6 +302,7 @@ impl Instance {
             probe_source: Some(source.parse().expect("source")),
             // Tests fire many queries from 127.0.0.1; the RRL tests turn it on.
             rrl: meridian::dns::rrl::Config::off(),
+            udp_workers: 2,
         };
         let running = start(settings).await.expect("instance starts");
         let dns = running.dns[0];

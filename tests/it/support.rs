@@ -56,6 +56,7 @@ pub fn settings(zones: &Path, geoip: Option<&str>) -> Settings {
         probe_source: None,
         // Tests fire many queries from 127.0.0.1; the RRL tests turn it on.
         rrl: meridian::dns::rrl::Config::off(),
+        udp_workers: 2,
     }
 }
 
