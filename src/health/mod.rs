@@ -1,6 +1,7 @@
 //! Health: the pure view read by the DNS path (view.rs), the rise/fall machine (state.rs),
-//! one probe (probe.rs), the scheduler (prober.rs) and persisted overrides (overrides.rs).
+//! one probe (probe.rs, its HTTP/1.1 exchange in http.rs), the scheduler (prober.rs) and persisted overrides (overrides.rs).
 
+mod http;
 pub mod overrides;
 pub mod probe;
 pub mod prober;

@@ -4,6 +4,9 @@
 //! so intervals are 100-300 ms and the whole module stays within a few seconds per test.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU16;
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -421,6 +424,135 @@ async fn host_header_names_the_host_but_the_address_is_probed() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Connection reuse
+
+/// A keep-alive HTTP/1.1 backend: answers every request of a connection with the current
+/// status (and body "ok"), and closes a connection silently after `per_conn` requests.
+struct KeepAlive {
+    addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+    status: Arc<AtomicU16>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn keep_alive_backend(per_conn: usize) -> KeepAlive {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (conns, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let status = Arc::new(AtomicU16::new(200));
+    let (c, r, s) = (conns.clone(), requests.clone(), status.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, SeqCst);
+            let (r, s) = (r.clone(), s.clone());
+            tokio::spawn(tokio::time::timeout(BACKEND_HOLD, async move {
+                for _ in 0..per_conn {
+                    let head = read_head(&mut conn).await.unwrap_or_default();
+                    if head.is_empty() {
+                        return;
+                    }
+                    r.fetch_add(1, SeqCst);
+                    let msg = format!(
+                        "HTTP/1.1 {} X\r\nContent-Length: 2\r\n\r\nok",
+                        s.load(SeqCst)
+                    );
+                    if conn.write_all(msg.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+    });
+    KeepAlive {
+        addr,
+        conns,
+        requests,
+        status,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn http_probes_reuse_one_connection_and_renew_it_every_n_probes() {
+    let backend = keep_alive_backend(1000).await;
+    let mut s = spec(CheckKind::Http, backend.addr.port());
+    s.expect_body = Some("ok".into());
+    let mut target = Clients::new().target(backend.addr.ip(), &Arc::new(s));
+    let n = 2 * probe::MAX_PROBES_PER_CONNECTION as usize + 5;
+    for i in 0..n {
+        let r = target.run().await;
+        assert!(r.ok, "probe {i}: {r:?}");
+    }
+    assert_eq!(backend.requests.load(SeqCst), n);
+    // Connecting is still tested: a fresh connection every MAX_PROBES_PER_CONNECTION probes.
+    assert_eq!(backend.conns.load(SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_failed_probe_drops_its_connection() {
+    let backend = keep_alive_backend(1000).await;
+    let mut target = Clients::new().target(
+        backend.addr.ip(),
+        &Arc::new(spec(CheckKind::Http, backend.addr.port())),
+    );
+    assert!(target.run().await.ok);
+    backend.status.store(503, SeqCst);
+    let r = target.run().await;
+    assert_eq!(r.error.as_deref(), Some("status 503"), "{r:?}");
+    backend.status.store(200, SeqCst);
+    assert!(target.run().await.ok);
+    assert_eq!(
+        backend.conns.load(SeqCst),
+        2,
+        "no fresh connection after the failure"
+    );
+}
+
+#[tokio::test]
+async fn a_kept_connection_closed_while_idle_is_retried_on_a_fresh_one() {
+    // The server closes after each response without saying so (no `Connection: close`).
+    let backend = keep_alive_backend(1).await;
+    let mut target = Clients::new().target(
+        backend.addr.ip(),
+        &Arc::new(spec(CheckKind::Http, backend.addr.port())),
+    );
+    for i in 0..5 {
+        // Let the close arrive, as it would during an interval.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = target.run().await;
+        assert!(r.ok, "probe {i}: {r:?}");
+    }
+    assert_eq!(backend.requests.load(SeqCst), 5);
+    assert_eq!(backend.conns.load(SeqCst), 5);
+}
+
+#[tokio::test]
+async fn a_dead_backend_fails_the_probe_even_with_a_kept_connection() {
+    let backend = keep_alive_backend(1000).await;
+    let mut target = Clients::new().target(
+        backend.addr.ip(),
+        &Arc::new(spec(CheckKind::Http, backend.addr.port())),
+    );
+    assert!(target.run().await.ok);
+    // Listener and connections gone: the kept one is retried fresh, and that is refused.
+    backend.task.abort();
+    drop(backend);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = target.run().await;
+    assert!(!r.ok, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------
 // HTTPS with a CA made here
 
 struct TlsBackend {
@@ -428,6 +560,8 @@ struct TlsBackend {
     ca_file: std::path::PathBuf,
     /// SNI of every handshake.
     sni: Arc<Mutex<Vec<Option<String>>>>,
+    /// Full or resumed, for every handshake.
+    kinds: Arc<Mutex<Vec<Option<rustls::HandshakeKind>>>>,
 }
 
 /// A blocking rustls server on 127.0.0.1 for `name`, its certificate signed by a fresh CA
@@ -462,6 +596,8 @@ fn tls_backend(name: &str, max_conns: usize) -> TlsBackend {
     let port = listener.local_addr().expect("addr").port();
     let sni = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&sni);
+    let kinds = Arc::new(Mutex::new(Vec::new()));
+    let kinds_seen = Arc::clone(&kinds);
     std::thread::spawn(move || {
         for conn in listener.incoming().take(max_conns) {
             let Ok(conn) = conn else { continue };
@@ -472,12 +608,21 @@ fn tls_backend(name: &str, max_conns: usize) -> TlsBackend {
             };
             let mut stream = rustls::StreamOwned::new(tls, conn);
             let _ = serve_tls(&mut stream);
+            kinds_seen
+                .lock()
+                .expect("kinds")
+                .push(stream.conn.handshake_kind());
             seen.lock()
                 .expect("sni")
                 .push(stream.conn.server_name().map(str::to_string));
         }
     });
-    TlsBackend { port, ca_file, sni }
+    TlsBackend {
+        port,
+        ca_file,
+        sni,
+        kinds,
+    }
 }
 
 fn serve_tls(
@@ -553,6 +698,29 @@ async fn https_verifies_against_ca_file_mozilla_or_nothing() {
         sni.last(),
         Some(&Some("other.example.test".to_string())),
         "{sni:?}"
+    );
+}
+
+#[tokio::test]
+async fn https_probes_resume_their_tls_session() {
+    let backend = tls_backend("www.example.test", 3);
+    let mut s = spec(CheckKind::Https, backend.port);
+    s.host = Some("www.example.test".into());
+    s.ca_file = Some(backend.ca_file.clone());
+    let mut target = Clients::new().target(ip("127.0.0.1"), &Arc::new(s));
+    // The backend closes every connection, so each probe connects and shakes hands anew.
+    for i in 0..3 {
+        let r = target.run().await;
+        assert!(r.ok, "probe {i}: {r:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while backend.kinds.lock().expect("kinds").len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(
+        *backend.kinds.lock().expect("kinds"),
+        [Some(Full), Some(Resumed), Some(Resumed)]
     );
 }
 
