@@ -449,13 +449,16 @@ async fn keep_alive_backend(per_conn: usize) -> KeepAlive {
     let status = Arc::new(AtomicU16::new(200));
     let (c, r, s) = (conns.clone(), requests.clone(), status.clone());
     let task = tokio::spawn(async move {
+        // Connections live in this set, so aborting the backend closes them too.
+        let mut open = tokio::task::JoinSet::new();
         loop {
             let Ok((mut conn, _)) = listener.accept().await else {
                 return;
             };
+            while open.try_join_next().is_some() {}
             c.fetch_add(1, SeqCst);
             let (r, s) = (r.clone(), s.clone());
-            tokio::spawn(tokio::time::timeout(BACKEND_HOLD, async move {
+            open.spawn(tokio::time::timeout(BACKEND_HOLD, async move {
                 for _ in 0..per_conn {
                     let head = read_head(&mut conn).await.unwrap_or_default();
                     if head.is_empty() {
