@@ -2,10 +2,15 @@
 //! the zones (and reopens the GeoIP database) beside the serving world and swaps all of it
 //! or none; health results and overrides publish new views of the same snapshot. Writers
 //! are serialised by one lock that the DNS path never takes.
+//!
+//! A reload stays off the DNS path: it compiles on a thread of its own at a lower priority
+//! (on two cores the DNS workers win), requests that arrive meanwhile share the next run
+//! instead of queueing one each, and the replaced snapshot is freed on that thread once the
+//! workers have let go of it, never on a DNS worker.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
@@ -20,12 +25,23 @@ use crate::model::Snapshot;
 use crate::settings::Settings;
 use crate::world::{SharedWorld, World};
 
-#[derive(Debug, thiserror::Error)]
+/// Niceness of the reload thread, in thread-priority's 0..=99 scale: 22 is nice 10. The
+/// DNS workers (nice 0) then get about ten times its share of a contended core, and an
+/// idle core still compiles at full speed.
+const RELOAD_PRIORITY: u8 = 22;
+
+/// How long the reload thread waits for the DNS workers to drop the replaced snapshot
+/// before freeing it: each worker looks at the world at least every `UDP_POLL` (200 ms).
+const RETIRE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ReloadError {
     #[error("{0}")]
     Zones(Diagnostics),
     #[error("{0}")]
     Geo(String),
+    #[error("the reload thread failed: {0}")]
+    Thread(String),
 }
 
 impl ReloadError {
@@ -34,6 +50,7 @@ impl ReloadError {
         match self {
             ReloadError::Zones(d) => d.0.iter().map(|d| d.to_string()).collect(),
             ReloadError::Geo(e) => vec![e.clone()],
+            ReloadError::Thread(e) => vec![format!("the reload thread failed: {e}")],
         }
     }
 }
@@ -70,7 +87,23 @@ pub struct Control {
     local: Mutex<Vec<ProbeStatus>>,
     /// The NSID every world answers with.
     nsid: Arc<str>,
+    /// Reload requests and the run serving them (coalescing).
+    reloading: Mutex<Reloads>,
+    reload_done: Condvar,
 }
+
+/// Reload requests are numbered; a run serves every request made before it started.
+#[derive(Default)]
+struct Reloads {
+    requested: u64,
+    /// Requests up to this one have their answer in `last`.
+    finished: u64,
+    running: bool,
+    last: Option<ReloadResult>,
+    finished_runs: u64,
+}
+
+type ReloadResult = Result<Vec<(String, u32)>, ReloadError>;
 
 impl Control {
     pub fn new(settings: Settings, world: SharedWorld, overrides: OverrideStore) -> Control {
@@ -87,6 +120,8 @@ impl Control {
             publish: Mutex::new(()),
             cluster: None,
             nsid: Arc::from(settings_instance(&settings)),
+            reloading: Mutex::new(Reloads::default()),
+            reload_done: Condvar::new(),
             settings,
         }
     }
@@ -190,8 +225,71 @@ impl Control {
 
     /// Reload every zone and the GeoIP database: all or nothing (SPEC §8). On success the
     /// new zones' (origin, serial).
-    pub fn reload(&self) -> Result<Vec<(String, u32)>, ReloadError> {
-        let _writer = self.publish.lock().expect("publish lock is never poisoned");
+    /// Blocks until a run that started after this call ends; calls made while a run is
+    /// going share the next one.
+    pub fn reload(&self) -> ReloadResult {
+        let mut state = self.reload_state();
+        state.requested += 1;
+        let ticket = state.requested;
+        loop {
+            if state.finished >= ticket {
+                return state.last.clone().expect("set with `finished`");
+            }
+            if state.running {
+                state = self
+                    .reload_done
+                    .wait(state)
+                    .expect("reload state lock is never poisoned");
+                continue;
+            }
+            state.running = true;
+            let serves = state.requested;
+            drop(state);
+            let result = self.reload_on_own_thread();
+            state = self.reload_state();
+            state.running = false;
+            state.finished = serves;
+            state.finished_runs += 1;
+            state.last = Some(result);
+            self.reload_done.notify_all();
+        }
+    }
+
+    /// Reload runs completed (successful or not), for tests of the coalescing.
+    pub fn reload_runs(&self) -> u64 {
+        self.reload_state().finished_runs
+    }
+
+    fn reload_state(&self) -> MutexGuard<'_, Reloads> {
+        self.reloading
+            .lock()
+            .expect("reload state lock is never poisoned")
+    }
+
+    /// One run, on a thread of its own at a lower priority.
+    fn reload_on_own_thread(&self) -> ReloadResult {
+        std::thread::scope(|s| {
+            let run = std::thread::Builder::new()
+                .name("meridian-reload".into())
+                .spawn_scoped(s, || {
+                    let prio = thread_priority::ThreadPriorityValue::try_from(RELOAD_PRIORITY)
+                        .map(thread_priority::ThreadPriority::Crossplatform);
+                    if let Err(e) = prio.map(thread_priority::set_current_thread_priority) {
+                        tracing::debug!("reload thread keeps its priority: {e:?}");
+                    }
+                    self.reload_now()
+                });
+            match run {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|_| Err(ReloadError::Thread("it panicked".into()))),
+                Err(e) => Err(ReloadError::Thread(e.to_string())),
+            }
+        })
+    }
+
+    /// Compile beside the serving world, then swap; the replaced snapshot is freed here.
+    fn reload_now(&self) -> ReloadResult {
         let current = self.world.load_full();
         let result = self.compile(&current.snapshot);
         let (snapshot, geo) = match result {
@@ -205,6 +303,18 @@ impl Control {
                 return Err(e);
             }
         };
+        let old = current.snapshot.clone();
+        drop(current);
+        let serials = self.swap(snapshot, geo);
+        retire(old);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(?serials, "reloaded");
+        Ok(serials)
+    }
+
+    /// Publish a compiled snapshot with the health carried over; its zones' serials.
+    fn swap(&self, snapshot: Snapshot, geo: Option<Arc<crate::geo::GeoDb>>) -> Vec<(String, u32)> {
+        let _writer = self.publish.lock().expect("publish lock is never poisoned");
         let snapshot = Arc::new(snapshot);
         let probes = match self.prober.get() {
             Some(p) => p.reconfigure(snapshot.clone()),
@@ -228,9 +338,7 @@ impl Control {
             .map(|z| (z.origin.clone(), z.serial))
             .collect();
         self.world.store(self.world_of(snapshot, view, geo));
-        self.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(?serials, "reloaded");
-        Ok(serials)
+        serials
     }
 
     #[allow(clippy::type_complexity)]
@@ -378,6 +486,17 @@ pub fn attach_keys(snap: &mut Snapshot, state: &std::path::Path) {
             tracing::info!(zone = %z.origin, key_tag = k.key_tag, file = %k.path.display(), "dnssec: signing online");
         }
     }
+}
+
+/// Free a replaced snapshot on this thread: wait (bounded) until the DNS workers and the
+/// prober hold it no more, so that the last reference, and the time it takes to free a
+/// million names, never falls on a DNS worker.
+fn retire(old: Arc<Snapshot>) {
+    let deadline = Instant::now() + RETIRE_WAIT;
+    while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(old);
 }
 
 /// How often `--watch-zones` looks at the zone directory.

@@ -15,10 +15,10 @@ use toml::de::DeTable;
 use super::diag::{Diagnostic, Diagnostics, FileCx, Span};
 use super::raw;
 use super::values;
-use super::{policies, pools, records};
+use super::{policies, pools, records, zonefile};
 use crate::model::{
-    CheckSpec, NameMap, Node, PolicyId, PoolId, ProbeId, ProbeKey, Snapshot, Soa, WireName, Zone,
-    ZoneId, rtype, wire,
+    CheckSpec, NameMap, Node, PolicyId, PoolId, ProbeId, ProbeKey, RrSet, Snapshot, Soa, WireName,
+    Zone, ZoneId, rtype, wire,
 };
 
 /// SPEC §2 defaults.
@@ -35,6 +35,7 @@ const ZONE_KEYS: &[&str] = &[
     "ttl",
     "policy_ttl",
     "latency_table",
+    "records_file",
     "soa",
     "records",
     "pools",
@@ -181,6 +182,7 @@ impl Builder<'_> {
 pub(crate) struct ZoneCx {
     /// Presentation format, lowercase, trailing dot.
     pub(crate) origin: String,
+    pub(crate) origin_wire: WireName,
     pub(crate) zone: ZoneId,
     /// Directory of the zone file: `ca_file` and `latency_table` are relative to it.
     pub(crate) dir: PathBuf,
@@ -193,6 +195,11 @@ pub(crate) struct ZoneCx {
 impl ZoneCx {
     /// A name of this zone (owner or policy name), or an error sentence.
     pub(crate) fn owner(&self, s: &str) -> Result<WireName, String> {
+        // The common case (`www`, `n123`) without the text round trip: a big zone has a
+        // million of them.
+        if let Some(name) = values::relative_name(s, &self.origin_wire) {
+            return Ok(name);
+        }
         values::resolve_name(s, &self.origin, true)
     }
 }
@@ -244,6 +251,7 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
     };
     let zc = ZoneCx {
         origin,
+        origin_wire: origin_wire.clone(),
         zone: ZoneId(b.snap.zones.len() as u32),
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         ttl: get_u32("ttl", DEFAULT_TTL, cx),
@@ -252,7 +260,8 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
             raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned()))
         }),
     };
-    let (soa, serial) = soa(doc, &zc, b.previous, cx);
+    let from_file = records_file(doc, &zc, cx);
+    let (soa, serial, soa_ttl) = zone_soa(doc, &zc, b.previous, from_file.as_ref(), cx);
     let section = |key: &str, cx: &mut FileCx<'_>| {
         raw::get(doc, key).and_then(|(_, v)| raw::table(v, key, cx))
     };
@@ -268,14 +277,28 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
     let published = section("policies", cx)
         .map(|t| policies::compile_policies(t, &zc, &pool_names, b, cx))
         .unwrap_or_default();
-    check_collisions(&zc, &pool_names, &owners, &published, cx);
     let dnssec = raw::get(doc, "dnssec").and_then(|(span, v)| {
         raw::boolean(v, "dnssec", cx)
             .filter(|on| *on)
             .map(|_| cx.position(span.start))
     });
-    let name_count = owners.len() + published.iter().filter(|p| p.publish).count();
-    let nodes = lay_out_names(&origin_wire, owners, &published);
+    let file_owners = from_file.as_ref().map(|f| &f.owners);
+    if let Some(f) = &from_file {
+        check_file_collisions(&owners, f, cx);
+    }
+    check_collisions(
+        &zc,
+        &pool_names,
+        &owners,
+        from_file.as_ref(),
+        &published,
+        cx,
+    );
+    let name_count = owners.len()
+        + file_owners.map_or(0, |o| o.len())
+        + published.iter().filter(|p| p.publish).count();
+    let file_owners = from_file.map(|f| f.owners).unwrap_or_default();
+    let nodes = lay_out_names(&origin_wire, owners, file_owners, &published);
     b.snap.zone_by_origin.insert(origin_wire.clone(), zc.zone);
     let labels = wire::label_count(&origin_wire);
     if !b.snap.origin_labels.contains(&labels) {
@@ -288,7 +311,7 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
         file: path.to_path_buf(),
         serial,
         soa,
-        soa_ttl: zc.ttl,
+        soa_ttl,
         policy_ttl: zc.policy_ttl,
         nodes,
         name_count,
@@ -334,6 +357,54 @@ fn origin(
         .entry(wire.clone())
         .or_insert_with(|| path.to_path_buf());
     Some((wire::to_text(&wire), wire))
+}
+
+/// `records_file`, read when the zone names one.
+fn records_file(doc: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>) -> Option<zonefile::Records> {
+    let (_, v) = raw::get(doc, "records_file")?;
+    let rel = raw::string(v, "records_file", cx)?;
+    let zone = zonefile::ZoneOf {
+        origin: &zc.origin,
+        origin_wire: &zc.origin_wire,
+        ttl: zc.ttl,
+    };
+    match zonefile::load(&zc.dir.join(rel), &zone, cx.diags) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            cx.err(&v.span(), format!("records_file: {e}"));
+            None
+        }
+    }
+}
+
+/// The zone's SOA, serial and SOA TTL: from `[soa]`, or from the records file's SOA when
+/// the zone file has no `[soa]` (a zone brought over from another server keeps its own).
+fn zone_soa(
+    doc: &DeTable<'_>,
+    zc: &ZoneCx,
+    previous: Option<&Snapshot>,
+    from_file: Option<&zonefile::Records>,
+    cx: &mut FileCx<'_>,
+) -> (Soa, u32, u32) {
+    match (
+        from_file.and_then(|f| f.soa.as_ref().map(|s| (f, s))),
+        raw::get(doc, "soa"),
+    ) {
+        (Some((_, s)), None) => (s.soa.clone(), s.serial, s.ttl),
+        (Some((f, s)), Some((key, _))) => {
+            let at = f.describe(s.at);
+            cx.err(
+                &key,
+                format!("the SOA is given twice: by [soa] here and in {at}"),
+            );
+            let (soa, serial) = soa(doc, zc, previous, cx);
+            (soa, serial, zc.ttl)
+        }
+        (None, _) => {
+            let (soa, serial) = soa(doc, zc, previous, cx);
+            (soa, serial, zc.ttl)
+        }
+    }
 }
 
 /// `[soa]` and the serial to serve.
@@ -427,23 +498,50 @@ pub(crate) struct PoolName {
     pub(crate) id: PoolId,
 }
 
+/// A name written both in `[records]` and in the records file: reported at the TOML key.
+fn check_file_collisions(
+    owners: &NameMap<records::Owner>,
+    file: &zonefile::Records,
+    cx: &mut FileCx<'_>,
+) {
+    for (name, o) in owners {
+        if let Some(f) = file.owners.get(name) {
+            cx.err(
+                &o.span,
+                format!(
+                    "name {} is also in the records file ({})",
+                    wire::to_text(name),
+                    file.describe(f.at)
+                ),
+            );
+        }
+    }
+}
+
 /// SPEC §2: a name may be static, a pool's or a policy's, never two of these at once.
 fn check_collisions(
     zc: &ZoneCx,
     pools: &[PoolName],
-    owners: &[records::Owner],
+    owners: &NameMap<records::Owner>,
+    file: Option<&zonefile::Records>,
     policies: &[PolicyName],
     cx: &mut FileCx<'_>,
 ) {
-    let statics: HashMap<&[u8], &records::Owner> = owners.iter().map(|o| (&*o.name, o)).collect();
+    // Where a static name is written: "line N" of this file, or "file:N" of the records file.
+    let statics = |name: &[u8], cx: &FileCx<'_>| -> Option<String> {
+        if let Some(o) = owners.get(name) {
+            return Some(format!("line {}", cx.position(o.span.start).0));
+        }
+        let f = file?;
+        f.owners.get(name).map(|o| f.describe(o.at))
+    };
     for p in policies {
         let Some(owner) = &p.owner else { continue };
-        if let Some(o) = statics.get(&**owner) {
-            let (line, _) = cx.position(o.span.start);
+        if let Some(at) = statics(owner, cx) {
             cx.err(
                 &p.span,
                 format!(
-                    "policy \"{}\" has the name of static records (line {line})",
+                    "policy \"{}\" has the name of static records ({at})",
                     p.name
                 ),
             );
@@ -451,12 +549,11 @@ fn check_collisions(
     }
     for pool in pools {
         let name = zc.owner(&pool.name).ok();
-        if let Some(o) = name.as_ref().and_then(|n| statics.get(&**n)) {
-            let (line, _) = cx.position(o.span.start);
+        if let Some(at) = name.as_ref().and_then(|n| statics(n, cx)) {
             cx.err(
                 &pool.span,
                 format!(
-                    "pool \"{}\" has the name of static records (line {line})",
+                    "pool \"{}\" has the name of static records ({at})",
                     pool.name
                 ),
             );
@@ -477,43 +574,49 @@ fn check_collisions(
     }
 }
 
-/// Every name of the zone: static owners, published policies and the empty non-terminals
-/// between them and the apex (RFC 4592 §2.2.2 needs those to tell NODATA from NXDOMAIN).
+/// Every name of the zone: static owners (TOML and records file), published policies and
+/// the empty non-terminals between them and the apex (RFC 4592 §2.2.2 needs those to tell
+/// NODATA from NXDOMAIN).
 fn lay_out_names(
     apex: &[u8],
-    owners: Vec<records::Owner>,
+    owners: NameMap<records::Owner>,
+    file: NameMap<zonefile::FileOwner>,
     policies: &[PolicyName],
 ) -> NameMap<Node> {
     let mut nodes = NameMap::<Node>::default();
-    for o in owners {
-        let delegation = &*o.name != apex && o.rrsets.iter().any(|r| r.rtype == rtype::NS);
-        nodes.insert(
-            o.name,
-            Node {
-                rrsets: o.rrsets,
-                policy: None,
-                delegation,
-            },
-        );
+    nodes.reserve(1 + owners.len() + file.len() + policies.len());
+    nodes.insert(apex.into(), Node::default());
+    let statics = owners
+        .into_iter()
+        .map(|(name, o)| (name, o.rrsets))
+        .chain(file.into_iter().map(|(name, o)| (name, o.rrsets)));
+    for (name, rrsets) in statics {
+        add_parents(&mut nodes, &name, apex);
+        let delegation = &*name != apex && rrsets.iter().any(|r: &RrSet| r.rtype == rtype::NS);
+        let node = nodes.entry(name).or_default();
+        node.rrsets = rrsets;
+        node.delegation = delegation;
     }
     for p in policies.iter().filter(|p| p.publish) {
         if let Some(owner) = &p.owner {
+            add_parents(&mut nodes, owner, apex);
             nodes.entry(owner.clone()).or_default().policy = Some(p.id);
         }
     }
-    nodes.entry(apex.into()).or_default();
-    let names: Vec<WireName> = nodes.keys().cloned().collect();
-    for name in names {
-        let mut at: &[u8] = &name;
-        while let Some(parent) = wire::parent(at) {
-            if parent.len() < apex.len() {
-                break;
-            }
-            nodes.entry(parent.into()).or_default();
-            at = parent;
-        }
-    }
     nodes
+}
+
+/// The empty non-terminals above `name`, up to the apex. Every name goes in through here, so
+/// a parent already present has its own parents too and the walk stops there.
+fn add_parents(nodes: &mut NameMap<Node>, name: &[u8], apex: &[u8]) {
+    let mut at = name;
+    while let Some(parent) = wire::parent(at) {
+        if parent.len() < apex.len() || nodes.contains_key(parent) {
+            break;
+        }
+        nodes.insert(parent.into(), Node::default());
+        at = parent;
+    }
 }
 
 /// The check of a pool, shared by `Arc` among the pools of one zone.

@@ -13,6 +13,7 @@ mod pools;
 pub mod raw;
 mod records;
 pub mod values;
+mod zonefile;
 
 pub use compile::{LoadOptions, Source, load_dir, load_sources, load_str};
 pub use diag::{Diagnostic, Diagnostics};

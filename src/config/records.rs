@@ -1,30 +1,28 @@
 //! `[records."<name>"]` → static RRsets, RDATA encoded once into uncompressed wire format.
 
-use std::collections::HashMap;
-
 use toml::de::{DeTable, DeValue};
 
 use super::compile::ZoneCx;
 use super::diag::{FileCx, Span};
 use super::raw;
 use super::values;
-use crate::model::{MAX_MESSAGE, MAX_RDATA, RrSet, WireName, rtype, smallest_answer};
+use crate::model::{MAX_MESSAGE, MAX_RDATA, NameMap, RrSet, rtype, smallest_answer};
 
-/// One owner name with its static data.
+/// One owner name's static data.
 pub(crate) struct Owner {
-    pub(crate) name: WireName,
     /// The `[records."name"]` key.
     pub(crate) span: Span,
     pub(crate) rrsets: Vec<RrSet>,
 }
 
-/// Every `[records.*]` owner, in file order.
-pub(crate) fn compile_records(t: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>) -> Vec<Owner> {
-    let mut owners: Vec<Owner> = Vec::new();
-    let mut seen: HashMap<WireName, Span> = HashMap::new();
-    for (key, v) in raw::entries(t) {
+/// Every `[records.*]` owner by name. A million of them is the bulk case, so nothing here
+/// is allocated per owner beyond its name and RRsets (messages are built only on errors).
+pub(crate) fn compile_records(t: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>) -> NameMap<Owner> {
+    let mut owners: NameMap<Owner> = NameMap::default();
+    owners.reserve(t.len());
+    // toml keeps tables in file order (its preserve_order feature), so no sort is needed.
+    for (key, v) in t.iter() {
         let text = key.get_ref().as_ref();
-        let what = format!("[records.\"{text}\"]");
         let name = match zc.owner(text) {
             Ok(n) => n,
             Err(e) => {
@@ -32,26 +30,36 @@ pub(crate) fn compile_records(t: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>)
                 continue;
             }
         };
-        if let Some(first) = seen.get(&name) {
-            let (line, _) = cx.position(first.start);
+        if let Some(first) = owners.get(&name) {
+            let (line, _) = cx.position(first.span.start);
             cx.err(
                 &key.span(),
                 format!("name {text} is written twice (also at line {line})"),
             );
             continue;
         }
-        seen.insert(name.clone(), key.span());
-        let Some(table) = raw::table(v, &what, cx) else {
-            continue;
+        let table = match v.get_ref() {
+            DeValue::Table(table) => table,
+            _ => {
+                let _ = raw::table(v, &what(text), cx);
+                continue;
+            }
         };
-        let rrsets = compile_owner(table, text, &name, &what, zc, cx);
-        owners.push(Owner {
+        let rrsets = compile_owner(table, text, &name, zc, cx);
+        owners.insert(
             name,
-            span: key.span(),
-            rrsets,
-        });
+            Owner {
+                span: key.span(),
+                rrsets,
+            },
+        );
     }
     owners
+}
+
+/// How messages name a `[records]` table.
+fn what(text: &str) -> String {
+    format!("[records.\"{text}\"]")
 }
 
 /// The RRsets of one owner, in file order.
@@ -59,7 +67,6 @@ fn compile_owner(
     t: &DeTable<'_>,
     text: &str,
     name: &[u8],
-    what: &str,
     zc: &ZoneCx,
     cx: &mut FileCx<'_>,
 ) -> Vec<RrSet> {
@@ -68,13 +75,13 @@ fn compile_owner(
         .unwrap_or(zc.ttl);
     let mut rrsets = Vec::new();
     let mut cname: Option<Span> = None;
-    for (key, v) in raw::entries(t) {
+    for (key, v) in t.iter() {
         let k = key.get_ref().as_ref();
         if k == "ttl" {
             continue;
         }
         let Some(t) = values::static_type(k) else {
-            unknown_key(k, &key.span(), what, cx);
+            unknown_key(k, &key.span(), &what(text), cx);
             continue;
         };
         if t == rtype::CNAME {

@@ -154,6 +154,26 @@ pub fn resolve_name(s: &str, origin: &str, inside: bool) -> Result<WireName, Str
     Ok(name)
 }
 
+/// A plain relative name (`www`, `a.b`: letters, digits, `-`, `_`, `*`) below `origin`
+/// (wire), without building text; `None` for anything else, which [`resolve_name`] then
+/// reads (and explains when wrong).
+pub fn relative_name(s: &str, origin: &[u8]) -> Option<WireName> {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*');
+    if s.is_empty() || s.len() + 1 + origin.len() > 255 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() + 1 + origin.len());
+    for label in s.split('.') {
+        if label.is_empty() || label.len() > 63 || !label.bytes().all(plain) {
+            return None;
+        }
+        out.push(label.len() as u8);
+        out.extend(label.bytes().map(|b| b.to_ascii_lowercase()));
+    }
+    out.extend_from_slice(origin);
+    Some(out.into_boxed_slice())
+}
+
 /// SOA RNAME: `hostmaster.example.test.` or `hostmaster@example.test` (the local part
 /// becomes the first label, RFC 1035 §8).
 pub fn parse_rname(s: &str, origin: &str) -> Result<WireName, String> {
@@ -175,7 +195,8 @@ pub fn parse_rname(s: &str, origin: &str) -> Result<WireName, String> {
 /// `origin`). `rtype` is one of the types [`static_type`] accepts.
 pub fn encode_rdata(t: u16, s: &str, origin: &str) -> Result<Vec<u8>, String> {
     let name = |n: &str| resolve_name(n, origin, false).map(Vec::from);
-    let fields: Vec<&str> = s.split_whitespace().collect();
+    // Split only for the types with several fields: A and AAAA are the bulk of big zones.
+    let fields = || s.split_whitespace().collect::<Vec<&str>>();
     match t {
         rtype::A => match s.parse::<Ipv4Addr>() {
             Ok(a) => Ok(a.octets().to_vec()),
@@ -187,7 +208,7 @@ pub fn encode_rdata(t: u16, s: &str, origin: &str) -> Result<Vec<u8>, String> {
         },
         rtype::CNAME | rtype::NS | rtype::PTR => name(s.trim()),
         rtype::TXT => Ok(encode_txt(s)),
-        rtype::MX => match fields[..] {
+        rtype::MX => match fields()[..] {
             [pref, target] => {
                 let mut out = u16_field(pref, "MX preference")?.to_be_bytes().to_vec();
                 out.extend(name(target)?);
@@ -197,7 +218,7 @@ pub fn encode_rdata(t: u16, s: &str, origin: &str) -> Result<Vec<u8>, String> {
                 "bad MX \"{s}\": use \"preference exchange\", like \"10 mx1.example.net.\""
             )),
         },
-        rtype::SRV => match fields[..] {
+        rtype::SRV => match fields()[..] {
             [prio, weight, port, target] => {
                 let mut out = Vec::new();
                 for (v, what) in [

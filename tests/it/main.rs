@@ -14,6 +14,7 @@ mod geo;
 mod hardening;
 mod health;
 mod policy;
+mod records_file;
 mod rrl;
 mod support;
 mod tcp;

@@ -1,0 +1,569 @@
+//! `records_file = "name.zone"`: a zone's static records from an RFC 1035 master file
+//! (`$ORIGIN`, `$TTL`, `$INCLUDE`, parentheses, escapes), read by NLnet Labs' `domain`
+//! scanner one record at a time, with every problem at that file's own `file:line:col`.
+//!
+//! This is the bulk path: a million names load here without a TOML tree in memory. The
+//! records become the same owners and RRsets as `[records.*]` tables; `compile` then checks
+//! them against the TOML names of the zone.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use domain::base::name::Name;
+use domain::base::rdata::ComposeRecordData;
+use domain::base::{ToName, iana::Class};
+use domain::rdata::ZoneRecordData;
+use domain::zonefile::inplace::{Entry, Zonefile};
+
+use super::diag::Diagnostic;
+use super::values;
+use crate::model::{
+    MAX_MESSAGE, MAX_RDATA, NameMap, RrSet, Soa, WireName, rtype, smallest_answer, wire,
+};
+
+/// NSD's limit ("includes nested too deeply, skipped (>10)"): deeper is a loop in practice.
+pub(crate) const MAX_INCLUDE_DEPTH: usize = 10;
+
+/// Where a record was written: an index into [`Records::files`], a line and a column.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FilePos {
+    pub(crate) file: u32,
+    pub(crate) line: u32,
+    pub(crate) col: u32,
+}
+
+/// One owner name of the file with its RRsets (in file order) and its first record.
+pub(crate) struct FileOwner {
+    pub(crate) at: FilePos,
+    pub(crate) rrsets: Vec<RrSet>,
+}
+
+/// The SOA of the file (at the apex).
+pub(crate) struct FileSoa {
+    pub(crate) at: FilePos,
+    pub(crate) soa: Soa,
+    pub(crate) serial: u32,
+    pub(crate) ttl: u32,
+}
+
+/// Everything read from a records file and the files it includes.
+#[derive(Default)]
+pub(crate) struct Records {
+    /// The records file first, then every included file in the order met.
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) owners: NameMap<FileOwner>,
+    pub(crate) soa: Option<FileSoa>,
+}
+
+impl Records {
+    /// `file:line` of a position, for messages that point at this data from elsewhere.
+    pub(crate) fn describe(&self, at: FilePos) -> String {
+        let file = self.files.get(at.file as usize).map(|p| p.display());
+        match file {
+            Some(f) => format!("{f}:{}", at.line),
+            None => format!("line {}", at.line),
+        }
+    }
+}
+
+/// What the loader needs of its zone.
+pub(crate) struct ZoneOf<'a> {
+    /// Presentation, lowercase, trailing dot.
+    pub(crate) origin: &'a str,
+    pub(crate) origin_wire: &'a [u8],
+    /// TTL of records that give none, when the file sets no `$TTL`.
+    pub(crate) ttl: u32,
+}
+
+/// Read `path` (and what it includes) into owners; problems go into `diags`. `Err` with a
+/// sentence when the file itself cannot be read (the caller points at `records_file`).
+pub(crate) fn load(
+    path: &Path,
+    zone: &ZoneOf<'_>,
+    diags: &mut Vec<Diagnostic>,
+) -> Result<Records, String> {
+    let text = read(path)?;
+    let origin = Name::<Bytes>::bytes_from_str(zone.origin)
+        .map_err(|e| format!("bad origin {}: {e}", zone.origin))?;
+    let mut cx = Loader {
+        zone,
+        records: Records::default(),
+        diags,
+        owner: Vec::with_capacity(256),
+        rdata: Vec::with_capacity(512),
+    };
+    cx.file(path.to_path_buf(), &text, origin, 0);
+    cx.check_cnames();
+    Ok(cx.records)
+}
+
+struct Loader<'a, 'd> {
+    zone: &'a ZoneOf<'a>,
+    records: Records,
+    diags: &'d mut Vec<Diagnostic>,
+    /// Scratch buffers, reused for every record.
+    owner: Vec<u8>,
+    rdata: Vec<u8>,
+}
+
+impl Loader<'_, '_> {
+    /// Scan one file; `$INCLUDE` recurses up to [`MAX_INCLUDE_DEPTH`].
+    fn file(&mut self, path: PathBuf, text: &[u8], origin: Name<Bytes>, depth: usize) {
+        let file = self.records.files.len() as u32;
+        self.records.files.push(path);
+        // The zone's `ttl` is the default of a file without `$TTL`. It goes in as a first
+        // line of its own, so every position the scanner reports is one line too far.
+        let prefix = format!("$TTL {}\n", self.zone.ttl);
+        let mut zf = Zonefile::with_capacity(prefix.len() + text.len() + 1);
+        zf.extend_from_slice(prefix.as_bytes());
+        zf.extend_from_slice(text);
+        if !text.ends_with(b"\n") {
+            // The scanner wants the last entry ended ("short buffer" otherwise).
+            zf.extend_from_slice(b"\n");
+        }
+        zf.set_origin(origin);
+        zf.set_default_class(Class::IN);
+        let mut entries = Entries::new(text);
+        loop {
+            // The scanner is third-party code fed with operator input: a panic in it becomes
+            // a diagnostic, never a dead `check` or `serve`.
+            let next = catch_unwind(AssertUnwindSafe(|| zf.next_entry()));
+            let entry = match next {
+                Ok(Ok(Some(e))) => e,
+                Ok(Ok(None)) => return,
+                Ok(Err(e)) => {
+                    // Only the first: after a syntax error the scanner cannot go on.
+                    let (line, col, message) = split_error(&e.to_string());
+                    let line = line.saturating_sub(1) as u32;
+                    // The scanner may point past the entry (at the next line when the last
+                    // token was bad): then the entry's start is the better place.
+                    let at = match entries.next_entry() {
+                        Some(s) if line < s.line || line > s.last_line => at_file(file, s),
+                        _ => FilePos {
+                            file,
+                            line,
+                            col: col as u32,
+                        },
+                    };
+                    self.err(at, message);
+                    return;
+                }
+                Err(_) => {
+                    let at = entries.next_entry().map_or(
+                        FilePos {
+                            file,
+                            line: 0,
+                            col: 0,
+                        },
+                        |s| at_file(file, s),
+                    );
+                    self.err(at, "the zone-file parser failed here");
+                    return;
+                }
+            };
+            let Some(span) = entries.next_entry() else {
+                self.err(
+                    FilePos {
+                        file,
+                        line: 0,
+                        col: 0,
+                    },
+                    "entries out of step with the scanner",
+                );
+                return;
+            };
+            let at = at_file(file, span);
+            match entry {
+                Entry::Record(rec) => self.record(&rec, at),
+                Entry::Include { path, origin } => {
+                    let here = zf.origin().ok();
+                    self.include(path.as_ref(), origin.or(here), at, depth);
+                }
+            }
+        }
+    }
+
+    fn include(&mut self, rel: &str, origin: Option<Name<Bytes>>, at: FilePos, depth: usize) {
+        let Some(origin) = origin else {
+            self.err(at, "$INCLUDE with no origin known");
+            return;
+        };
+        if depth + 1 > MAX_INCLUDE_DEPTH {
+            self.err(
+                at,
+                format!("$INCLUDE nested more than {MAX_INCLUDE_DEPTH} deep (a loop?)"),
+            );
+            return;
+        }
+        let rel = Path::new(rel);
+        // Relative to the including file, as records_file is to its zone file.
+        let including = &self.records.files[at.file as usize];
+        let path = including
+            .parent()
+            .map_or_else(|| rel.to_path_buf(), |d| d.join(rel));
+        match read(&path) {
+            Ok(text) => self.file(path, &text, origin, depth + 1),
+            Err(e) => self.err(at, e),
+        }
+    }
+
+    /// One record: checked, encoded, and added to its owner.
+    fn record(&mut self, rec: &domain::zonefile::inplace::ScannedRecord, at: FilePos) {
+        let mut owner = std::mem::take(&mut self.owner);
+        owner.clear();
+        let Ok(()) = rec.owner().compose_canonical(&mut owner);
+        self.record_at(&owner, rec, at);
+        self.owner = owner;
+    }
+
+    fn record_at(
+        &mut self,
+        owner: &[u8],
+        rec: &domain::zonefile::inplace::ScannedRecord,
+        at: FilePos,
+    ) {
+        if !wire::is_within(owner, self.zone.origin_wire) {
+            self.err(
+                at,
+                format!(
+                    "name {} is outside the origin {}",
+                    wire::to_text(owner),
+                    self.zone.origin
+                ),
+            );
+            return;
+        }
+        if rec.class() != Class::IN {
+            self.err(at, format!("class {} is not IN", rec.class()));
+            return;
+        }
+        let t = rec.rtype().to_int();
+        let ttl = rec.ttl().as_secs();
+        if t == rtype::SOA {
+            self.soa(owner, rec.data(), ttl, at);
+            return;
+        }
+        if values::static_type(&rtype::name(t)).is_none() {
+            self.err(
+                at,
+                format!(
+                    "record type {} is not supported (static types: A, AAAA, CNAME, MX, TXT, SRV, CAA, NS, PTR; and the SOA at the apex)",
+                    rec.rtype()
+                ),
+            );
+            return;
+        }
+        self.rdata.clear();
+        let Ok(()) = rec.data().compose_canonical_rdata(&mut self.rdata);
+        if self.rdata.len() > MAX_RDATA {
+            self.err(
+                at,
+                format!(
+                    "{} bytes of RDATA; RDLENGTH holds at most {MAX_RDATA} (RFC 1035 §3.2.1)",
+                    self.rdata.len()
+                ),
+            );
+            return;
+        }
+        let rdata: Box<[u8]> = Box::from(&self.rdata[..]);
+        self.add(owner, t, ttl, rdata, at);
+    }
+
+    fn add(&mut self, owner: &[u8], t: u16, ttl: u32, rdata: Box<[u8]>, at: FilePos) {
+        let node = match self.records.owners.get_mut(owner) {
+            Some(n) => n,
+            None => {
+                let key: WireName = Box::from(owner);
+                self.records.owners.entry(key).or_insert(FileOwner {
+                    at,
+                    rrsets: Vec::with_capacity(1),
+                })
+            }
+        };
+        match node.rrsets.iter_mut().find(|r| r.rtype == t) {
+            // RFC 2181 §5: an RRset holds no duplicates; §5.2: one TTL (the first one read).
+            Some(set) if !set.rdatas.contains(&rdata) => set.rdatas.push(rdata),
+            Some(_) => {}
+            None => node.rrsets.push(RrSet {
+                rtype: t,
+                ttl,
+                rdatas: vec![rdata],
+            }),
+        }
+    }
+
+    fn soa(&mut self, owner: &[u8], data: &ScannedData, ttl: u32, at: FilePos) {
+        if owner != self.zone.origin_wire {
+            self.err(at, "an SOA record is only allowed at the apex");
+            return;
+        }
+        if let Some(first) = &self.records.soa {
+            let first = self.records.describe(first.at);
+            self.err(at, format!("a second SOA record (the first is at {first})"));
+            return;
+        }
+        let ZoneRecordData::Soa(soa) = data else {
+            return;
+        };
+        let name = |n: &domain::zonefile::inplace::ScannedDname| {
+            let mut w = Vec::new();
+            let Ok(()) = n.compose_canonical(&mut w);
+            w.into_boxed_slice()
+        };
+        self.records.soa = Some(FileSoa {
+            at,
+            soa: Soa {
+                mname: name(soa.mname()),
+                rname: name(soa.rname()),
+                refresh: soa.refresh().as_secs(),
+                retry: soa.retry().as_secs(),
+                expire: soa.expire().as_secs(),
+                minimum: soa.minimum().as_secs(),
+            },
+            serial: soa.serial().into_int(),
+            ttl,
+        });
+    }
+
+    /// SPEC §2: a CNAME stands alone, holds one target, and is never at the apex; and every
+    /// RRset fits a DNS message.
+    fn check_cnames(&mut self) {
+        let mut problems = Vec::new();
+        for (name, o) in &self.records.owners {
+            for set in &o.rrsets {
+                let size = smallest_answer(name, set.rdatas.iter().map(|r| r.len()));
+                if size > MAX_MESSAGE {
+                    problems.push((
+                        o.at,
+                        format!(
+                            "{} records of {}: the smallest answer with them is {size} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2)",
+                            rtype::name(set.rtype),
+                            wire::to_text(name)
+                        ),
+                    ));
+                }
+            }
+            let Some(cname) = o.rrsets.iter().find(|r| r.rtype == rtype::CNAME) else {
+                continue;
+            };
+            let text = wire::to_text(name);
+            if **name == *self.zone.origin_wire {
+                problems.push((
+                    o.at,
+                    format!("name {text} has a CNAME at the apex, beside the SOA"),
+                ));
+            } else if o.rrsets.len() > 1 {
+                let others: Vec<_> = o
+                    .rrsets
+                    .iter()
+                    .filter(|r| r.rtype != rtype::CNAME)
+                    .map(|r| rtype::name(r.rtype).into_owned())
+                    .collect();
+                problems.push((
+                    o.at,
+                    format!(
+                        "name {text} has a CNAME beside other data ({})",
+                        others.join(", ")
+                    ),
+                ));
+            } else if cname.rdatas.len() > 1 {
+                problems.push((
+                    o.at,
+                    format!(
+                        "name {text} has {} CNAME records (a name holds one)",
+                        cname.rdatas.len()
+                    ),
+                ));
+            }
+        }
+        for (at, m) in problems {
+            self.err(at, m);
+        }
+    }
+
+    fn err(&mut self, at: FilePos, message: impl Into<String>) {
+        self.err_at(at.file, at.line as usize, at.col as usize, message.into());
+    }
+
+    fn err_at(&mut self, file: u32, line: usize, col: usize, message: String) {
+        self.diags.push(Diagnostic {
+            file: self.records.files[file as usize].clone(),
+            line,
+            col,
+            message,
+        });
+    }
+}
+
+/// A regular file's bytes (never a device or a directory, which could be endless).
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    match std::fs::metadata(path).map(|m| m.is_file()) {
+        Ok(true) => std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())),
+        Ok(false) => Err(format!("{} is not a file", path.display())),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+type ScannedData = domain::zonefile::inplace::ScannedRecordData;
+
+fn at_file(file: u32, s: Span) -> FilePos {
+    FilePos {
+        file,
+        line: s.line,
+        col: s.col,
+    }
+}
+
+/// The scanner's errors read `line:col: message` (its fields are private).
+fn split_error(s: &str) -> (usize, usize, String) {
+    let mut parts = s.splitn(3, ':');
+    let line = parts.next().and_then(|p| p.trim().parse().ok());
+    let col = parts.next().and_then(|p| p.trim().parse().ok());
+    match (line, col, parts.next()) {
+        (Some(l), Some(c), Some(m)) => (l, c, m.trim().to_owned()),
+        _ => (1, 1, s.to_owned()),
+    }
+}
+
+/// Where each entry of a master file starts and ends, found by a pass of our own over the
+/// text (the scanner keeps no positions of its entries): entries end at a line end outside
+/// quotes and parentheses; blank lines, comments and the `$ORIGIN`/`$TTL` lines the scanner
+/// handles by itself are not entries. One forward pass for the whole file.
+struct Entries<'t> {
+    text: &'t [u8],
+    at: usize,
+    line: u32,
+    line_start: usize,
+}
+
+/// The lines of one entry: where it starts (line, column) and its last line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    line: u32,
+    col: u32,
+    last_line: u32,
+}
+
+impl<'t> Entries<'t> {
+    fn new(text: &'t [u8]) -> Self {
+        Entries {
+            text,
+            at: 0,
+            line: 1,
+            line_start: 0,
+        }
+    }
+
+    /// The next entry, or `None` at the end of the text.
+    fn next_entry(&mut self) -> Option<Span> {
+        loop {
+            self.skip_blanks();
+            let rest = self.text.get(self.at..)?;
+            if rest.is_empty() {
+                return None;
+            }
+            let start = Span {
+                line: self.line,
+                col: (self.at - self.line_start) as u32 + 1,
+                last_line: self.line,
+            };
+            let directive = self.at == self.line_start && is_directive(rest);
+            let last_line = self.skip_entry();
+            if !directive {
+                return Some(Span { last_line, ..start });
+            }
+        }
+    }
+
+    /// Past spaces, line ends and comments.
+    fn skip_blanks(&mut self) {
+        while let Some(&b) = self.text.get(self.at) {
+            match b {
+                b' ' | b'\t' | b'\r' => self.at += 1,
+                b'\n' => self.newline(),
+                b';' => self.skip_comment(),
+                _ => return,
+            }
+        }
+    }
+
+    fn skip_comment(&mut self) {
+        while self.text.get(self.at).is_some_and(|b| *b != b'\n') {
+            self.at += 1;
+        }
+    }
+
+    fn newline(&mut self) {
+        self.at += 1;
+        self.line += 1;
+        self.line_start = self.at;
+    }
+
+    /// Past one entry (its final line end included); returns its last line.
+    fn skip_entry(&mut self) -> u32 {
+        let mut depth = 0usize;
+        let mut quoted = false;
+        while let Some(&b) = self.text.get(self.at) {
+            match b {
+                b'\\' => self.at += 2,
+                b'"' => {
+                    quoted = !quoted;
+                    self.at += 1;
+                }
+                b'\n' if quoted || depth > 0 => self.newline(),
+                b'\n' => {
+                    let last = self.line;
+                    self.newline();
+                    return last;
+                }
+                b';' if !quoted => self.skip_comment(),
+                b'(' if !quoted => {
+                    depth += 1;
+                    self.at += 1;
+                }
+                b')' if !quoted => {
+                    depth = depth.saturating_sub(1);
+                    self.at += 1;
+                }
+                _ => self.at += 1,
+            }
+        }
+        self.line
+    }
+}
+
+fn is_directive(rest: &[u8]) -> bool {
+    let word = rest
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .map_or(rest, |end| &rest[..end]);
+    word.eq_ignore_ascii_case(b"$TTL") || word.eq_ignore_ascii_case(b"$ORIGIN")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spans(text: &str) -> Vec<(u32, u32, u32)> {
+        let mut e = Entries::new(text.as_bytes());
+        std::iter::from_fn(|| e.next_entry())
+            .map(|s| (s.line, s.col, s.last_line))
+            .collect()
+    }
+
+    #[test]
+    fn entries_skip_blanks_comments_and_directives() {
+        let text = "$ORIGIN a.\n; comment\n\n@ IN SOA x y (\n 1 2 ; in parens\n 3 4 5 )\n  IN A 192.0.2.1\n$TTL 5\n$INCLUDE f\nt IN TXT \"a ; b\n\"\nlast IN A 192.0.2.2";
+        assert_eq!(
+            spans(text),
+            [(4, 1, 6), (7, 3, 7), (9, 1, 9), (10, 1, 11), (12, 1, 12)]
+        );
+    }
+
+    #[test]
+    fn scanner_errors_are_split_into_line_col_and_message() {
+        assert_eq!(split_error("3:7: bad thing"), (3, 7, "bad thing".into()));
+        assert_eq!(split_error("odd"), (1, 1, "odd".into()));
+    }
+}
