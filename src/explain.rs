@@ -32,6 +32,8 @@ pub struct Explanation {
     pub client: IpAddr,
     pub source_prefix: Option<u8>,
     pub geoip: Option<Location>,
+    /// Prefix of the database network around the client (the empty region on a miss).
+    pub geoip_prefix: u8,
     pub policy: Option<String>,
     pub steps: Vec<Step>,
     pub rcode: String,
@@ -101,7 +103,8 @@ pub fn explain(
         qtype,
         client,
         source_prefix,
-        geoip: world.geo.locate(client.to_canonical()),
+        geoip: None,
+        geoip_prefix: 0,
         policy: None,
         steps: Vec::new(),
         rcode: String::new(),
@@ -111,6 +114,8 @@ pub fn explain(
         cluster: Vec::new(),
         dnssec: Dnssec::Unsigned,
     };
+    let located = world.geo.locate(client.to_canonical());
+    (e.geoip, e.geoip_prefix) = (located.location, located.prefix_len);
     let Some(qname) = wire::from_text(name) else {
         e.note = Some(format!("{name:?} is not a valid domain name"));
         return e;
@@ -321,7 +326,7 @@ impl Explanation {
         }
         out.push_str(&format!(
             "  geoip: {}\n",
-            geoip_text(self.geoip.as_ref(), self.client)
+            geoip_text(self.geoip.as_ref(), self.geoip_prefix, self.client)
         ));
         if let Some(note) = &self.note {
             out.push_str(&format!("  {note}\n"));
@@ -436,9 +441,12 @@ fn merge_steps(steps: &[Step]) -> Vec<(usize, String)> {
     lines.into_iter().map(|(d, t, _)| (d, t)).collect()
 }
 
-fn geoip_text(loc: Option<&Location>, ip: IpAddr) -> String {
+fn geoip_text(loc: Option<&Location>, prefix: u8, ip: IpAddr) -> String {
     let Some(l) = loc else {
-        return "no record".into();
+        return match ipnet::IpNet::new(ip.to_canonical(), prefix) {
+            Ok(net) => format!("no record (empty network {})", net.trunc()),
+            Err(_) => "no record".into(),
+        };
     };
     let mut parts = Vec::new();
     if let Some(c) = &l.country {

@@ -26,6 +26,7 @@ pub mod geo;
 pub mod health;
 pub mod model;
 pub mod policy;
+pub mod prefix;
 pub mod reload;
 pub mod settings;
 pub mod world;

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ipnet::IpNet;
 use rustc_hash::FxHashMap;
+
+use crate::prefix::{Match, PrefixMap};
 
 /// Names to values, hashed fast (see the note on `rustc-hash` in Cargo.toml).
 pub type NameMap<V> = FxHashMap<WireName, V>;
@@ -331,8 +332,8 @@ impl Fallback {
 /// Geo rules, most specific first. Each value is an ordered list (first up wins).
 #[derive(Debug, Default)]
 pub struct GeoRules {
-    /// Sorted by prefix length, longest first.
-    pub cidr: Vec<(IpNet, Vec<Target>)>,
+    /// Longest prefix wins; the trie also gives the ECS scope of the match.
+    pub cidr: PrefixMap<Vec<Target>>,
     /// Key `CC-XX`, uppercase.
     pub subdivision: FxHashMap<String, Vec<Target>>,
     /// Key ISO 3166-1 alpha-2, uppercase.
@@ -346,17 +347,14 @@ pub struct GeoRules {
 #[derive(Debug, Default)]
 pub struct LatencyTable {
     pub file: PathBuf,
-    /// Sorted by prefix length, longest first; each with its (pool, rtt ms) rows.
-    pub rows: Vec<(IpNet, Vec<(PoolId, u32)>)>,
+    /// Each client prefix with its (pool, rtt ms) rows; longest prefix wins.
+    pub rows: PrefixMap<Vec<(PoolId, u32)>>,
 }
 
 impl LatencyTable {
-    /// The rows of the longest prefix that contains `ip`.
-    pub fn lookup(&self, ip: IpAddr) -> Option<(&IpNet, &[(PoolId, u32)])> {
-        self.rows
-            .iter()
-            .find(|(net, _)| net.contains(&ip))
-            .map(|(net, rows)| (net, rows.as_slice()))
+    /// The rows of the longest prefix that contains `ip`, with the ECS scope of that match.
+    pub fn lookup(&self, ip: IpAddr) -> Match<'_, Vec<(PoolId, u32)>> {
+        self.rows.lookup(ip)
     }
 }
 

@@ -47,7 +47,7 @@ pub type SharedWorld = Arc<ArcSwap<World>>;
 
 /// The DNS path locates clients through the world's database, if one is loaded.
 impl crate::geo::Locate for Option<Arc<GeoDb>> {
-    fn locate(&self, ip: std::net::IpAddr) -> Option<crate::geo::Location> {
-        self.as_ref()?.locate(ip)
+    fn locate(&self, ip: std::net::IpAddr) -> crate::geo::Located {
+        self.as_ref().map(|db| db.locate(ip)).unwrap_or_default()
     }
 }

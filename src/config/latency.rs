@@ -10,6 +10,7 @@ use super::compile::ZoneCx;
 use super::diag::{FileCx, Span};
 use super::values;
 use crate::model::{LatencyTable, PoolId};
+use crate::prefix::PrefixMap;
 
 /// Load and check a table; problems are reported at the CSV's own `file:line:col`.
 pub(crate) fn load(
@@ -80,8 +81,10 @@ pub(crate) fn load(
     if csv.count() != errors {
         return None;
     }
-    rows.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
-    Some(Arc::new(LatencyTable { file: path, rows }))
+    Some(Arc::new(LatencyTable {
+        file: path,
+        rows: PrefixMap::new(rows),
+    }))
 }
 
 /// One `client_prefix,pool,rtt_ms` row starting at byte `start` of the file.

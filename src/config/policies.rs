@@ -15,6 +15,7 @@ use crate::model::{
     Fallback, GeoRules, LatencyTable, MAX_MESSAGE, MAX_POLICY_DEPTH, Policy, PolicyId, PolicyKind,
     PoolId, Target, smallest_answer,
 };
+use crate::prefix::PrefixMap;
 
 const POLICY_KEYS: &[&str] = &[
     "failover",
@@ -148,6 +149,7 @@ fn reachable_pools(snap: &crate::model::Snapshot, id: PolicyId) -> Vec<PoolId> {
             PolicyKind::Weighted { targets, .. } => targets.iter().map(|(t, _)| *t).collect(),
             PolicyKind::Geo(r) => r
                 .cidr
+                .entries()
                 .iter()
                 .map(|(_, t)| t)
                 .chain(r.subdivision.values())
@@ -409,6 +411,7 @@ impl Resolver<'_> {
 
     fn geo(&mut self, v: &Value<'_>, at: &Span, cx: &mut FileCx<'_>) -> GeoRules {
         let mut rules = GeoRules::default();
+        let mut cidr = Vec::new();
         let Some(t) = raw::table(v, "geo", cx) else {
             return rules;
         };
@@ -451,16 +454,14 @@ impl Resolver<'_> {
                     }
                     "subdivision" => values::parse_subdivision(c)
                         .map(|c| drop(rules.subdivision.insert(c, targets))),
-                    _ => values::parse_cidr(c).map(|c| rules.cidr.push((c, targets))),
+                    _ => values::parse_cidr(c).map(|c| cidr.push((c, targets))),
                 };
                 if let Err(e) = parsed {
                     cx.err(&code.span(), format!("policy \"{}\": {e}", self.name));
                 }
             }
         }
-        rules
-            .cidr
-            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        rules.cidr = PrefixMap::new(cidr);
         rules
     }
 

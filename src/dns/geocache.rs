@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use rustc_hash::FxBuildHasher;
 
-use crate::geo::{GeoDb, Locate, Location};
+use crate::geo::{GeoDb, Locate, Located};
 
 #[derive(Clone, Copy)]
 struct Slot {
     addr: Option<IpAddr>,
-    location: Option<Location>,
+    located: Located,
 }
 
 pub struct GeoCache {
@@ -27,7 +27,10 @@ pub struct GeoCache {
 
 const EMPTY: Slot = Slot {
     addr: None,
-    location: None,
+    located: Located {
+        location: None,
+        prefix_len: 0,
+    },
 };
 
 impl GeoCache {
@@ -39,7 +42,7 @@ impl GeoCache {
         }
     }
 
-    fn locate(&mut self, db: &Option<Arc<GeoDb>>, ip: IpAddr) -> Option<Location> {
+    fn locate(&mut self, db: &Option<Arc<GeoDb>>, ip: IpAddr) -> Located {
         let id = db.as_ref().map_or(0, |d| d.id());
         if id != self.db {
             self.slots.fill(EMPTY);
@@ -48,14 +51,14 @@ impl GeoCache {
         let i = (FxBuildHasher.hash_one(ip) as usize) & (self.slots.len() - 1);
         let slot = &mut self.slots[i];
         if slot.addr == Some(ip) {
-            return slot.location;
+            return slot.located;
         }
-        let location = db.locate(ip);
+        let located = db.locate(ip);
         *slot = Slot {
             addr: Some(ip),
-            location,
+            located,
         };
-        location
+        located
     }
 }
 
@@ -66,7 +69,7 @@ pub struct Cached<'a> {
 }
 
 impl Locate for Cached<'_> {
-    fn locate(&self, ip: IpAddr) -> Option<Location> {
+    fn locate(&self, ip: IpAddr) -> Located {
         self.cache.borrow_mut().locate(self.db, ip)
     }
 }

@@ -21,7 +21,7 @@ use maxminddb::Reader;
 
 use super::countries;
 use super::record::{AsnRecord, RawRecord};
-use super::{Location, Subdivision};
+use super::{Located, Location, Subdivision};
 
 /// Opening a database failed; lookups themselves never fail (a bad record is "no match").
 #[derive(Debug, thiserror::Error)]
@@ -108,10 +108,24 @@ impl GeoDb {
 
     /// Everything known about `ip`, or `None` when the database has no record for it.
     pub fn describe(&self, ip: IpAddr) -> Option<GeoReport> {
+        self.report(ip).0
+    }
+
+    /// The record's report (`None` on a miss) and the database network that holds `ip`:
+    /// for a miss, the empty region around it, as the tree walk ends there too.
+    pub fn report(&self, ip: IpAddr) -> (Option<GeoReport>, IpNet) {
         let ip = ip.to_canonical();
-        let result = self.city.lookup(ip).ok()?;
-        let raw: RawRecord<'_> = result.decode().ok()??;
+        let Ok(result) = self.city.lookup(ip) else {
+            // An IPv6 address in an IPv4-only database: the whole family is empty.
+            return (
+                None,
+                IpNet::new(ip, 0).expect("0 is a valid prefix").trunc(),
+            );
+        };
         let network = network_of(&result, ip);
+        let Ok(Some(raw)) = result.decode::<RawRecord<'_>>() else {
+            return (None, network);
+        };
         let mut report = GeoReport {
             ip,
             network,
@@ -126,7 +140,7 @@ impl GeoDb {
         if report.location.asn.is_none() {
             report.location.asn = self.asn_of(ip);
         }
-        Some(report)
+        (Some(report), network)
     }
 
     /// One line for the server log at start: type, build date, IP version, size.
@@ -159,8 +173,12 @@ impl GeoDb {
 
 impl super::Locate for GeoDb {
     /// The hot path: one tree walk, one borrowed decode, table look-ups; no allocation.
-    fn locate(&self, ip: IpAddr) -> Option<Location> {
-        self.describe(ip).map(|report| report.location)
+    fn locate(&self, ip: IpAddr) -> Located {
+        let (report, network) = self.report(ip);
+        Located {
+            location: report.map(|r| r.location),
+            prefix_len: network.prefix_len(),
+        }
     }
 }
 
@@ -271,9 +289,12 @@ mod tests {
         assert_eq!(de.coords_source, Some(CoordsSource::CountryTable));
         let oc = db
             .locate("2001:db8::1".parse().expect("ip"))
+            .location
             .expect("found");
         assert_eq!(oc.coords, countries::continent_coords(*b"OC"));
-        assert_eq!(db.locate("192.0.2.200".parse().expect("ip")), None);
+        // A miss still says how far the empty region around the address reaches.
+        let miss = db.locate("192.0.2.200".parse().expect("ip"));
+        assert_eq!((miss.location, miss.prefix_len), (None, 26));
     }
 
     #[test]

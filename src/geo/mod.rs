@@ -61,17 +61,28 @@ impl Subdivision {
     }
 }
 
+/// One database lookup: the record, if any, and how far it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Located {
+    /// `None` when the database has no record for the address.
+    pub location: Option<Location>,
+    /// Prefix length of the database network that holds the address; for a miss, of the
+    /// empty region around it (the tree walk stops there). 0 without a database. Every
+    /// address inside this prefix gets the same lookup: it bounds the ECS scope.
+    pub prefix_len: u8,
+}
+
 /// Anything that can locate a client: the real database, or a table in tests.
 pub trait Locate {
-    fn locate(&self, ip: IpAddr) -> Option<Location>;
+    fn locate(&self, ip: IpAddr) -> Located;
 }
 
 /// No database: every client is unlocated and matches only `cidr` and `default`.
 pub struct NoGeo;
 
 impl Locate for NoGeo {
-    fn locate(&self, _ip: IpAddr) -> Option<Location> {
-        None
+    fn locate(&self, _ip: IpAddr) -> Located {
+        Located::default()
     }
 }
 

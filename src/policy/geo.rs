@@ -61,7 +61,7 @@ pub(super) fn first_matched_target<L: Locate + ?Sized, T: Trace>(
         .flatten()
         .find_map(|m| first(m.targets))
         .or_else(|| rules.default.as_deref().and_then(first))
-        .or_else(|| rules.cidr.iter().find_map(|c| first(&c.1)))
+        .or_else(|| rules.cidr.entries().iter().find_map(|c| first(&c.1)))
         .or_else(|| rules.country.values().find_map(|v| first(v)))
         .or_else(|| rules.continent.values().find_map(|v| first(v)))
         .or_else(|| rules.subdivision.values().find_map(|v| first(v)))
@@ -74,10 +74,12 @@ fn matches<'r, L: Locate + ?Sized, T: Trace>(
     go_on: bool,
 ) -> [Option<Matched<'r>>; 5] {
     let addr = w.client.addr.to_canonical();
-    let cidr = rules.cidr.iter().find(|(net, _)| net.contains(&addr));
+    // The trie's scope covers the rules around the client, matched or not: inside it every
+    // address has this same match (an outer rule is cut by the more specific rules in it).
+    let cidr = rules.cidr.lookup(addr);
+    w.scope.widen(cidr.scope);
     let mut chain: [Option<Matched<'r>>; 5] = [None, None, None, None, None];
-    if let Some((net, targets)) = cidr {
-        w.scope.widen(net.prefix_len());
+    if let Some((net, targets)) = cidr.entry {
         chain[0] = Some(Matched {
             level: "cidr",
             key: MatchKey::Cidr(*net),
@@ -85,8 +87,8 @@ fn matches<'r, L: Locate + ?Sized, T: Trace>(
         });
     }
     // A matched cidr rule decides alone unless the walk may go on down the chain.
-    let loc = if cidr.is_none() || go_on {
-        located(w, rules)
+    let loc = if cidr.entry.is_none() || go_on {
+        w.location()
     } else {
         None
     };
@@ -101,26 +103,6 @@ fn matches<'r, L: Locate + ?Sized, T: Trace>(
         });
     }
     chain
-}
-
-/// Look the client up. The answer then depends on the GeoIP network, and on any longer cidr
-/// rule inside that network (its other addresses may match it).
-fn located<L: Locate + ?Sized, T: Trace>(
-    w: &mut Walker<'_, '_, L, T>,
-    rules: &GeoRules,
-) -> Option<Location> {
-    let loc = w.location();
-    w.widen_by_location(loc);
-    let prefix = loc.map_or(super::client_prefix(w.client.addr), |l| l.prefix_len);
-    if let Ok(net) = ipnet::IpNet::new(w.client.addr.to_canonical(), prefix) {
-        let net = net.trunc();
-        for (rule, _) in &rules.cidr {
-            if rule.prefix_len() > prefix && net.contains(&rule.network()) {
-                w.scope.widen(rule.prefix_len());
-            }
-        }
-    }
-    loc
 }
 
 fn level_matches<'r>(rules: &'r GeoRules, loc: &Location, chain: &mut [Option<Matched<'r>>; 5]) {

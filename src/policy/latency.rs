@@ -31,15 +31,19 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
     table: Option<&LatencyTable>,
 ) -> Option<PoolId> {
     let addr = w.client.addr.to_canonical();
-    let rows = table.and_then(|t| t.lookup(addr));
+    let found = table.map(|t| t.lookup(addr));
+    if let Some(m) = found {
+        // Inside this scope every client has the same row (or the same lack of one).
+        w.scope.widen(m.scope);
+    }
+    let rows = found.and_then(|m| m.entry);
     if let Some((net, _)) = rows {
-        w.scope.widen(net.prefix_len());
         w.note("rule", || format!("latency table row {net}"));
     }
     let mut best: Option<(PoolId, Estimate)> = None;
     for &t in targets {
         let Some(pool) = w.eval(t) else { continue };
-        let est = estimate(w, pool, rows.map(|(_, r)| r));
+        let est = estimate(w, pool, rows.map(|(_, r)| r.as_slice()));
         let snap = w.ctx.snap;
         w.note("estimate", || {
             format!("{}: {}", snap.pool(pool).name, est.text())

@@ -19,7 +19,7 @@ pub use scope::client_prefix;
 pub use select::select_addresses;
 pub use trace::{NoTrace, Recorder, Step, Trace};
 
-use crate::geo::{Locate, Location};
+use crate::geo::{Locate, Located};
 use crate::health::View;
 use crate::model::{PolicyId, PoolId, Snapshot};
 
@@ -89,7 +89,7 @@ pub fn answer<L: Locate + ?Sized, T: Trace>(
     }
 }
 
-/// Locate a client once; `None` when the database has no record for it.
-fn locate<L: Locate + ?Sized>(geo: &L, addr: IpAddr) -> Option<Location> {
+/// Locate a client once: its record, if any, and the database network around it.
+fn locate<L: Locate + ?Sized>(geo: &L, addr: IpAddr) -> Located {
     geo.locate(addr.to_canonical())
 }

@@ -19,22 +19,38 @@ pub fn client_prefix(addr: IpAddr) -> u8 {
     }
 }
 
-/// Accumulates the widest prefix any rule depended on.
+/// Bits in front of an IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2).
+const MAPPED_V4_OFFSET: u8 = 96;
+
+/// The scope of one policy walk: the longest of the prefixes inside which each input the
+/// walk read (a rule trie's match, the GeoIP network, the sticky network) is constant. Their
+/// intersection is the longest of them, since all contain the client.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Scope {
+    /// Counted in the bits of the canonical address (IPv4 for `::ffff:a.b.c.d`).
     prefix: u8,
+    /// Some input read the client address.
+    read: bool,
 }
 
 impl Scope {
     pub(super) fn widen(&mut self, prefix: u8) {
         self.prefix = self.prefix.max(prefix);
+        self.read = true;
     }
 
-    /// Capped at the source prefix (0 when the query had no ECS: then it is not sent).
+    /// In the bits of the address the client sent, capped at the source prefix (0 when
+    /// nothing read the client; without ECS nothing is sent).
     pub(super) fn finish(self, client: Client) -> u8 {
+        let mapped = client.addr.is_ipv6() && client.addr.to_canonical().is_ipv4();
+        let prefix = match (self.read, mapped) {
+            (false, _) => 0,
+            (true, true) => self.prefix + MAPPED_V4_OFFSET,
+            (true, false) => self.prefix,
+        };
         match client.source_prefix {
-            Some(source) => self.prefix.min(source),
-            None => self.prefix,
+            Some(source) => prefix.min(source),
+            None => prefix,
         }
     }
 }

@@ -3,9 +3,9 @@
 
 use std::time::SystemTime;
 
-use super::scope::{Scope, client_prefix};
+use super::scope::Scope;
 use super::{Client, Ctx, Outcome, Trace, geo, latency, locate, weighted};
-use crate::geo::{Locate, Location};
+use crate::geo::{Locate, Located, Location};
 use crate::health::Health;
 use crate::model::{
     Coords, Fallback, MAX_POLICY_DEPTH, PolicyId, PolicyKind, PoolId, Target, ZoneId,
@@ -23,7 +23,7 @@ pub(super) struct Walker<'c, 'a, L: Locate + ?Sized, T: Trace> {
     pub(super) client: Client,
     pub(super) seed: u64,
     pub(super) trace: &'c mut T,
-    location: Option<Option<Location>>,
+    located: Option<Located>,
     pub(super) scope: Scope,
     pub(super) order_seed: u64,
     pub(super) sticky_order: bool,
@@ -38,7 +38,7 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             client,
             seed,
             trace,
-            location: None,
+            located: None,
             scope: Scope::default(),
             order_seed: seed,
             sticky_order: false,
@@ -185,27 +185,25 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
         }
     }
 
-    /// The client's GeoIP record, looked up once per query.
+    /// The client's GeoIP record, looked up once per walk. Reading it makes the answer
+    /// depend on the database network around the client (for a miss, the empty region
+    /// around it), so the scope takes that network's prefix.
     pub(super) fn location(&mut self) -> Option<Location> {
-        if let Some(loc) = self.location {
-            return loc;
-        }
-        let loc = locate(self.ctx.geo, self.client.addr);
-        self.location = Some(loc);
-        loc
+        let located = match self.located {
+            Some(l) => l,
+            None => {
+                let l = locate(self.ctx.geo, self.client.addr);
+                self.located = Some(l);
+                l
+            }
+        };
+        self.scope.widen(located.prefix_len);
+        located.location
     }
 
-    /// The client's coordinates; reading them makes the answer depend on the GeoIP network.
+    /// The client's coordinates, from its GeoIP record.
     pub(super) fn client_coords(&mut self) -> Option<Coords> {
-        let loc = self.location();
-        self.widen_by_location(loc);
-        loc?.coords
-    }
-
-    /// The answer depends on the GeoIP network (or, unlocated, on the client's /24 or /56).
-    pub(super) fn widen_by_location(&mut self, loc: Option<Location>) {
-        let prefix = loc.map_or(client_prefix(self.client.addr), |l| l.prefix_len);
-        self.scope.widen(prefix);
+        self.location()?.coords
     }
 
     pub(super) fn note(&mut self, kind: &'static str, text: impl FnOnce() -> String) {

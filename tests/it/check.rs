@@ -180,7 +180,7 @@ fn policies_resolve_targets_and_defaults() {
     assert_eq!(geo.continent[b"AS"], [pool("ap-south")]);
     assert_eq!(geo.country[b"IN"], [pool("ap-south")]);
     assert_eq!(geo.subdivision["US-CA"], [pool("us-east")]);
-    assert_eq!(geo.cidr[0].0.to_string(), "10.0.0.0/8");
+    assert_eq!(geo.cidr.entries()[0].0.to_string(), "10.0.0.0/8");
     assert_eq!(geo.default.as_deref(), Some(&[pool("us-east")][..]));
     assert_eq!(policy("api").ttl, 10);
     assert!(
@@ -217,18 +217,29 @@ fn policies_resolve_targets_and_defaults() {
     };
     let one = snap.find_pool(rz, "one").expect("one");
     let two = snap.find_pool(rz, "two").expect("two");
-    let (net, rows) = table.lookup("10.1.2.3".parse().expect("ip")).expect("row");
+    let (net, rows) = table
+        .lookup("10.1.2.3".parse().expect("ip"))
+        .entry
+        .expect("row");
     assert_eq!(
-        (net.to_string(), rows),
+        (net.to_string(), &rows[..]),
         ("10.1.0.0/16".to_owned(), &[(two, 5)][..])
     );
-    let (_, rows) = table.lookup("10.9.9.9".parse().expect("ip")).expect("row");
-    assert_eq!(rows, [(one, 20), (two, 90)]);
+    let (_, rows) = table
+        .lookup("10.9.9.9".parse().expect("ip"))
+        .entry
+        .expect("row");
+    assert_eq!(rows[..], [(one, 20), (two, 90)]);
     let xlat = snap.policy(snap.find_policy(rz, "x.lat").expect("x.lat"));
     let PolicyKind::Geo(geo) = &xlat.kind else {
         panic!("geo")
     };
-    let prefixes: Vec<String> = geo.cidr.iter().map(|(n, _)| n.to_string()).collect();
+    let prefixes: Vec<String> = geo
+        .cidr
+        .entries()
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     assert_eq!(prefixes, ["2001:db8::/32", "10.1.0.0/16", "10.0.0.0/8"]);
     assert_eq!(geo.country[b"DE"], [Target::Pool(two)]);
     assert_eq!(

@@ -90,6 +90,7 @@ fn shipped_db_table() {
     for (addr, country, sub, cont, prefix) in table {
         let loc = db
             .locate(ip(addr))
+            .location
             .unwrap_or_else(|| panic!("{addr} not found"));
         assert_eq!(
             summary(&loc),
@@ -102,23 +103,23 @@ fn shipped_db_table() {
 #[test]
 fn team_lead_expectations() {
     let db = shipped();
-    let gb = db.locate(ip("203.0.113.7")).expect("found");
+    let gb = db.locate(ip("203.0.113.7")).location.expect("found");
     assert_eq!(
         (code(gb.country), code(gb.continent), gb.prefix_len),
         (Some("GB".into()), Some("EU".into()), 25)
     );
     assert!(near(&gb, 51.5074, -0.1278), "{gb:?}");
-    let ca = db.locate(ip("198.51.100.7")).expect("found");
+    let ca = db.locate(ip("198.51.100.7")).location.expect("found");
     assert_eq!(
         ca.subdivision.map(|s| s.as_str().to_owned()).as_deref(),
         Some("CA")
     );
-    let india = db.locate(ip("203.0.113.200")).expect("found");
+    let india = db.locate(ip("203.0.113.200")).location.expect("found");
     assert_eq!(
         (code(india.country), code(india.continent)),
         (Some("IN".into()), Some("AS".into()))
     );
-    let lo = db.locate(ip("127.0.0.1")).expect("found");
+    let lo = db.locate(ip("127.0.0.1")).location.expect("found");
     assert_eq!(
         (code(lo.country), code(lo.continent)),
         (Some("US".into()), Some("NA".into()))
@@ -129,10 +130,13 @@ fn team_lead_expectations() {
 #[test]
 fn mapped_and_aliased_addresses_are_ipv4() {
     let db = shipped();
-    let plain = db.locate(ip("203.0.113.7")).expect("found");
-    assert_eq!(db.locate(ip("::ffff:203.0.113.7")), Some(plain));
+    let plain = db.locate(ip("203.0.113.7")).location.expect("found");
+    assert_eq!(db.locate(ip("::ffff:203.0.113.7")).location, Some(plain));
     // 6to4 goes through the database's own aliases; its prefix is in IPv6 bits.
-    let six_to_four = db.locate(ip("2002:cb00:7107::1")).expect("6to4 alias");
+    let six_to_four = db
+        .locate(ip("2002:cb00:7107::1"))
+        .location
+        .expect("6to4 alias");
     assert_eq!(six_to_four.country, plain.country);
     let report = db.describe(ip("::ffff:203.0.113.7")).expect("found");
     assert_eq!(report.ip, ip("203.0.113.7"));
@@ -149,7 +153,7 @@ fn unknown_addresses_are_none() {
         "2001:db9::1",
         "0.0.0.0",
     ] {
-        assert_eq!(db.locate(ip(addr)), None, "{addr}");
+        assert_eq!(db.locate(ip(addr)).location, None, "{addr}");
         assert_eq!(db.describe(ip(addr)), None, "{addr}");
     }
 }
@@ -230,14 +234,17 @@ fn maxmind(name: &str) -> GeoDb {
 #[test]
 fn maxmind_city_test_db() {
     let db = maxmind("GeoIP2-City-Test.mmdb");
-    let gb = db.locate(ip("81.2.69.142")).expect("81.2.69.142");
+    let gb = db.locate(ip("81.2.69.142")).location.expect("81.2.69.142");
     assert_eq!(
         summary(&gb),
         (Some("GB".into()), Some("ENG".into()), Some("EU".into()), 31)
     );
     assert!(near(&gb, 51.5142, -0.0931), "{gb:?}");
-    assert_eq!(db.locate(ip("::ffff:81.2.69.142")), Some(gb));
-    let wa = db.locate(ip("216.160.83.56")).expect("216.160.83.56");
+    assert_eq!(db.locate(ip("::ffff:81.2.69.142")).location, Some(gb));
+    let wa = db
+        .locate(ip("216.160.83.56"))
+        .location
+        .expect("216.160.83.56");
     assert_eq!(
         summary(&wa),
         (Some("US".into()), Some("WA".into()), Some("NA".into()), 29)
@@ -246,15 +253,19 @@ fn maxmind_city_test_db() {
     let eu = db.describe(ip("2.3.3.1")).expect("continent-only record");
     assert_eq!(summary(&eu.location), (None, None, Some("EU".into()), 24));
     assert_eq!(eu.coords_source, Some(CoordsSource::ContinentTable));
-    let anycast = db.locate(ip("214.1.1.1")).expect("traits-only record");
+    let anycast = db
+        .locate(ip("214.1.1.1"))
+        .location
+        .expect("traits-only record");
     assert_eq!(summary(&anycast), (None, None, None, 24));
     assert_eq!(anycast.coords, None);
     let v6 = db
         .locate(ip("2a02:d500::1"))
+        .location
         .expect("location without country");
     assert_eq!((v6.country, code(v6.continent)), (None, Some("EU".into())));
     assert!(near(&v6, 48.69096, 9.14062));
-    assert_eq!(db.locate(ip("8.8.8.8")), None);
+    assert_eq!(db.locate(ip("8.8.8.8")).location, None);
     assert!(
         db.metadata_summary().starts_with("GeoIP2-City "),
         "{}",
@@ -273,7 +284,7 @@ fn maxmind_country_test_db_fills_coordinates() {
         near(&report.location, 51.5085, -0.1257),
         "London: {report:?}"
     );
-    let se = db.locate(ip("89.160.20.130")).expect("found");
+    let se = db.locate(ip("89.160.20.130")).location.expect("found");
     assert_eq!(code(se.country).as_deref(), Some("SE"));
     assert!(se.coords.is_some());
 }
@@ -312,7 +323,7 @@ fn ip_location_db_flat_f32_ipv4_only() {
             ]),
         )],
     );
-    let loc = db.locate(ip("192.0.2.9")).expect("found");
+    let loc = db.locate(ip("192.0.2.9")).location.expect("found");
     // No continent in the record: from the countries table.
     assert_eq!(
         summary(&loc),
@@ -323,8 +334,8 @@ fn ip_location_db_flat_f32_ipv4_only() {
         Some((35.6895, 139.6917))
     );
     // An IPv6 lookup in an IPv4-only database is no match, not an error.
-    assert_eq!(db.locate(ip("2001:db8::1")), None);
-    assert_eq!(db.locate(ip("::ffff:192.0.2.9")), Some(loc));
+    assert_eq!(db.locate(ip("2001:db8::1")).location, None);
+    assert_eq!(db.locate(ip("::ffff:192.0.2.9")).location, Some(loc));
 }
 
 #[test]
@@ -367,7 +378,7 @@ fn legacy_ipinfo_codes_as_strings() {
             ]),
         )],
     );
-    let loc = db.locate(ip("2001:db8::5")).expect("found");
+    let loc = db.locate(ip("2001:db8::5")).location.expect("found");
     assert_eq!(
         summary(&loc),
         (Some("DE".into()), None, Some("EU".into()), 32)
@@ -387,10 +398,13 @@ fn asn_database_joins_the_city_record() {
         .expect("insert");
     let db = GeoDb::from_bytes(city, Some(w.to_bytes().expect("bytes"))).expect("reader");
     assert_eq!(
-        db.locate(ip("203.0.113.7")).expect("found").asn,
+        db.locate(ip("203.0.113.7")).location.expect("found").asn,
         Some(64_500)
     );
-    assert_eq!(db.locate(ip("198.51.100.7")).expect("found").asn, None);
+    assert_eq!(
+        db.locate(ip("198.51.100.7")).location.expect("found").asn,
+        None
+    );
     assert!(render_geoip(&db, ip("203.0.113.7")).contains("asn: AS64500"));
     assert!(db.metadata_summary().contains("; asn: GeoLite2-ASN"));
 }

@@ -8,10 +8,11 @@ use std::path::Path;
 
 use ipnet::IpNet;
 use meridian::config::{LoadOptions, load_dir};
-use meridian::geo::{Locate, Location, Subdivision};
+use meridian::geo::{Locate, Located, Location, Subdivision};
 use meridian::health::{Override, View};
 use meridian::model::{Coords, PoolId, Snapshot, ZoneId};
 use meridian::policy::{self, Client, Ctx, Decision, NoTrace, Outcome};
+use meridian::prefix::PrefixMap;
 use proptest::prelude::*;
 
 use crate::support::{Query, Server, answers, ecs_scope, ip, settings, zone_dir};
@@ -61,18 +62,20 @@ failover = ["us"]
 max_answers = 1
 "#;
 
-/// A GeoIP stand-in with exact networks, so each row states what the client is.
-struct Table(Vec<(IpNet, Location)>);
+/// A GeoIP stand-in with exact networks, so each row states what the client is. A miss
+/// reports the empty region around the client, as the maxminddb reader does.
+struct Table(PrefixMap<Location>);
 
 impl Locate for Table {
-    fn locate(&self, ip: IpAddr) -> Option<Location> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.contains(&ip))
-            .map(|(n, l)| Location {
+    fn locate(&self, ip: IpAddr) -> Located {
+        let m = self.0.lookup(ip);
+        Located {
+            location: m.entry.map(|(n, l)| Location {
                 prefix_len: n.prefix_len(),
                 ..*l
-            })
+            }),
+            prefix_len: m.scope,
+        }
     }
 }
 
@@ -90,7 +93,7 @@ fn loc(country: &str, sub: Option<&str>, continent: &str, lat: f64, lon: f64) ->
 
 fn table() -> Table {
     let net = |s: &str| s.parse::<IpNet>().expect("net");
-    Table(vec![
+    Table(PrefixMap::new(vec![
         (net("81.2.69.0/24"), loc("GB", None, "EU", 51.5, -0.13)),
         (net("203.0.113.128/25"), loc("IN", None, "AS", 19.07, 72.87)),
         (
@@ -99,7 +102,7 @@ fn table() -> Table {
         ),
         (net("192.0.2.0/26"), loc("JP", None, "AS", 35.68, 139.69)),
         (net("10.0.0.0/16"), loc("US", None, "NA", 39.0, -77.0)),
-    ])
+    ]))
 }
 
 fn snapshot() -> Snapshot {
@@ -171,7 +174,8 @@ fn policies_choose_as_the_spec_says() {
         ("geo", "198.51.100.7", &[], "us", 25),
         ("geo", "192.0.2.1", &[], "ap", 26),
         ("geo", "10.1.2.3", &[], "eu", 8),
-        ("geo", "8.8.8.8", &[], "us", 24),
+        // Unlocated: the empty region around 8.8.8.8 reaches to 8.0.0.0/7.
+        ("geo", "8.8.8.8", &[], "us", 7),
         ("geo", "203.0.113.200", &["ap"], "eu", 25),
         (
             "geo",
