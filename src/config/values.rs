@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::geo::codes;
 use crate::model::{StatusSet, WireName, rtype, wire};
 
 /// Continent codes of GeoIP databases (MaxMind, DB-IP, ipinfo).
@@ -55,14 +56,20 @@ pub fn add_status(set: &mut StatusSet, item: &str) -> Result<(), String> {
 
 /// ISO 3166-1 alpha-2, any case, to uppercase.
 pub fn parse_country(s: &str) -> Result<[u8; 2], String> {
-    match s.as_bytes() {
-        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-            Ok([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
-        }
-        _ => Err(format!(
+    let [a, b] = s.as_bytes() else {
+        return Err(format!(
             "bad country code \"{s}\": use two letters (ISO 3166-1 alpha-2), like \"DE\""
-        )),
+        ));
+    };
+    let code = [a.to_ascii_uppercase(), b.to_ascii_uppercase()];
+    let up = std::str::from_utf8(&code).unwrap_or_default();
+    if codes::is_country(up) {
+        return Ok(code);
     }
+    Err(format!(
+        "unknown country code \"{s}\": not in ISO 3166-1{}",
+        suggestion(codes::nearest_country(up))
+    ))
 }
 
 /// One of [`CONTINENTS`], any case.
@@ -71,13 +78,13 @@ pub fn parse_continent(s: &str) -> Result<[u8; 2], String> {
     match CONTINENTS.iter().find(|c| **c == up) {
         Some(c) => Ok([c.as_bytes()[0], c.as_bytes()[1]]),
         None => Err(format!(
-            "bad continent \"{s}\": use one of {}",
+            "unknown continent \"{s}\": use one of {}",
             CONTINENTS.join(" ")
         )),
     }
 }
 
-/// `CC-XX`: a country code, a dash and 1 to 3 letters or digits; uppercased.
+/// `CC-XX`: an ISO 3166-2 code (the country, a dash, the region); uppercased.
 pub fn parse_subdivision(s: &str) -> Result<String, String> {
     let bad = || {
         format!(
@@ -85,16 +92,29 @@ pub fn parse_subdivision(s: &str) -> Result<String, String> {
         )
     };
     let (cc, sub) = s.split_once('-').ok_or_else(bad)?;
-    let cc = parse_country(cc).map_err(|_| bad())?;
-    if !(1..=3).contains(&sub.len()) || !sub.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if cc.len() != 2
+        || !(1..=3).contains(&sub.len())
+        || !cc
+            .bytes()
+            .chain(sub.bytes())
+            .all(|b| b.is_ascii_alphanumeric())
+    {
         return Err(bad());
     }
-    Ok(format!(
-        "{}{}-{}",
-        cc[0] as char,
-        cc[1] as char,
-        sub.to_ascii_uppercase()
+    let up = s.to_ascii_uppercase();
+    if codes::is_subdivision(&up) {
+        return Ok(up);
+    }
+    Err(format!(
+        "unknown subdivision \"{s}\": not in ISO 3166-2{}",
+        suggestion(codes::nearest_subdivision(&up))
     ))
+}
+
+/// `; did you mean "XX"?`, or nothing.
+fn suggestion(code: Option<&str>) -> String {
+    code.map(|c| format!("; did you mean \"{c}\"?"))
+        .unwrap_or_default()
 }
 
 /// A CIDR prefix without host bits (`10.0.0.0/8`); a bare address is a host prefix.
@@ -348,6 +368,16 @@ mod tests {
         assert_eq!(parse_subdivision("us-ca").as_deref(), Ok("US-CA"));
         assert_eq!(parse_subdivision("GB-ENG").as_deref(), Ok("GB-ENG"));
         assert!(parse_subdivision("US").is_err() && parse_subdivision("US-ABCD").is_err());
+        assert_eq!(
+            parse_country("uk"),
+            Err("unknown country code \"uk\": not in ISO 3166-1; did you mean \"GB\"?".into())
+        );
+        assert_eq!(
+            parse_subdivision("US-CAL"),
+            Err(
+                "unknown subdivision \"US-CAL\": not in ISO 3166-2; did you mean \"US-CA\"?".into()
+            )
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! layouts; the policy engine sees only [`Location`] through the [`Locate`] trait, so it
 //! never touches maxminddb.
 
+pub mod codes;
 mod countries;
 mod mmdb;
 mod record;
