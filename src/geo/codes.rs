@@ -62,7 +62,7 @@ pub fn nearest_subdivision(code: &str) -> Option<&'static str> {
 /// slip is likelier late in a code); then the alphabet.
 fn nearest(code: &str, list: &[&'static str], country: &str) -> Option<&'static str> {
     list.iter().copied().min_by_key(|c| {
-        let other_country = !c.split_once('-').is_some_and(|(cc, _)| cc == country);
+        let other_country = c.split_once('-').is_none_or(|(cc, _)| cc != country);
         let common = code
             .bytes()
             .zip(c.bytes())
