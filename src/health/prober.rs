@@ -267,6 +267,7 @@ impl State {
 impl Shared {
     fn reconfigure(self: &Arc<Self>, snapshot: Arc<Snapshot>) -> Vec<ProbeStatus> {
         let mut state = lock(&self.state);
+        let edited = edited_checks(&state.snapshot, &snapshot);
         let mut old = std::mem::take(&mut state.keys);
         let mut keys = HashMap::with_capacity_and_hasher(snapshot.probes.len(), FxBuildHasher);
         let labels = check_labels(&snapshot);
@@ -282,7 +283,12 @@ impl Shared {
                         .get(&*key.check)
                         .cloned()
                         .unwrap_or_else(|| unnamed_label(&key.check));
-                    self.spawn(key.clone(), state.next_gen, label)
+                    let mut slot = self.spawn(key.clone(), state.next_gen, label);
+                    let before = edited.get(key).and_then(|k| old.get(k).or(keys.get(k)));
+                    if let Some(before) = before {
+                        slot.status = carried(&before.status);
+                    }
+                    slot
                 }
             };
             keys.insert(key.clone(), slot);
@@ -360,6 +366,50 @@ impl Shared {
             }
             state.dirty = Some(Change::Major);
         }
+    }
+}
+
+/// Keys whose check was edited (same zone, check name and probe address, other settings):
+/// new key → old key. SPEC §5: a reload keeps the state of every (address, check) pair that
+/// still exists, also when the check's settings were edited.
+fn edited_checks(old: &Snapshot, new: &Snapshot) -> HashMap<ProbeKey, ProbeKey> {
+    let old_by_name = named_probes(old);
+    named_probes(new)
+        .into_iter()
+        .filter_map(|(name, key)| {
+            let before = old_by_name.get(&name)?;
+            (*before != key).then(|| (key, before.clone()))
+        })
+        .collect()
+}
+
+/// Every probe by (zone origin, check name, probe address).
+fn named_probes(snap: &Snapshot) -> HashMap<(&str, &str, std::net::IpAddr), ProbeKey> {
+    let mut out = HashMap::new();
+    for pool in &snap.pools {
+        let Some(check) = pool.check_name.as_deref() else {
+            continue;
+        };
+        let Some(zone) = snap.zones.get(pool.zone.0 as usize) else {
+            continue;
+        };
+        for id in pool.endpoints.iter().filter_map(|e| e.probe) {
+            let key = snap.probe(id);
+            out.insert((zone.origin.as_str(), check, key.addr), key.clone());
+        }
+    }
+    out
+}
+
+/// The status an edited check starts from: the last verdict and what led to it, with the
+/// streaks reset (they counted results of the old settings).
+fn carried(before: &ProbeStatus) -> ProbeStatus {
+    ProbeStatus {
+        health: before.health,
+        last_error: before.last_error.clone(),
+        last_rtt: before.last_rtt,
+        last_at: before.last_at,
+        ..ProbeStatus::default()
     }
 }
 

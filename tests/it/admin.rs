@@ -704,6 +704,42 @@ async fn explain_answers_from_live_health_and_rejects_bad_parameters() {
     server.stop().await;
 }
 
+/// SPEC §5: editing a check keeps its endpoints' last verdict. The edit makes the check slow
+/// to fall (3 failures, 2 s apart): had the reload reset the dead endpoint to unknown (= up),
+/// `tail` would answer it for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_check_keeps_the_last_verdict() {
+    let dir = TempDir::new("edit-check");
+    let port = closed_port();
+    std::fs::write(dir.zone_file(), zone_toml(1, port)).expect("write zone");
+    let server = Server::start(settings(&dir, None)).await;
+    wait_dead_down(&server).await;
+    assert_eq!(server.resolve(&format!("tail.{ZONE}")).await, [SECONDARY]);
+    let edited = zone_toml(2, port)
+        .replace("interval = \"1s\"", "interval = \"2s\"")
+        .replace("fall = 1", "fall = 3");
+    std::fs::write(dir.zone_file(), edited).expect("edit the check");
+    let (code, body) = server
+        .change(reqwest::Method::POST, "/v1/reload", None, None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        server.resolve(&format!("tail.{ZONE}")).await,
+        [SECONDARY],
+        "the dead endpoint came back up with the edited check"
+    );
+    let s = server.status().await;
+    let dead = s["pools"]
+        .as_array()
+        .expect("pools")
+        .iter()
+        .find(|p| p["pool"] == "dead")
+        .expect("dead pool")
+        .clone();
+    assert_eq!(dead["up"], false, "{dead}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_new_serials_or_keeps_the_old_config() {
     let dir = TempDir::new("reload");
