@@ -143,6 +143,11 @@ impl<V> PrefixMap<V> {
         &self.entries
     }
 
+    /// Every network with its value, longest prefix first.
+    pub fn iter(&self) -> std::slice::Iter<'_, (IpNet, V)> {
+        self.entries.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
