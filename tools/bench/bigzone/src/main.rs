@@ -256,7 +256,9 @@ fn path_str(p: &Path) -> Result<&str> {
 /// Static names of the master file (its `nN` lines).
 fn count_names(zone: &Path) -> Result<u32> {
     let text = std::fs::read_to_string(zone).map_err(|e| format!("{}: {e}", zone.display()))?;
-    Ok(text.lines().filter(|l| l.starts_with('n')).count() as u32)
+    let generated =
+        |l: &&str| l.starts_with('n') && l[1..].starts_with(|c: char| c.is_ascii_digit());
+    Ok(text.lines().filter(generated).count() as u32)
 }
 
 /// One `serve` run: first answer, steady RSS, reload under load, RSS after.
