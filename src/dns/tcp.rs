@@ -46,6 +46,10 @@ pub const TCP_SEND_BUFFER: usize = 64 * 1024;
 const READ_CHUNK: usize = 4096;
 /// Replies are handed to the kernel once this much is pending, or when the input runs dry.
 const WRITE_BATCH: usize = 16 * 1024;
+/// Messages a connection answers before it lets the other tasks run: a client that
+/// pipelines thousands of queries then delays a new client's first answer by one short
+/// turn per busy connection, not by its whole backlog.
+const MESSAGES_PER_TURN: usize = 16;
 /// A connection folds its counters in after this many queries, and when it closes.
 const TCP_STATS_FLUSH_QUERIES: u64 = 64;
 
@@ -246,6 +250,7 @@ impl Connection {
         let mut at = 0;
         // One world per batch; an Arc, as the batch may wait on a write.
         let world = self.world.load_full();
+        let mut answered_in_turn = 0;
         while let Some(head) = b.input.get(at..at + 2) {
             let len = usize::from(u16::from_be_bytes([head[0], head[1]]));
             let Some(msg) = b.input.get(at + 2..at + 2 + len) else {
@@ -286,6 +291,11 @@ impl Connection {
                 && let Err(close) = self.write_out(stream, &mut b.output).await
             {
                 return (Err(close), false);
+            }
+            answered_in_turn += 1;
+            if answered_in_turn == MESSAGES_PER_TURN {
+                answered_in_turn = 0;
+                tokio::task::yield_now().await;
             }
         }
         (Ok(at), false)
