@@ -286,6 +286,23 @@ fn cluster_settings(endpoint: &str, prefix: &str) -> ClusterSettings {
 
 impl Instance {
     async fn start(name: &str, zones: &Path, cluster: ClusterSettings, source: &str) -> Instance {
+        Instance::start_with(
+            name,
+            zones,
+            Some(cluster),
+            source,
+            &temp_dir("cluster-state"),
+        )
+        .await
+    }
+
+    async fn start_with(
+        name: &str,
+        zones: &Path,
+        cluster: Option<ClusterSettings>,
+        source: &str,
+        state: &Path,
+    ) -> Instance {
         meridian::health::probe::install_crypto_provider();
         let settings = Settings {
             listen: vec!["127.0.0.1:0".parse().expect("addr")],
@@ -294,11 +311,11 @@ impl Instance {
             zones: zones.to_path_buf(),
             geoip: None,
             asn: None,
-            state: temp_dir("cluster-state"),
+            state: state.to_path_buf(),
             log_format: LogFormat::Text,
             watch_zones: false,
             instance: name.to_string(),
-            cluster: Some(cluster),
+            cluster,
             probe_source: Some(source.parse().expect("source")),
             // Tests fire many queries from 127.0.0.1; the RRL tests turn it on.
             rrl: meridian::dns::rrl::Config::off(),
@@ -930,4 +947,209 @@ async fn store_loop_resumes_relists_and_regrants() {
     })
     .await;
     m.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn differing_zone_files_are_flagged() {
+    let etcd = Etcd::start().await;
+    let backend = Backend::start().await;
+    let (same, other) = (zones(&backend), zones(&backend));
+    std::fs::write(
+        other.join("extra.toml"),
+        "origin = \"x.test.\"\n[soa]\nmname = \"ns1.x.test.\"\nrname = \"h.x.test.\"\n",
+    )
+    .expect("write");
+    let p = prefix("mismatch");
+    let a = Instance::start("a", &same, cluster_settings(&etcd.url(), &p), SOURCES[0]).await;
+    let b = Instance::start("b", &other, cluster_settings(&etcd.url(), &p), SOURCES[1]).await;
+    until(
+        "a flags b's zone files",
+        Duration::from_secs(10),
+        || async {
+            a.status_cluster().await["zone_mismatch"] == serde_json::json!(["b"])
+                && a.metric("meridian_cluster_zone_mismatch").await == Some(1.0)
+        },
+    )
+    .await;
+    let c = b.status_cluster().await;
+    let flags: Vec<(String, bool)> = c["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap_or_default().to_string(),
+                i["zones_match"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        [("a".to_string(), false), ("b".to_string(), true)],
+        "{c}"
+    );
+    assert!(c["instances"][0]["last_seen"].is_string());
+    assert!(c["instances"][0]["zones_digest"].is_string());
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An override with `until` stops applying on time (no cluster needed), and a restart on
+/// the same state directory keeps a clustered instance's last known overrides while etcd is
+/// unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overrides_expire_and_the_local_copy_survives_a_restart_without_etcd() {
+    let backend = Backend::start().await;
+    let zones = zones(&backend);
+    let lone = Instance::start_with("lone", &zones, None, SOURCES[0], &temp_dir("lone")).await;
+    until("both endpoints up", Duration::from_secs(5), || async {
+        lone.answer("www.c.test.").await == Some(BOTH.map(String::from).to_vec())
+    })
+    .await;
+    let until_at =
+        meridian::clock::rfc3339_millis(std::time::SystemTime::now() + Duration::from_millis(1500));
+    let (status, body) = lone
+        .send(
+            reqwest::Method::PUT,
+            "/v1/overrides/c.test/app/192.0.2.1",
+            Some(&format!(
+                r#"{{"state": "down", "why": "short", "until": "{until_at}"}}"#
+            )),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        lone.answer("www.c.test.").await,
+        Some(ONE.map(String::from).to_vec())
+    );
+    until("the override expires", Duration::from_secs(4), || async {
+        lone.answer("www.c.test.").await == Some(BOTH.map(String::from).to_vec())
+    })
+    .await;
+    assert_eq!(
+        lone.get("/v1/overrides").await["overrides"][0]["active"],
+        false
+    );
+    let (status, _) = lone
+        .send(
+            reqwest::Method::PUT,
+            "/v1/overrides/c.test/app/192.0.2.1",
+            Some(r#"{"state": "down", "until": "2000-01-01T00:00:00Z"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "an `until` in the past is refused");
+    lone.stop().await;
+
+    // Clustered: set an override, lose etcd, restart on the same state dir: it still applies.
+    let mut etcd = Etcd::start().await;
+    let state = temp_dir("restart");
+    let p = prefix("restart");
+    let m = Instance::start_with(
+        "r",
+        &zones,
+        Some(cluster_settings(&etcd.url(), &p)),
+        SOURCES[0],
+        &state,
+    )
+    .await;
+    until("connected", Duration::from_secs(10), || async {
+        m.status_cluster().await["connected"] == true
+    })
+    .await;
+    let (status, _) = m
+        .send(
+            reqwest::Method::PUT,
+            "/v1/overrides/c.test/app/192.0.2.1",
+            Some(r#"{"state": "down"}"#),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    m.stop().await;
+    etcd.stop();
+    let m = Instance::start_with(
+        "r",
+        &zones,
+        Some(cluster_settings(&etcd.url(), &p)),
+        SOURCES[0],
+        &state,
+    )
+    .await;
+    assert_eq!(m.status_cluster().await["connected"], false);
+    until(
+        "the last known override applies",
+        Duration::from_secs(3),
+        || async { m.answer("www.c.test.").await == Some(ONE.map(String::from).to_vec()) },
+    )
+    .await;
+    // Writes need etcd: refused rather than diverging from the other instances.
+    let (status, body) = m
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/overrides/c.test/app/192.0.2.1",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    m.stop().await;
+}
+
+/// The README's "override propagation" figure: 100 override changes set on one instance,
+/// each timed from the PUT until both other instances answer accordingly over DNS.
+/// `cargo test --release --test it cluster::override_propagation -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a figure for the README, not a check"]
+async fn override_propagation() {
+    const CHANGES: usize = 100;
+    let etcd = Etcd::start().await;
+    let backend = Backend::start().await;
+    let zones = zones(&backend);
+    let ms = three(&etcd.url(), &zones, "figure").await;
+    until(
+        "every endpoint up everywhere",
+        Duration::from_secs(5),
+        || all_answer(&ms, &BOTH),
+    )
+    .await;
+    let path = "/v1/overrides/c.test/app/192.0.2.1";
+    let mut took = Vec::with_capacity(CHANGES);
+    for i in 0..CHANGES {
+        let (method, body, want): (_, Option<&str>, &[&str]) = if i % 2 == 0 {
+            (reqwest::Method::PUT, Some(r#"{"state": "down"}"#), &ONE)
+        } else {
+            (reqwest::Method::DELETE, None, &BOTH)
+        };
+        let want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        let start = Instant::now();
+        let (status, _) = ms[0].send(method, path, body, None).await;
+        assert_eq!(status, 200);
+        loop {
+            let mut done = true;
+            for m in &ms[1..] {
+                done &= m.answer("www.c.test.").await.as_ref() == Some(&want);
+            }
+            if done {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "change {i} did not propagate"
+            );
+        }
+        took.push(start.elapsed());
+    }
+    took.sort();
+    let p = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
+    println!(
+        "override propagation over {CHANGES} changes (PUT on m1 until m2 and m3 answer it): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        p(0.50).as_secs_f64() * 1e3,
+        p(0.99).as_secs_f64() * 1e3,
+        took[took.len() - 1].as_secs_f64() * 1e3
+    );
+    for m in ms {
+        m.stop().await;
+    }
 }
