@@ -176,17 +176,20 @@ impl Control {
             .overrides
             .lock()
             .expect("overrides lock is never poisoned");
+        let mut changed = false;
         if state.overrides_known {
             let entries = state
                 .overrides
                 .iter()
                 .map(|(k, (e, _))| (k.clone(), e.clone()))
                 .collect();
-            if let Err(e) = store.replace_all(entries) {
-                tracing::error!("cluster: cannot keep the local copy of the overrides: {e}");
-            }
+            changed = store.replace_in_memory(entries);
         }
+        // Answers first, the local copy (an fsync) after.
         self.refresh_view(&store);
+        if changed && let Err(e) = store.persist() {
+            tracing::error!("cluster: cannot keep the local copy of the overrides: {e}");
+        }
     }
 
     /// Re-resolve overrides (an `until` passed) and publish when answers change.

@@ -194,15 +194,29 @@ impl OverrideStore {
         &mut self,
         entries: BTreeMap<PoolRef, OverrideEntry>,
     ) -> Result<bool, OverrideError> {
+        if !self.replace_in_memory(entries) {
+            return Ok(false);
+        }
+        self.persist().map(|()| true)
+    }
+
+    /// [`OverrideStore::replace_all`] without the write, so a caller can apply the new set
+    /// first and [`OverrideStore::persist`] it after; whether anything changed.
+    pub fn replace_in_memory(&mut self, entries: BTreeMap<PoolRef, OverrideEntry>) -> bool {
         let entries: BTreeMap<PoolRef, OverrideEntry> = entries
             .into_iter()
             .map(|((z, p, a), e)| (normalize(&z, &p, a), e))
             .collect();
         if entries == self.pools {
-            return Ok(false);
+            return false;
         }
         self.pools = entries;
-        self.save().map(|()| true)
+        true
+    }
+
+    /// Write the file now (see `save`).
+    pub fn persist(&self) -> Result<(), OverrideError> {
+        self.save()
     }
 
     /// Clear an override and persist it; returns what was there. On a write error nothing
