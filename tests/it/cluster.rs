@@ -26,8 +26,9 @@ use crate::support::{Query, temp_dir, udp};
 /// etcd's binary (Debian `etcd-server`).
 const ETCD: &str = "/usr/bin/etcd";
 /// How long etcd may take to serve after a start (notes/etcd.md §1: 1.2–1.6 s to elect
-/// itself at the default election timeout; these tests use a shorter one).
-const ETCD_READY: Duration = Duration::from_secs(15);
+/// itself at the default election timeout; these tests use a shorter one), with room for a
+/// machine busy with a parallel test run.
+const ETCD_READY: Duration = Duration::from_secs(30);
 /// The lease TTL of these tests (the setting's floor).
 const LEASE_TTL: Duration = Duration::from_secs(2);
 /// Every admin request is bounded by this.
