@@ -116,10 +116,7 @@ pub(super) async fn run(cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) 
         let result = session(&cluster, client.clone(), &mut progress, &mut stop).await;
         let why = match result {
             Broken::Stop => break,
-            Broken::Watch(e) => {
-                progress.watched = true;
-                e
-            }
+            Broken::Watch(e) => e,
             Broken::Compacted(at) => {
                 cluster.stats.compactions.fetch_add(1, Ordering::Relaxed);
                 progress.rev = None;
@@ -208,6 +205,8 @@ async fn session(
         Ok(s) => s,
         Err(e) => return e,
     };
+    // Any later session that starts from a known revision resumes this watch.
+    p.watched = true;
     connected(cluster).await;
     serve(cluster, &mut client, p, &mut stream, stop).await
 }
@@ -399,15 +398,17 @@ async fn keep_alive(cluster: &Cluster, lease: &mut Lease) -> Result<(), Broken> 
         .keeper
         .keep_alive()
         .await
-        .map_err(|e| Broken::Lease(e.to_string()))?;
+        // The stream died with the connection; whether the lease did is for the next
+        // session's re-open to find out.
+        .map_err(|e| Broken::Call(e.to_string()))?;
     match tokio::time::timeout(REQUEST_TIMEOUT, lease.stream.message()).await {
         Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
             cluster.mark_ok();
             Ok(())
         }
         Ok(Ok(Some(_))) => Err(Broken::Lease("lease expired".into())),
-        Ok(Ok(None)) => Err(Broken::Lease("keep-alive stream ended".into())),
-        Ok(Err(e)) => Err(Broken::Lease(e.to_string())),
+        Ok(Ok(None)) => Err(Broken::Call("keep-alive stream ended".into())),
+        Ok(Err(e)) => Err(Broken::Call(e.to_string())),
         Err(_) => Err(Broken::Call("keep-alive not answered in time".into())),
     }
 }
