@@ -17,7 +17,7 @@ use crate::dns::lookup::wildcard_node;
 use crate::geo::{GeoDb, Locate, Location, code_str};
 use crate::health::ProbeStatus;
 use crate::health::{Override, View};
-use crate::model::{PolicyId, PolicyKind, PoolId, Snapshot, Target, rtype, wire};
+use crate::model::{PolicyId, PoolId, Snapshot, Target, rtype, wire};
 use crate::policy::{self, Client, Ctx, Recorder, Step};
 use crate::world::World;
 
@@ -209,22 +209,7 @@ fn policy_pools(snap: &Snapshot, policy: PolicyId) -> Vec<PoolId> {
         if std::mem::replace(&mut seen[id.0 as usize], true) {
             continue;
         }
-        let targets: Vec<Target> = match &snap.policy(id).kind {
-            PolicyKind::Failover(t) => t.clone(),
-            PolicyKind::Weighted { targets, .. } => targets.iter().map(|(t, _)| *t).collect(),
-            PolicyKind::Latency { targets, .. } => targets.clone(),
-            PolicyKind::Geo(g) => g
-                .cidr
-                .iter()
-                .map(|(_, t)| t)
-                .chain(g.subdivision.values())
-                .chain(g.country.values())
-                .chain(g.continent.values())
-                .chain(g.default.iter())
-                .flatten()
-                .copied()
-                .collect(),
-        };
+        let targets = snap.policy(id).kind.targets();
         for t in targets {
             match t {
                 Target::Pool(p) if !pools.contains(&p) => pools.push(p),

@@ -303,6 +303,26 @@ impl PolicyKind {
             PolicyKind::Geo(_) => "geo",
         }
     }
+
+    /// Every target the policy names, in rule order (repeats kept). Off the DNS path: the
+    /// callers list the pools a policy can reach (size checks, explain).
+    pub fn targets(&self) -> Vec<Target> {
+        match self {
+            PolicyKind::Failover(t) | PolicyKind::Latency { targets: t, .. } => t.clone(),
+            PolicyKind::Weighted { targets, .. } => targets.iter().map(|(t, _)| *t).collect(),
+            PolicyKind::Geo(g) => g
+                .cidr
+                .iter()
+                .map(|(_, t)| t)
+                .chain(g.subdivision.values())
+                .chain(g.country.values())
+                .chain(g.continent.values())
+                .chain(g.default.iter())
+                .flatten()
+                .copied()
+                .collect(),
+        }
+    }
 }
 
 /// What a policy does when the value it matched has no up target (SPEC §3).

@@ -144,22 +144,7 @@ fn reachable_pools(snap: &crate::model::Snapshot, id: PolicyId) -> Vec<PoolId> {
     let mut seen = vec![id];
     let mut todo = vec![id];
     while let Some(id) = todo.pop() {
-        let targets: Vec<Target> = match &snap.policy(id).kind {
-            PolicyKind::Failover(t) | PolicyKind::Latency { targets: t, .. } => t.clone(),
-            PolicyKind::Weighted { targets, .. } => targets.iter().map(|(t, _)| *t).collect(),
-            PolicyKind::Geo(r) => r
-                .cidr
-                .entries()
-                .iter()
-                .map(|(_, t)| t)
-                .chain(r.subdivision.values())
-                .chain(r.country.values())
-                .chain(r.continent.values())
-                .chain(r.default.iter())
-                .flatten()
-                .copied()
-                .collect(),
-        };
+        let targets = snap.policy(id).kind.targets();
         for t in targets {
             match t {
                 Target::Pool(p) if !pools.contains(&p) => pools.push(p),

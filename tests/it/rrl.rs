@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, ResponseCode};
 use meridian::dns::rrl::{self, Config, Mode};
 use meridian::dns::stats::RrlCounts;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, UdpSocket};
 
-use crate::support::{IO_TIMEOUT, Query, Server, ip, settings, zone_dir};
+use crate::support::{IO_TIMEOUT, Query, Server, ip, settings, tcp_exchange, zone_dir};
 
 const A: u16 = 1;
 const TXT: u16 = 16;
@@ -414,30 +413,11 @@ async fn resolve(src: &str, server: SocketAddr) -> Option<bool> {
 async fn tcp_from(src: &str, server: SocketAddr, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let sock = TcpSocket::new_v4().expect("socket");
     sock.bind(SocketAddr::new(ip(src), 0)).expect("bind");
-    let mut s = tokio::time::timeout(IO_TIMEOUT, sock.connect(server))
+    let s = tokio::time::timeout(IO_TIMEOUT, sock.connect(server))
         .await
         .expect("connect in time")
         .expect("connect");
-    let mut out = Vec::new();
-    for p in packets {
-        out.extend_from_slice(&(p.len() as u16).to_be_bytes());
-        out.extend_from_slice(p);
-    }
-    s.write_all(&out).await.expect("write");
-    let mut replies = Vec::new();
-    for _ in packets {
-        let read = async {
-            let len = s.read_u16().await.ok()?;
-            let mut buf = vec![0u8; usize::from(len)];
-            s.read_exact(&mut buf).await.ok()?;
-            Some(buf)
-        };
-        match tokio::time::timeout(IO_TIMEOUT, read).await {
-            Ok(Some(r)) => replies.push(r),
-            _ => break,
-        }
-    }
-    replies
+    tcp_exchange(s, packets).await
 }
 
 #[tokio::test]

@@ -198,10 +198,16 @@ pub async fn udp_wait(server: SocketAddr, packet: &[u8], wait: Duration) -> Opti
 
 /// Several queries written at once on one connection (pipelined), their replies in order.
 pub async fn tcp(server: SocketAddr, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(server))
+    let s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(server))
         .await
         .expect("connect in time")
         .expect("connect");
+    tcp_exchange(s, packets).await
+}
+
+/// Write the queries at once on a connected stream; read their replies in order until one is
+/// missing or late.
+pub async fn tcp_exchange(mut s: TcpStream, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for p in packets {
         out.extend_from_slice(&(p.len() as u16).to_be_bytes());
