@@ -167,21 +167,35 @@ impl Signer {
             now,
             seed,
         };
-        let mut i = 0;
         let mut proof = proof;
+        // A query for the NSEC of a name is answered with it: the NSEC exists (it is
+        // synthesized for every name), so a denial that lists NSEC in its own bitmap would
+        // be bogus (RFC 4035 §3.1.3.1: NODATA only for a type absent from the bitmap).
+        let mut skip_soa = false;
+        if q.qtype == NSEC
+            && let Some(p) = proof.take_if(|p| p.owner.is_none() && found.rcode == rcode::NOERROR)
+        {
+            self.write_proof(&cx, &p, Section::Answer, w, stats);
+            skip_soa = true;
+        }
+        let mut i = 0;
         while i < self.recs.len() {
-            let section = self.recs[i].section;
-            if section == Section::Additional
+            let r = &self.recs[i];
+            if skip_soa && r.section == Section::Authority && r.rtype == rtype::SOA {
+                i += 1;
+                continue;
+            }
+            if r.section == Section::Additional
                 && let Some(p) = proof.take()
             {
-                self.write_proof(&cx, &p, w, stats);
+                self.write_proof(&cx, &p, Section::Authority, w, stats);
             }
             let end = self.rrset_end(i);
             self.write_rrset(&cx, i..end, w, stats);
             i = end;
         }
         if let Some(p) = proof {
-            self.write_proof(&cx, &p, w, stats);
+            self.write_proof(&cx, &p, Section::Authority, w, stats);
         }
         if self.report_size {
             stats.dnssec_cache(self.cached() as u64);
@@ -368,8 +382,15 @@ impl Signer {
         w.record(first.section, owner, RRSIG, first.ttl, &sig[..len]);
     }
 
-    /// The NSEC of a proof and its RRSIG, in authority.
-    fn write_proof(&mut self, cx: &Cx<'_>, p: &Proof, w: &mut Writer<'_>, stats: &mut LocalStats) {
+    /// The NSEC of a proof and its RRSIG, in authority (or in answer, to a query for NSEC).
+    fn write_proof(
+        &mut self,
+        cx: &Cx<'_>,
+        p: &Proof,
+        section: Section,
+        w: &mut Writer<'_>,
+        stats: &mut LocalStats,
+    ) {
         let name: &[u8] = match &p.owner {
             None => cx.q.qname,
             Some(r) => &self.body[r.clone()],
@@ -401,7 +422,7 @@ impl Signer {
             None => Owner::Qname,
             Some(r) => Owner::Name(&self.body[r.clone()]),
         };
-        w.record(Section::Authority, owner, NSEC, ttl, &rdata[..len]);
+        w.record(section, owner, NSEC, ttl, &rdata[..len]);
         let mut sig = [0u8; MAX_RRSIG_RDATA];
         let Some(slen) = rrsig(
             cx,
@@ -421,7 +442,7 @@ impl Signer {
         ) else {
             return;
         };
-        w.record(Section::Authority, owner, RRSIG, ttl, &sig[..slen]);
+        w.record(section, owner, RRSIG, ttl, &sig[..slen]);
     }
 }
 

@@ -435,6 +435,9 @@ async fn delv_fully_validates_every_kind_of_answer() {
             ("x.y.wild.signed.test", "TXT"),
             ("alias.signed.test", "A"),
             ("geo.signed.test", "A"),
+            // The NSEC of a name (existing or not) is an answer, not a denial of itself.
+            ("static.signed.test", "NSEC"),
+            ("nope.signed.test", "NSEC"),
         ];
         let negative = [
             ("nope.signed.test", "A"),
