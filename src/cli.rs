@@ -14,6 +14,7 @@ use crate::config::{self, LoadOptions};
 use crate::dns::rrl;
 use crate::explain;
 use crate::explain::{parse_client, parse_qtype};
+use crate::health::OverrideStore;
 use crate::settings::{Flags, LogFormat, RrlFlags, Settings};
 
 #[derive(Parser, Debug)]
@@ -238,7 +239,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// `meridian check`: everything `serve` would load, every problem printed.
+/// `meridian check`: everything `serve` would load (zones, keys, databases, the overrides
+/// file), every problem printed.
 fn check(settings: &Settings) -> Result<ExitCode> {
     let loaded = config::load_dir(&LoadOptions {
         zones_dir: &settings.zones,
@@ -253,19 +255,25 @@ fn check(settings: &Settings) -> Result<ExitCode> {
         }
     });
     let geo = settings.open_geo();
-    match (loaded, geo) {
-        (Ok(snap), Ok(_)) => {
+    // `serve` refuses to start on an unreadable or corrupt overrides file: same file, same
+    // message.
+    let overrides = OverrideStore::load(&settings.state);
+    match (loaded, geo, overrides) {
+        (Ok(snap), Ok(_), Ok(_)) => {
             println!("{}", config::compile::summary(&snap));
             // The process ends here: freeing a million names one by one would take longer
             // than the OS takes to drop the whole address space.
             std::mem::forget(snap);
             Ok(ExitCode::SUCCESS)
         }
-        (loaded, geo) => {
+        (loaded, geo, overrides) => {
             if let Err(diags) = loaded {
                 print!("{diags}");
             }
             if let Err(e) = geo {
+                println!("{e}");
+            }
+            if let Err(e) = overrides {
                 println!("{e}");
             }
             Ok(ExitCode::FAILURE)

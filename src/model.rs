@@ -91,6 +91,8 @@ pub struct Zone {
     pub nodes: NameMap<Node>,
     /// Number of names an operator wrote (static and published policies).
     pub name_count: usize,
+    /// Number of `[checks.*]` tables the zone defines, used by a pool or not.
+    pub check_count: usize,
     /// Names of the zone's pools, for the admin API and explain.
     pub pools: Vec<PoolId>,
     /// `dnssec = true`: the (line, column) of that key, for messages about the zone's key.

@@ -80,7 +80,7 @@ fn the_shipped_example_loads_clean() {
 #[test]
 fn ok_zones_compile_to_the_expected_snapshot() {
     let snap = load_ok();
-    assert_eq!(summary(&snap), "ok: 2 zones, 22 names, 5 pools, 2 checks");
+    assert_eq!(summary(&snap), "ok: 2 zones, 22 names, 5 pools, 3 checks");
     assert!(snap.loaded_at.is_some());
     // Files load in name order: example.toml, then records.toml.
     let ex = snap.zone(ZoneId(0));
@@ -435,4 +435,24 @@ fn zone_text_compiles_from_memory_as_from_its_file() {
         err.contains("b.toml:1:10: origin a.test. is already the origin of a.toml"),
         "{err}"
     );
+}
+
+/// SPEC §1: `check` counts every `[checks.*]` it validated, also one no pool uses and one
+/// with the same settings as another (the prober shares their probes, the count does not).
+#[test]
+fn the_summary_counts_every_check() {
+    let dir = crate::support::zone_dir(
+        "check-count",
+        &[(
+            "z.toml",
+            "origin = \"count.test.\"\n[soa]\nmname = \"ns.count.test.\"\nrname = \"h.count.test.\"\n\
+             [checks.a]\nkind = \"tcp\"\nport = 1\n\
+             [checks.b]\nkind = \"tcp\"\nport = 1\n\
+             [checks.unused]\nkind = \"tcp\"\nport = 2\n\
+             [pools.p]\nA = [\"192.0.2.1\"]\ncheck = \"a\"\n\
+             [pools.q]\nA = [\"192.0.2.2\"]\ncheck = \"b\"\n",
+        )],
+    );
+    let snap = load(&dir, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(summary(&snap), "ok: 1 zones, 0 names, 2 pools, 3 checks");
 }

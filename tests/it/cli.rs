@@ -272,3 +272,88 @@ async fn serve_rate_limits_by_default_and_the_variable_turns_it_off() {
         }
     }
 }
+
+/// A state directory whose overrides.json does not parse (`tests/fixtures/state/<case>/`),
+/// and the exact output `check --state` prints for it (`<case>.expected`).
+const CORRUPT_STATE: &str = "tests/fixtures/state/corrupt";
+
+/// SPEC §1: `check` loads what `serve` would. A corrupt overrides file stops `serve`; `check`
+/// reports it with the same message (golden), and still prints the zones' own errors beside it.
+#[test]
+fn check_reports_a_corrupt_overrides_file_as_serve_does() {
+    let out = meridian()
+        .args(["check", "--state", CORRUPT_STATE])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let got = String::from_utf8_lossy(&out.stdout).into_owned();
+    let golden = format!("{CORRUPT_STATE}.expected");
+    if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
+        std::fs::write(&golden, &got).expect("write golden");
+    }
+    let want = std::fs::read_to_string(&golden).expect("golden file");
+    assert_eq!(got, want);
+
+    // `serve` with the same state directory refuses to start with that message.
+    let serve = meridian()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "off",
+            "--log-format",
+            "json",
+            "--state",
+            CORRUPT_STATE,
+        ])
+        .stdout(Stdio::null())
+        .output()
+        .expect("runs");
+    assert_eq!(serve.status.code(), Some(1));
+    let logged: Vec<String> = String::from_utf8_lossy(&serve.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "ERROR")
+        .filter_map(|v| v["fields"]["message"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(logged, [want.trim_end()], "serve's error log");
+
+    // With the zones broken as well, both kinds of problem are listed.
+    let dir = zone_dir("cli-check-state", &[("bad.toml", "origin = 1\n")]);
+    let both = meridian()
+        .args(["check", "--state", CORRUPT_STATE, "--zones"])
+        .arg(&dir)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&both.stdout);
+    assert!(
+        text.contains("bad.toml:1:") && text.ends_with(&want),
+        "{text}"
+    );
+}
+
+/// A readable overrides file is no problem for `check`.
+#[test]
+fn check_accepts_a_valid_overrides_file() {
+    let state = crate::support::temp_dir("cli-check-ok-state");
+    std::fs::write(
+        state.join("overrides.json"),
+        r#"{"version": 1, "pools": [{"zone": "gslb.example.test.", "pool": "eu-west", "state": "drain", "by": "ops"}]}"#,
+    )
+    .expect("write");
+    let out = meridian()
+        .args(["check", "--state"])
+        .arg(&state)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok: 1 zones, 10 names, 3 pools, 2 checks\n"
+    );
+}

@@ -1115,6 +1115,7 @@ fn overrides_resolve_by_zone_and_pool_name_and_keep_unknown_entries() {
         policy_ttl: 30,
         nodes: Default::default(),
         name_count: 0,
+        check_count: 0,
         pools,
         dnssec: None,
         key: None,
