@@ -16,6 +16,7 @@ use crate::dns::handler::{Local, Transport, handle};
 use crate::dns::lookup::wildcard_node;
 use crate::geo::{GeoDb, Locate, Location, code_str};
 use crate::health::ProbeStatus;
+use crate::health::view::rtt_ms;
 use crate::health::{Override, View};
 use crate::model::{PolicyId, PoolId, Snapshot, Target, rtype, wire};
 use crate::policy::{self, Client, Ctx, Recorder, Step};
@@ -40,10 +41,21 @@ pub struct Explanation {
     pub answers: Vec<(String, u32, String)>,
     pub scope: Option<u8>,
     pub note: Option<String>,
+    /// Every endpoint the policy can answer, with its probe's last result and RTT.
+    pub endpoints: Vec<EndpointLine>,
     /// With a cluster: every instance's verdict on each endpoint the policy can answer.
     pub cluster: Vec<ClusterLine>,
     /// SPEC §11: whether DO=1 answers are signed, and with which key.
     pub dnssec: Dnssec,
+}
+
+/// One endpoint a policy can answer and what its probe last saw (SPEC §7: last RTT).
+#[derive(Debug)]
+pub struct EndpointLine {
+    /// `us-east 198.51.100.10: up, last probe ok in 0.8 ms, 2s ago`
+    pub text: String,
+    /// As `/v1/status` shows the endpoint, with its pool.
+    pub json: serde_json::Value,
 }
 
 /// One probed endpoint and what the cluster says about it.
@@ -111,6 +123,7 @@ pub fn explain(
         answers: Vec::new(),
         scope: None,
         note: None,
+        endpoints: Vec::new(),
         cluster: Vec::new(),
         dnssec: Dnssec::Unsigned,
     };
@@ -166,6 +179,7 @@ pub fn explain(
             };
             let decision = policy::answer(&ctx, id, masked, seed, &mut rec);
             e.steps = rec.steps;
+            e.endpoints = endpoint_lines(world, id, now);
             // Without ECS nothing is sent, but show the scope an ECS query would get.
             e.scope.get_or_insert(decision.scope);
         }
@@ -198,6 +212,49 @@ impl Explanation {
             }
         }
     }
+}
+
+/// Every endpoint of every pool `policy` can answer from, with its probe's last result.
+fn endpoint_lines(world: &World, policy: PolicyId, now: SystemTime) -> Vec<EndpointLine> {
+    let (snap, view) = (&world.snapshot, &world.health);
+    let mut lines = Vec::new();
+    for pool in policy_pools(snap, policy) {
+        let p = snap.pool(pool);
+        for (i, e) in p.endpoints.iter().enumerate() {
+            let mut json = view.endpoint_json(snap, pool, i, e);
+            json["pool"] = json!(p.name);
+            let mut text = format!("{} {}: ", p.name, e.addr);
+            if let Some(o) = view.override_of(pool).or(view.endpoint_override(pool, i)) {
+                text.push_str(&format!("override {}, ", o.as_str()));
+            }
+            match view.probe_of(snap, e) {
+                None => text.push_str("no check (always up)"),
+                Some((_, s)) => {
+                    text.push_str(s.health.as_str());
+                    text.push_str(&probe_text(&s, now));
+                }
+            }
+            lines.push(EndpointLine { text, json });
+        }
+    }
+    lines
+}
+
+/// `, last probe fail in 1.0 ms, 4s ago (connection refused)`, or `, not probed yet`.
+fn probe_text(s: &ProbeStatus, now: SystemTime) -> String {
+    let (Some(result), Some(rtt)) = (s.last_result(), s.last_rtt) else {
+        return ", not probed yet".into();
+    };
+    let mut text = format!(", last probe {result} in {:.1} ms", rtt_ms(rtt));
+    if let Some(ago) = s.last_at.and_then(|at| now.duration_since(at).ok()) {
+        text.push_str(&format!(", {}s ago", ago.as_secs()));
+    }
+    if result == "fail"
+        && let Some(err) = &s.last_error
+    {
+        text.push_str(&format!(" ({err})"));
+    }
+    text
 }
 
 /// Every pool a policy can answer from, nested policies followed, in order of first mention.
@@ -319,6 +376,12 @@ impl Explanation {
         for (depth, line) in merge_steps(&self.steps) {
             out.push_str(&format!("{}{line}\n", "  ".repeat(depth + 1)));
         }
+        if !self.endpoints.is_empty() {
+            out.push_str("  endpoints:\n");
+        }
+        for l in &self.endpoints {
+            out.push_str(&format!("    {}\n", l.text));
+        }
         for c in &self.cluster {
             out.push_str(&format!(
                 "  cluster: {} {}: {}\n",
@@ -379,6 +442,7 @@ impl Explanation {
             "rcode": self.rcode,
             "answers": self.answers.iter().map(|(t, ttl, d)| json!({"type": t, "ttl": ttl, "data": d})).collect::<Vec<_>>(),
             "ecs_scope": self.scope,
+            "endpoints": self.endpoints.iter().map(|l| &l.json).collect::<Vec<_>>(),
             "cluster": self.cluster.iter().map(|c| {
                 let mut v = c.quorum.to_json();
                 v["pool"] = json!(c.pool);

@@ -11,7 +11,7 @@
 //! | `meridian_dns_queries_total` | counter | `zone`, `qtype`, `rcode` | DNS queries answered, by zone origin (`""` when the query matched no zone: REFUSED, FORMERR), query type (`A`, `AAAA`, `TYPE65`...) and response code (`NOERROR`, `NXDOMAIN`, `REFUSED`, `SERVFAIL`, `FORMERR`, `NOTIMP`, `NOTAUTH` (a TSIG-signed query), `BADVERS`, `OTHER`) |
 //! | `meridian_policy_answers_total` | counter | `zone`, `policy`, `pool` | answers given by a policy, by the pool it chose (fail-open answers included) |
 //! | `meridian_policy_fail_open_total` | counter | `zone`, `policy`, `pool` | answers given while no target of the policy was up, so it answered its first target as if every endpoint were up (SPEC §3 "all down") |
-//! | `meridian_dns_response_seconds` | histogram | | time from a query's parse to its response being ready, buckets 5 µs to 10 ms |
+//! | `meridian_dns_response_seconds` | histogram | | time to answer one query (each query timed on its own, never a batch average), buckets 1 µs to 10 ms |
 //! | `meridian_tcp_connections` | gauge | | DNS-over-TCP connections open |
 //! | `meridian_tcp_evicted_total` | counter | | idle TCP connections closed to make room for a new one under a full cap (global, or the client's /24 or /56) |
 //! | `meridian_tcp_refused_total` | counter | | new TCP connections refused because the cap was full of busy connections |
@@ -101,7 +101,7 @@ pub const POLICY_FAIL_OPEN: Metric = Metric {
 pub const DNS_RESPONSE_SECONDS: Metric = Metric {
     name: "meridian_dns_response_seconds",
     kind: Kind::Histogram,
-    help: "Time to build a DNS response, in seconds.",
+    help: "Time to answer one DNS query, in seconds.",
 };
 pub const TCP_CONNECTIONS: Metric = Metric {
     name: "meridian_tcp_connections",
@@ -666,13 +666,21 @@ mod tests {
     #[test]
     fn response_time_buckets_become_cumulative() {
         let mut totals = Totals::default();
-        totals.buckets[0] = 2;
-        totals.buckets[3] = 1;
+        totals.buckets[2] = 2; // ≤ 5 µs
+        totals.buckets[5] = 1; // ≤ 50 µs
         totals.buckets[RESPONSE_TIME_BUCKETS.len()] = 4; // over 10 ms: +Inf only
         totals.time_sum = 0.25;
         let mut out = Exposition::default();
         dns_metrics(&mut out, &totals);
         let t = &out.text;
+        assert!(
+            t.contains("meridian_dns_response_seconds_bucket{le=\"0.000001\"} 0\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("meridian_dns_response_seconds_bucket{le=\"0.0000025\"} 0\n"),
+            "{t}"
+        );
         assert!(
             t.contains("meridian_dns_response_seconds_bucket{le=\"0.000005\"} 2\n"),
             "{t}"

@@ -13,8 +13,8 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::AppState;
-use crate::health::{ProbeStatus, View};
-use crate::model::{Endpoint, PoolId, Snapshot};
+use crate::health::View;
+use crate::model::{PoolId, Snapshot};
 use crate::reload::Control;
 
 /// The handler.
@@ -141,7 +141,7 @@ fn pool_json(snap: &Snapshot, health: &View, id: PoolId) -> Value {
         .endpoints
         .iter()
         .enumerate()
-        .map(|(i, e)| endpoint_json(snap, health, id, i, e))
+        .map(|(i, e)| health.endpoint_json(snap, id, i, e))
         .collect();
     json!({
         "zone": snap.zone(pool.zone).origin,
@@ -152,62 +152,4 @@ fn pool_json(snap: &Snapshot, health: &View, id: PoolId) -> Value {
         "min_healthy": pool.min_healthy,
         "endpoints": endpoints,
     })
-}
-
-/// An endpoint and the probe behind it. Without a check it is always up and has no results.
-fn endpoint_json(
-    snap: &Snapshot,
-    health: &View,
-    pool: PoolId,
-    index: usize,
-    endpoint: &Endpoint,
-) -> Value {
-    let probe = endpoint.probe.map(|id| {
-        let status = health
-            .probes
-            .get(id.0 as usize)
-            .cloned()
-            .unwrap_or_default();
-        (snap.probe(id).addr, status)
-    });
-    let status = probe.as_ref().map(|(_, s)| s);
-    json!({
-        "address": endpoint.addr.to_string(),
-        "probe_address": probe.as_ref().map(|(addr, _)| addr.to_string()),
-        "state": health.endpoint_health(endpoint).as_str(),
-        "override": health.endpoint_override(pool, index).map(|o| o.as_str()),
-        "answered": health.endpoint_up(pool, index, endpoint),
-        "last_result": status.and_then(last_result),
-        "last_error": status.and_then(|s| s.last_error.as_deref()),
-        "last_rtt_ms": status.and_then(|s| s.last_rtt).map(|d| d.as_micros() as f64 / 1000.0),
-        "last_at": status.and_then(|s| s.last_at).map(rfc3339_millis),
-        "failures": status.map_or(0, |s| s.failures),
-        "passes": status.map_or(0, |s| s.passes),
-    })
-}
-
-/// `"ok"` or `"fail"` for the latest probe, `None` before the first one. Streaks reset on
-/// the opposite result, so a probe that has finished has exactly one of them non-zero.
-fn last_result(s: &ProbeStatus) -> Option<&'static str> {
-    s.last_at?;
-    Some(if s.passes > 0 { "ok" } else { "fail" })
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::SystemTime;
-
-    use super::*;
-
-    #[test]
-    fn last_result_follows_the_streaks() {
-        let mut s = ProbeStatus::default();
-        assert_eq!(last_result(&s), None);
-        s.last_at = Some(SystemTime::now());
-        s.passes = 1;
-        assert_eq!(last_result(&s), Some("ok"));
-        s.passes = 0;
-        s.failures = 2;
-        assert_eq!(last_result(&s), Some("fail"));
-    }
 }

@@ -151,6 +151,9 @@ fn udp_worker(
         if let Some(l) = &mut limiter {
             l.tick(started);
         }
+        // Each query's response time runs from the previous one's end: one clock read per
+        // query, and the batch's time is shared out exactly, never averaged.
+        let mut mark = started;
         b.send_peers.clear();
         b.send_index.clear();
         for i in 0..n {
@@ -158,7 +161,7 @@ fn udp_worker(
             let Some(src) = peer_ip(&peer) else { continue };
             seed = xorshift(seed);
             let packet = &b.recv[i][..b.lens[i]];
-            let Some(reply) = handle(
+            let reply = handle(
                 world,
                 packet,
                 src,
@@ -166,7 +169,11 @@ fn udp_worker(
                 seed,
                 &mut b.out[i],
                 &mut local,
-            ) else {
+            );
+            let now = Instant::now();
+            local.stats.response_time(now - mark);
+            mark = now;
+            let Some(reply) = reply else {
                 continue;
             };
             if let Some(l) = &mut limiter {
@@ -180,11 +187,6 @@ fn udp_worker(
             }
             b.send_peers.push(Some(peer));
             b.send_index.push(i);
-        }
-        if n > 0 {
-            local
-                .stats
-                .response_times(started.elapsed() / n as u32, n as u64);
         }
         send(fd, &mut send_headers, &b);
         if local.stats.pending() >= STATS_FLUSH_QUERIES || last_flush.elapsed() >= STATS_FLUSH_EVERY

@@ -2,9 +2,13 @@
 //! as a whole by the probers and the overrides API. Pure: no tokio, no I/O.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use serde_json::{Value, json};
+
+use crate::clock::rfc3339_millis;
 use crate::model::{Endpoint, Pool, PoolId, Snapshot};
 
 /// State of one (address, check) pair (SPEC §5).
@@ -150,5 +154,71 @@ impl View {
                     && !p.endpoints.is_empty()
             }
         }
+    }
+
+    /// The status of the probe behind an endpoint (`None` without a check), with the
+    /// address it probes.
+    pub fn probe_of(&self, snap: &Snapshot, endpoint: &Endpoint) -> Option<(IpAddr, ProbeStatus)> {
+        endpoint.probe.map(|id| {
+            let status = self.probes.get(id.0 as usize).cloned().unwrap_or_default();
+            (snap.probe(id).addr, status)
+        })
+    }
+
+    /// An endpoint and the probe behind it, as `/v1/status` and `/v1/explain` show it.
+    /// Without a check it is always up and has no results.
+    pub fn endpoint_json(
+        &self,
+        snap: &Snapshot,
+        pool: PoolId,
+        index: usize,
+        endpoint: &Endpoint,
+    ) -> Value {
+        let probe = self.probe_of(snap, endpoint);
+        let status = probe.as_ref().map(|(_, s)| s);
+        json!({
+            "address": endpoint.addr.to_string(),
+            "probe_address": probe.as_ref().map(|(addr, _)| addr.to_string()),
+            "state": self.endpoint_health(endpoint).as_str(),
+            "override": self.endpoint_override(pool, index).map(|o| o.as_str()),
+            "answered": self.endpoint_up(pool, index, endpoint),
+            "last_result": status.and_then(ProbeStatus::last_result),
+            "last_error": status.and_then(|s| s.last_error.as_deref()),
+            "last_rtt_ms": status.and_then(|s| s.last_rtt).map(rtt_ms),
+            "last_at": status.and_then(|s| s.last_at).map(rfc3339_millis),
+            "failures": status.map_or(0, |s| s.failures),
+            "passes": status.map_or(0, |s| s.passes),
+        })
+    }
+}
+
+/// A probe round-trip time in milliseconds, to the microsecond.
+pub fn rtt_ms(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
+}
+
+impl ProbeStatus {
+    /// `"ok"` or `"fail"` for the latest probe, `None` before the first one. Streaks reset on
+    /// the opposite result, so a probe that has finished has exactly one of them non-zero.
+    pub fn last_result(&self) -> Option<&'static str> {
+        self.last_at?;
+        Some(if self.passes > 0 { "ok" } else { "fail" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_result_follows_the_streaks() {
+        let mut s = ProbeStatus::default();
+        assert_eq!(s.last_result(), None);
+        s.last_at = Some(SystemTime::now());
+        s.passes = 1;
+        assert_eq!(s.last_result(), Some("ok"));
+        s.passes = 0;
+        s.failures = 2;
+        assert_eq!(s.last_result(), Some("fail"));
     }
 }

@@ -704,6 +704,59 @@ async fn explain_answers_from_live_health_and_rejects_bad_parameters() {
     server.stop().await;
 }
 
+/// SPEC §7: `/v1/explain` lists every endpoint the policy can answer with its probe's last
+/// result and RTT: a TCP check on a real listener passes, one on a closed port fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_each_endpoints_last_probe_rtt() {
+    let dir = TempDir::new("explain-rtt");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a live backend");
+    let open = listener.local_addr().expect("addr").port();
+    let zone = format!(
+        "{}\n[pools.live]\nA = [\"198.51.100.4\"]\ncheck = \"open\"\nprobe_address = {{ \"198.51.100.4\" = \"127.0.0.1\" }}\n\
+         [checks.open]\nkind = \"tcp\"\nport = {open}\ninterval = \"1s\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n\
+         [policies.both]\nfailover = [\"dead\", \"live\"]\n",
+        zone_toml(1, closed_port())
+    );
+    std::fs::write(dir.zone_file(), zone).expect("write zone");
+    let server = Server::start(settings(&dir, None)).await;
+    let e = poll("both probes to report", || async {
+        let (_, e) = server
+            .get_json(&format!("/v1/explain?name=both.{ZONE}&client=192.0.2.7"))
+            .await;
+        let results: Vec<&Value> = e["endpoints"]
+            .as_array()?
+            .iter()
+            .map(|x| &x["last_result"])
+            .collect();
+        (results == [&json!("fail"), &json!("ok")]).then_some(e)
+    })
+    .await;
+    let (dead, live) = (&e["endpoints"][0], &e["endpoints"][1]);
+    assert_eq!(
+        (&dead["pool"], &dead["address"], &dead["state"]),
+        (&json!("dead"), &json!("198.51.100.3"), &json!("down")),
+        "{e}"
+    );
+    assert_eq!(
+        (&live["pool"], &live["address"], &live["state"]),
+        (&json!("live"), &json!("198.51.100.4"), &json!("up")),
+        "{e}"
+    );
+    for x in [dead, live] {
+        let rtt = x["last_rtt_ms"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..500.0).contains(&rtt), "{x}");
+    }
+    assert_eq!(e["answers"][0]["data"], "198.51.100.4", "{e}");
+    let text = e["text"].as_str().expect("text");
+    assert!(
+        text.contains("    dead 198.51.100.3: down, last probe fail in ")
+            && text.contains("    live 198.51.100.4: up, last probe ok in "),
+        "{text}"
+    );
+    drop(listener);
+    server.stop().await;
+}
+
 /// SPEC §5: editing a check keeps its endpoints' last verdict. The edit makes the check slow
 /// to fall (3 failures, 2 s apart): had the reload reset the dead endpoint to unknown (= up),
 /// `tail` would answer it for seconds.

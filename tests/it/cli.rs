@@ -101,6 +101,13 @@ fn explain_prints_the_decision_path() {
         text.contains("answer: 198.51.100.1") && text.contains("TTL 30  ECS scope /24"),
         "{text}"
     );
+    // Offline, no probe has run: every endpoint says so (SPEC §7's last RTT needs `serve`).
+    assert!(
+        text.contains("  endpoints:\n")
+            && text.contains("    us-east 198.51.100.10: unknown, not probed yet\n")
+            && text.contains("    eu-west 203.0.113.10: override down, unknown, not probed yet\n"),
+        "{text}"
+    );
 
     let json = meridian()
         .args([

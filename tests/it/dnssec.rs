@@ -988,3 +988,86 @@ mod property {
         }
     }
 }
+
+/// The per-query response time histogram (`meridian_dns_response_seconds`, SPEC §7): a burst
+/// from one socket into one UDP worker mixes queries that sign (a fresh denial: ECDSA over
+/// an NSEC) with plain static answers. Each query is counted once, in its own bucket: the
+/// plain answers stay several buckets below the slowest signed one, where an average over a
+/// batch would have put them all together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_times_are_counted_per_query() {
+    const QUERIES: usize = 60;
+    const SIGNED_EVERY: usize = 6;
+    let (zones, state) = signed_setup("dnssec-histogram");
+    let mut s = settings(&zones, None);
+    s.state = state;
+    s.udp_workers = 1;
+    let server = Server::start(s).await;
+    let buckets = |text: &str| -> Vec<(f64, f64)> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("meridian_dns_response_seconds_bucket{le=\""))
+            .filter_map(|l| {
+                let (le, n) = l.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, n.parse().ok()?))
+            })
+            .collect()
+    };
+    let before = buckets(&meridian::admin::metrics::render(&server.running.control));
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    for i in 0..QUERIES {
+        let packet = if i % SIGNED_EVERY == 0 {
+            do_query(&format!("nx{i}.signed.test"), 1)
+        } else {
+            Query::new("static.signed.test", 1).packet()
+        };
+        sock.send_to(&packet, server.dns).await.expect("send");
+    }
+    let mut buf = [0u8; 4096];
+    let mut replies = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while replies < QUERIES {
+        match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            Ok(Ok(_)) => replies += 1,
+            _ => break,
+        }
+    }
+    assert_eq!(replies, QUERIES);
+    // Workers fold their counters every second.
+    let start = Instant::now();
+    let delta = loop {
+        let after = buckets(&meridian::admin::metrics::render(&server.running.control));
+        let delta: Vec<(f64, f64)> = after
+            .iter()
+            .zip(&before)
+            .map(|((le, a), (_, b))| (*le, a - b))
+            .collect();
+        if delta.last().is_some_and(|(_, n)| *n >= QUERIES as f64)
+            || start.elapsed() > Duration::from_secs(5)
+        {
+            break delta;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    server.stop().await;
+    assert_eq!(delta.last().map(|d| d.1), Some(QUERIES as f64), "{delta:?}");
+    // Cumulative buckets: `plain` is the first that holds two thirds of the queries (all of
+    // them plain answers); the signed ones must lie beyond the next bucket up (at least twice
+    // as slow). An average over a batch would put every query in one bucket.
+    let signed = QUERIES.div_ceil(SIGNED_EVERY) as f64;
+    let plain = delta
+        .iter()
+        .position(|(_, n)| *n >= (QUERIES * 2 / 3) as f64)
+        .expect("+Inf holds all");
+    let above = QUERIES as f64 - delta.get(plain + 1).map_or(QUERIES as f64, |d| d.1);
+    assert!(
+        above >= signed * 0.8,
+        "the signed answers should sit above the plain ones: {delta:?}"
+    );
+}
