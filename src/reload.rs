@@ -8,6 +8,7 @@
 //! instead of queueing one each, and the replaced snapshot is freed on that thread once the
 //! workers have let go of it, never on a DNS worker.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -132,14 +133,18 @@ impl Control {
         self
     }
 
-    /// A world of `snapshot` with `view`, answering NSID with this instance's name.
+    /// A world of `snapshot` with `view`, answering NSID with this instance's name; it keeps
+    /// the serving world's fail-open log when the snapshot is the same.
     fn world_of(
         &self,
         snapshot: Arc<Snapshot>,
         view: View,
         geo: Option<Arc<crate::geo::GeoDb>>,
     ) -> Arc<World> {
-        Arc::new(World::new(snapshot, Arc::new(view), geo).with_nsid(Some(self.nsid.clone())))
+        let world = World::new(snapshot, Arc::new(view), geo)
+            .with_nsid(Some(self.nsid.clone()))
+            .sharing_log_of(&self.world.load());
+        Arc::new(world)
     }
 
     /// The view of `snap` from local statuses: the quorum applied when clustered, and the
@@ -183,7 +188,11 @@ impl Control {
                 .iter()
                 .map(|(k, (e, _))| (k.clone(), e.clone()))
                 .collect();
+            let before = store.full_entries().clone();
             changed = store.replace_in_memory(entries);
+            if changed {
+                log_cluster_overrides(&before, store.full_entries());
+            }
         }
         // Answers first, the local copy (an fsync) after.
         self.refresh_view(&store);
@@ -387,8 +396,8 @@ impl Control {
 
     /// A new health view of the serving snapshot and database (callers hold `publish`).
     fn store_view(&self, current: &World, view: View) {
-        self.world
-            .store(self.world_of(current.snapshot.clone(), view, current.geo.clone()));
+        let world = self.world_of(current.snapshot.clone(), view, current.geo.clone());
+        self.world.store(world);
     }
 
     /// Every stored override: ((zone, pool, endpoint address), entry).
@@ -470,6 +479,52 @@ impl Control {
         let view = self.build_view(&current.snapshot, &local, &store);
         self.store_view(&current, view);
         Ok(previous)
+    }
+}
+
+/// Overrides that arrived through the cluster, set, changed or cleared, with who set them
+/// there (the writing instance recorded its peer or `by`).
+fn log_cluster_overrides(
+    before: &BTreeMap<PoolRef, OverrideEntry>,
+    after: &BTreeMap<PoolRef, OverrideEntry>,
+) {
+    let target = |(zone, pool, address): &PoolRef| match address {
+        Some(a) => format!("{zone} {pool} {a}"),
+        None => format!("{zone} {pool}"),
+    };
+    for (key, e) in after {
+        if before.get(key) == Some(e) {
+            continue;
+        }
+        let previous = before.get(key).map_or("none", |p| p.state.as_str());
+        let by = e.by.as_deref().unwrap_or("?");
+        tracing::info!(
+            zone = %key.0,
+            pool = %key.1,
+            address = key.2.map(|a| a.to_string()),
+            state = e.state.as_str(),
+            previous,
+            by,
+            why = e.why.as_deref(),
+            at = e.at.as_deref(),
+            until = e.until.as_deref(),
+            via = "cluster",
+            "override set: {} {} by {by} (through the cluster)",
+            target(key),
+            e.state.as_str()
+        );
+    }
+    for (key, e) in before.iter().filter(|(k, _)| !after.contains_key(*k)) {
+        tracing::info!(
+            zone = %key.0,
+            pool = %key.1,
+            address = key.2.map(|a| a.to_string()),
+            previous = e.state.as_str(),
+            via = "cluster",
+            "override cleared: {} (was {}) through the cluster",
+            target(key),
+            e.state.as_str()
+        );
     }
 }
 

@@ -85,11 +85,11 @@ pub(super) fn authorize(
     auth: &Auth,
     peer: Option<IpAddr>,
     authorization: Option<&[u8]>,
-) -> Result<(), Denied> {
+) -> Result<AllowedBy, Denied> {
     match auth {
         Auth::RefuseAll => Err(Denied::Unavailable),
         Auth::LoopbackOnly => match peer {
-            Some(ip) if ip.to_canonical().is_loopback() => Ok(()),
+            Some(ip) if ip.to_canonical().is_loopback() => Ok(AllowedBy::Loopback),
             _ => Err(Denied::NotLoopback),
         },
         Auth::Token(want) => {
@@ -97,7 +97,7 @@ pub(super) fn authorize(
                 .and_then(bearer_token)
                 .ok_or(Denied::MissingToken)?;
             if constant_time_eq(got, want) {
-                Ok(())
+                Ok(AllowedBy::Token)
             } else {
                 Err(Denied::WrongToken)
             }
@@ -163,8 +163,32 @@ impl IntoResponse for Denied {
     }
 }
 
-/// Proof that the request may change things; take it as a handler's first argument.
-pub(super) struct Authorized;
+/// Proof that the request may change things; take it as a handler's first argument. It
+/// says who asked, for the log line of the change.
+pub(super) struct Authorized {
+    /// The peer's address.
+    pub(super) peer: Option<SocketAddr>,
+    /// How the change was allowed.
+    pub(super) by: AllowedBy,
+}
+
+/// What let a change through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AllowedBy {
+    /// The admin token (`--admin-token-file`).
+    Token,
+    /// A loopback peer, no token file configured.
+    Loopback,
+}
+
+impl AllowedBy {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            AllowedBy::Token => "admin token",
+            AllowedBy::Loopback => "loopback peer",
+        }
+    }
+}
 
 impl FromRequestParts<AppState> for Authorized {
     type Rejection = Denied;
@@ -173,13 +197,13 @@ impl FromRequestParts<AppState> for Authorized {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+            .map(|c| c.0);
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        match authorize(&state.auth, peer, header) {
-            Ok(()) => Ok(Authorized),
+        match authorize(&state.auth, peer.map(|p| p.ip()), header) {
+            Ok(by) => Ok(Authorized { peer, by }),
             Err(denied) => {
                 tracing::warn!(peer = ?peer, reason = denied.message(), "admin: change refused");
                 Err(denied)
@@ -200,10 +224,10 @@ mod tests {
     fn without_a_token_only_loopback_peers_may_change() {
         let auth = Auth::LoopbackOnly;
         for (peer, expected) in [
-            (ip("127.0.0.1"), Ok(())),
-            (ip("127.1.2.3"), Ok(())),
-            (ip("::1"), Ok(())),
-            (ip("::ffff:127.0.0.1"), Ok(())),
+            (ip("127.0.0.1"), Ok(AllowedBy::Loopback)),
+            (ip("127.1.2.3"), Ok(AllowedBy::Loopback)),
+            (ip("::1"), Ok(AllowedBy::Loopback)),
+            (ip("::ffff:127.0.0.1"), Ok(AllowedBy::Loopback)),
             (ip("192.0.2.1"), Err(Denied::NotLoopback)),
             (ip("10.0.0.1"), Err(Denied::NotLoopback)),
             (ip("2001:db8::1"), Err(Denied::NotLoopback)),
@@ -225,9 +249,9 @@ mod tests {
         let auth = Auth::Token(b"s3cret".as_slice().into());
         let remote = ip("192.0.2.1");
         for (header, expected) in [
-            (Some(b"Bearer s3cret".as_slice()), Ok(())),
-            (Some(b"bearer s3cret"), Ok(())),
-            (Some(b"Bearer   s3cret "), Ok(())),
+            (Some(b"Bearer s3cret".as_slice()), Ok(AllowedBy::Token)),
+            (Some(b"bearer s3cret"), Ok(AllowedBy::Token)),
+            (Some(b"Bearer   s3cret "), Ok(AllowedBy::Token)),
             (Some(b"Bearer s3cre"), Err(Denied::WrongToken)),
             (Some(b"Bearer s3cret2"), Err(Denied::WrongToken)),
             (Some(b"Bearer S3CRET"), Err(Denied::WrongToken)),

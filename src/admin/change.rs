@@ -66,7 +66,7 @@ const MAX_NOTE_LEN: usize = 512;
 /// `PUT /v1/overrides/{zone}/{pool}` with `{"state": "up" | "down" | "drain"}` and optional
 /// `by`, `why`, `until`.
 pub(super) async fn set_override(
-    _: Authorized,
+    who: Authorized,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((zone, pool)): Path<(String, String)>,
@@ -74,58 +74,59 @@ pub(super) async fn set_override(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let entry = parse_body(&body, peer)?;
-    change(&state, &zone, &pool, None, Some(entry), if_match(&headers)?).await
+    let wanted = Change {
+        address: None,
+        entry: Some(entry),
+        expect: if_match(&headers)?,
+    };
+    change(&state, &who, &zone, &pool, wanted).await
 }
 
 /// `DELETE /v1/overrides/{zone}/{pool}`: back to what the probes say.
 pub(super) async fn clear_override(
-    _: Authorized,
+    who: Authorized,
     State(state): State<AppState>,
     Path((zone, pool)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    change(&state, &zone, &pool, None, None, if_match(&headers)?).await
+    let wanted = Change {
+        address: None,
+        entry: None,
+        expect: if_match(&headers)?,
+    };
+    change(&state, &who, &zone, &pool, wanted).await
 }
 
 /// `PUT /v1/overrides/{zone}/{pool}/{address}`: one endpoint of the pool.
 pub(super) async fn set_endpoint_override(
-    _: Authorized,
+    who: Authorized,
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((zone, pool, address)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let address = parse_address(&address)?;
-    let entry = parse_body(&body, peer)?;
-    change(
-        &state,
-        &zone,
-        &pool,
-        Some(address),
-        Some(entry),
-        if_match(&headers)?,
-    )
-    .await
+    let wanted = Change {
+        address: Some(parse_address(&address)?),
+        entry: Some(parse_body(&body, peer)?),
+        expect: if_match(&headers)?,
+    };
+    change(&state, &who, &zone, &pool, wanted).await
 }
 
 /// `DELETE /v1/overrides/{zone}/{pool}/{address}`.
 pub(super) async fn clear_endpoint_override(
-    _: Authorized,
+    who: Authorized,
     State(state): State<AppState>,
     Path((zone, pool, address)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let address = parse_address(&address)?;
-    change(
-        &state,
-        &zone,
-        &pool,
-        Some(address),
-        None,
-        if_match(&headers)?,
-    )
-    .await
+    let wanted = Change {
+        address: Some(parse_address(&address)?),
+        entry: None,
+        expect: if_match(&headers)?,
+    };
+    change(&state, &who, &zone, &pool, wanted).await
 }
 
 fn parse_body(body: &[u8], peer: SocketAddr) -> Result<OverrideEntry, ApiError> {
@@ -190,15 +191,26 @@ fn parse_address(text: &str) -> Result<IpAddr, ApiError> {
     })
 }
 
+/// An override change asked for: of the whole pool or of one endpoint, set or cleared, and
+/// the revision it must replace (`If-Match`).
+struct Change {
+    address: Option<IpAddr>,
+    entry: Option<OverrideEntry>,
+    expect: Option<i64>,
+}
+
 /// Apply an override (persisted before it takes effect: in etcd with a cluster, else in
-/// `overrides.json`) and answer with the pool as it is now.
+/// `overrides.json`), log who made it, and answer with the pool as it is now.
 async fn change(
     state: &AppState,
+    who: &Authorized,
     zone: &str,
     pool: &str,
-    address: Option<IpAddr>,
-    wanted: Option<OverrideEntry>,
-    expect: Option<i64>,
+    Change {
+        address,
+        entry: wanted,
+        expect,
+    }: Change,
 ) -> Result<Response, ApiError> {
     let target = state
         .control
@@ -265,6 +277,7 @@ async fn change(
         // A reload removed the pool in between: the override is stored all the same.
         None => (zone.to_string(), pool.to_string(), None),
     };
+    log_change(who, &origin, &name, address, wanted.as_ref(), previous);
     let mut body = json!({
         "zone": origin,
         "pool": name,
@@ -285,6 +298,52 @@ async fn change(
         body["address"] = json!(a.to_string());
     }
     Ok(Json(body).into_response())
+}
+
+/// Every override change goes to the log with who made it: the peer, what let it through
+/// (token or loopback) and the `by` it gave.
+fn log_change(
+    who: &Authorized,
+    zone: &str,
+    pool: &str,
+    address: Option<IpAddr>,
+    entry: Option<&OverrideEntry>,
+    previous: Option<Override>,
+) {
+    let peer = who.peer.map(|p| p.to_string()).unwrap_or_default();
+    let target = match address {
+        Some(a) => format!("{zone} {pool} {a}"),
+        None => format!("{zone} {pool}"),
+    };
+    let previous = previous.map_or("none", Override::as_str);
+    match entry {
+        Some(e) => tracing::info!(
+            zone,
+            pool,
+            address = address.map(|a| a.to_string()),
+            state = e.state.as_str(),
+            previous,
+            by = e.by.as_deref(),
+            why = e.why.as_deref(),
+            until = e.until.as_deref(),
+            peer,
+            auth = who.by.as_str(),
+            "override set: {target} {} by {} from {peer} ({})",
+            e.state.as_str(),
+            e.by.as_deref().unwrap_or("?"),
+            who.by.as_str()
+        ),
+        None => tracing::info!(
+            zone,
+            pool,
+            address = address.map(|a| a.to_string()),
+            previous,
+            peer,
+            auth = who.by.as_str(),
+            "override cleared: {target} (was {previous}) from {peer} ({})",
+            who.by.as_str()
+        ),
+    }
 }
 
 /// 409 with the value that won (`null` when it was cleared).

@@ -216,6 +216,9 @@ fn answer(
     stats.query(Some(zone), q.qtype, u16::from(found.rcode));
     if let Some((policy, pool, fail_open)) = found.policy {
         stats.answer(policy, pool, fail_open);
+        if fail_open {
+            super::fail_open::answered(world, policy, pool);
+        }
     }
     let class = match found.kind {
         Kind::Answer => Class::Answer { qtype: q.qtype },

@@ -1,10 +1,12 @@
 //! The DNS front end: wire parsing (wire.rs), the reject ladder and one world load per query
 //! (handler.rs) under a panic guard (guard.rs), TSIG without keys (tsig.rs), the
 //! authoritative lookup (lookup.rs), response writing with EDNS, ECS and truncation
-//! (response.rs), per-worker counters (stats.rs), response rate limiting of UDP (rrl.rs), the
+//! (response.rs), per-worker counters (stats.rs), the rate-limited fail-open log line
+//! (fail_open.rs), response rate limiting of UDP (rrl.rs), the
 //! sockets (listen.rs) and DNS over TCP (tcp.rs).
 
 pub mod decisions;
+pub mod fail_open;
 pub mod geocache;
 pub mod guard;
 pub mod handler;

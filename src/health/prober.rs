@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::health::probe::{Clients, ProbeResult};
 use crate::health::state::{self, Change};
-use crate::health::view::ProbeStatus;
+use crate::health::view::{Health, ProbeStatus};
 use crate::model::{CheckKind, CheckSpec, ProbeKey, Snapshot};
 
 /// Receives the statuses of every probe, indexed by `ProbeId` of the current snapshot.
@@ -330,7 +330,7 @@ impl Shared {
         Arc::clone(entry)
     }
 
-    fn record(&self, key: &ProbeKey, generation: u64, result: &ProbeResult) {
+    fn record(&self, key: &ProbeKey, generation: u64, result: &ProbeResult, label: &str) {
         let mut state = lock(&self.state);
         let Some(slot) = state
             .keys
@@ -339,12 +339,21 @@ impl Shared {
         else {
             return;
         };
+        let before = slot.status.health;
         let change = state::record(&mut slot.status, &key.check, result, SystemTime::now());
+        let flip = (slot.status.health != before).then(|| Flip {
+            from: before,
+            status: slot.status.clone(),
+        });
         let major = change == Change::Major;
         state.dirty = state.dirty.max(Some(change));
+        let endpoints = flip.as_ref().map(|_| endpoints_of(&state.snapshot, key));
         drop(state);
         if major {
             self.wake.notify_one();
+        }
+        if let (Some(flip), Some(endpoints)) = (flip, endpoints) {
+            log_flip(key, label, &endpoints, &flip, result);
         }
     }
 
@@ -367,6 +376,74 @@ impl Shared {
             state.dirty = Some(Change::Major);
         }
     }
+}
+
+/// An endpoint's state changed with the result just recorded.
+struct Flip {
+    from: Health,
+    status: ProbeStatus,
+}
+
+/// Every up/down change goes to the log with its reason: the probe's failure for a fall, the
+/// run of passes for a rise.
+fn log_flip(key: &ProbeKey, label: &str, endpoints: &str, flip: &Flip, result: &ProbeResult) {
+    let s = &flip.status;
+    let rtt_ms = crate::health::view::rtt_ms(result.rtt);
+    match s.health {
+        Health::Down => {
+            let reason = result.error.as_deref().unwrap_or("failed");
+            tracing::warn!(
+                probe = %key.addr,
+                check = label,
+                endpoints,
+                from = flip.from.as_str(),
+                reason,
+                failures = s.failures,
+                "endpoint down: {reason} ({} failed probes in a row, fall {})",
+                s.failures,
+                key.check.fall.max(1)
+            );
+        }
+        Health::Up => tracing::info!(
+            probe = %key.addr,
+            check = label,
+            endpoints,
+            from = flip.from.as_str(),
+            rtt_ms,
+            passes = s.passes,
+            "endpoint up: {} passed probes in a row (rise {}), the last in {rtt_ms} ms",
+            s.passes,
+            key.check.rise.max(1)
+        ),
+        Health::Unknown => {}
+    }
+}
+
+/// The endpoints a probe key stands for, as `pool address` (zone origin first when the
+/// snapshot has several zones), for log lines. Runs only on a state change.
+fn endpoints_of(snap: &Snapshot, key: &ProbeKey) -> String {
+    let Some(id) = snap.probes.iter().position(|k| k == key) else {
+        return String::new();
+    };
+    let mut out = Vec::new();
+    for pool in &snap.pools {
+        for e in pool
+            .endpoints
+            .iter()
+            .filter(|e| e.probe.is_some_and(|p| p.0 as usize == id))
+        {
+            match snap.zones.len() {
+                1 => out.push(format!("{} {}", pool.name, e.addr)),
+                _ => out.push(format!(
+                    "{} {} {}",
+                    snap.zone(pool.zone).origin,
+                    pool.name,
+                    e.addr
+                )),
+            }
+        }
+    }
+    out.join(", ")
 }
 
 /// Keys whose check was edited (same zone, check name and probe address, other settings):
@@ -421,6 +498,7 @@ async fn probe_loop(
     stats: Arc<Mutex<CheckStats>>,
 ) {
     let mut target = shared.clients.target(key.addr, &key.check);
+    let label = lock(&stats).label.clone();
     let interval = key.check.interval.max(MIN_INTERVAL);
     let mut next = Instant::now();
     let mut first = true;
@@ -443,7 +521,7 @@ async fn probe_loop(
             }
             s.duration.observe(result.rtt);
         }
-        shared.record(&key, generation, &result);
+        shared.record(&key, generation, &result, &label);
         next = if first {
             first = false;
             Instant::now() + random_phase(interval)

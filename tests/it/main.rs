@@ -13,6 +13,7 @@ mod dnssec;
 mod geo;
 mod hardening;
 mod health;
+mod logs;
 mod policy;
 mod records_file;
 mod recursor;
