@@ -231,7 +231,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Geoip(args) => {
             let settings = Settings::resolve(args.common.flags())?;
             let db = settings
-                .open_geo()?
+                .open_geo_reader()?
                 .context("no GeoIP database: pass --geoip FILE")?;
             print!("{}", crate::geo::render_geoip(&db, args.ip));
             Ok(ExitCode::SUCCESS)

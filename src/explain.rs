@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::cluster::{Cluster, ProbeQuorum};
 use crate::dns::handler::{Local, Transport, handle};
 use crate::dns::lookup::wildcard_node;
-use crate::geo::{GeoDb, Locate, Location, code_str};
+use crate::geo::{GeoDb, Location, code_str};
 use crate::health::ProbeStatus;
 use crate::health::view::rtt_ms;
 use crate::health::{Override, View};
@@ -127,7 +127,13 @@ pub fn explain(
         cluster: Vec::new(),
         dnssec: Dnssec::Unsigned,
     };
-    let located = world.geo.locate(client.to_canonical());
+    // The database's own record and network (and ASN); the answer below uses the compiled
+    // trie, whose prefix may be wider (the scope shows that).
+    let located = world
+        .geo
+        .as_ref()
+        .map(|db| db.locate_record(client.to_canonical()))
+        .unwrap_or_default();
     (e.geoip, e.geoip_prefix) = (located.location, located.prefix_len);
     let Some(qname) = wire::from_text(name) else {
         e.note = Some(format!("{name:?} is not a valid domain name"));

@@ -239,6 +239,14 @@ impl Settings {
         };
         GeoDb::open(path, self.asn.as_deref()).map(Some)
     }
+
+    /// Open the configured GeoIP database without compiling it, to show records.
+    pub fn open_geo_reader(&self) -> Result<Option<GeoDb>, GeoError> {
+        let Some(path) = &self.geoip else {
+            return Ok(None);
+        };
+        GeoDb::open_reader(path, self.asn.as_deref()).map(Some)
+    }
 }
 
 /// `--instance`, else the host name (cut to a valid name), else `meridian`.

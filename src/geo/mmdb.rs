@@ -21,6 +21,7 @@ use maxminddb::Reader;
 
 use super::countries;
 use super::record::{AsnRecord, RawRecord};
+use super::trie::{GeoTrie, TrieStats};
 use super::{Located, Location, Subdivision};
 
 /// Opening a database failed; lookups themselves never fail (a bad record is "no match").
@@ -34,8 +35,17 @@ pub enum GeoError {
 pub struct GeoDb {
     city: Reader<Vec<u8>>,
     asn: Option<Reader<Vec<u8>>>,
+    /// The City/Country database compiled for the DNS path (trie.rs); `None` for a
+    /// database opened only to show records (`meridian geoip`).
+    trie: Option<Compiled>,
     /// Unique per opened database, so caches can tell a reopened file from the old one.
     id: u64,
+}
+
+struct Compiled {
+    trie: GeoTrie,
+    stats: TrieStats,
+    took: std::time::Duration,
 }
 
 /// Source of [`GeoDb::id`].
@@ -75,8 +85,17 @@ impl GeoDb {
         self.id
     }
 
-    /// Load a City/Country database and optionally an ASN database into memory.
+    /// Load a City/Country database and optionally an ASN database into memory, and compile
+    /// the City/Country one for lookups (a few seconds for a full GeoLite2-City: callers run
+    /// this at start or on the reload thread, never on a DNS worker).
     pub fn open(city: &Path, asn: Option<&Path>) -> Result<GeoDb, GeoError> {
+        Self::open_reader(city, asn)?
+            .compiled()
+            .map_err(|e| open_error(city, &e.to_string()))
+    }
+
+    /// Like [`GeoDb::open`] without compiling: for showing records, not for answering.
+    pub fn open_reader(city: &Path, asn: Option<&Path>) -> Result<GeoDb, GeoError> {
         let read = |path: &Path| {
             std::fs::read(path)
                 .map_err(|e| open_error(path, &e.to_string()))
@@ -88,6 +107,7 @@ impl GeoDb {
             id: next_db_id(),
             city: read(city)?,
             asn: asn.map(read).transpose()?,
+            trie: None,
         })
     }
 
@@ -99,11 +119,45 @@ impl GeoDb {
                 message: e.to_string(),
             })
         };
-        Ok(GeoDb {
+        GeoDb {
             id: next_db_id(),
             city: parse("city", city)?,
             asn: asn.map(|b| parse("asn", b)).transpose()?,
+            trie: None,
+        }
+        .compiled()
+        .map_err(|e| GeoError::Open {
+            path: "<city bytes>".into(),
+            message: e.to_string(),
         })
+    }
+
+    /// The same database with its trie built.
+    fn compiled(mut self) -> Result<GeoDb, super::trie::TrieError> {
+        let started = std::time::Instant::now();
+        let (trie, stats) = GeoTrie::build(&self.city, |raw| location_of(raw).0)?;
+        self.trie = Some(Compiled {
+            trie,
+            stats,
+            took: started.elapsed(),
+        });
+        Ok(self)
+    }
+
+    /// Figures of the compiled trie and how long compiling took, if compiled.
+    pub fn trie_stats(&self) -> Option<(TrieStats, std::time::Duration)> {
+        self.trie.as_ref().map(|c| (c.stats, c.took))
+    }
+
+    /// What the database's own record says about `ip` (its network, the ASN database's
+    /// number), for explanations; the DNS path uses [`super::Locate`], which may widen the
+    /// prefix to the whole region of the same location and leaves `asn` out.
+    pub fn locate_record(&self, ip: IpAddr) -> Located {
+        let (report, network) = self.report(ip);
+        Located {
+            location: report.map(|r| r.location),
+            prefix_len: network.prefix_len(),
+        }
     }
 
     /// Everything known about `ip`, or `None` when the database has no record for it.
@@ -146,6 +200,18 @@ impl GeoDb {
     /// One line for the server log at start: type, build date, IP version, size.
     pub fn metadata_summary(&self) -> String {
         let mut line = summary(self.city.metadata());
+        if let Some(c) = &self.trie {
+            let s = c.stats;
+            line.push_str(&format!(
+                "; compiled in {} ms: {} networks, {} records, {} locations, {} nodes, {:.1} MiB",
+                c.took.as_millis(),
+                s.networks,
+                s.records,
+                s.classes,
+                s.nodes,
+                s.bytes as f64 / (1024.0 * 1024.0)
+            ));
+        }
         if let Some(asn) = &self.asn {
             line.push_str("; asn: ");
             line.push_str(&summary(asn.metadata()));
@@ -172,12 +238,12 @@ impl GeoDb {
 }
 
 impl super::Locate for GeoDb {
-    /// The hot path: one tree walk, one borrowed decode, table look-ups; no allocation.
+    /// The hot path: a walk of the compiled trie, no decode, no allocation (the reader's
+    /// record when not compiled).
     fn locate(&self, ip: IpAddr) -> Located {
-        let (report, network) = self.report(ip);
-        Located {
-            location: report.map(|r| r.location),
-            prefix_len: network.prefix_len(),
+        match &self.trie {
+            Some(c) => c.trie.locate(ip),
+            None => self.locate_record(ip),
         }
     }
 }
@@ -207,8 +273,23 @@ fn network_of(result: &maxminddb::LookupResult<'_, Vec<u8>>, ip: IpAddr) -> IpNe
 /// Turn a raw record into the report's location, then fill gaps from the tables:
 /// continent from the country, coordinates from the country, else from the continent.
 fn fill(raw: &RawRecord<'_>, report: &mut GeoReport) {
-    let loc = &mut report.location;
-    loc.country = raw.country();
+    let prefix_len = report.location.prefix_len;
+    let (location, coords_source, continent_from_table) = location_of(raw);
+    report.location = Location {
+        prefix_len,
+        ..location
+    };
+    report.coords_source = coords_source;
+    report.continent_from_table = continent_from_table;
+}
+
+/// A record's location (prefix 0), where its coordinates came from, and whether the
+/// continent came from the countries table. The reader and the trie both decode with it.
+fn location_of(raw: &RawRecord<'_>) -> (Location, Option<CoordsSource>, bool) {
+    let mut loc = Location {
+        country: raw.country(),
+        ..Location::default()
+    };
     loc.subdivision = loc
         .country
         .and(raw.subdivisions.0)
@@ -216,9 +297,10 @@ fn fill(raw: &RawRecord<'_>, report: &mut GeoReport) {
     loc.continent = raw.continent();
     loc.asn = raw.asn();
     let table = loc.country.and_then(countries::country);
+    let mut continent_from_table = false;
     if loc.continent.is_none() {
         loc.continent = table.map(|c| c.continent);
-        report.continent_from_table = loc.continent.is_some();
+        continent_from_table = loc.continent.is_some();
     }
     let (coords, source) = match (raw.coords(), table, loc.continent) {
         (Some(c), _, _) => (Some(c), Some(CoordsSource::Record)),
@@ -230,7 +312,7 @@ fn fill(raw: &RawRecord<'_>, report: &mut GeoReport) {
         (None, None, None) => (None, None),
     };
     loc.coords = coords;
-    report.coords_source = coords.and(source);
+    (loc, coords.and(source), continent_from_table)
 }
 
 fn summary(meta: &maxminddb::Metadata) -> String {

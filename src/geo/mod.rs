@@ -7,10 +7,12 @@ mod countries;
 mod mmdb;
 mod record;
 mod render;
+mod trie;
 
 pub use countries::{CONTINENTS, Country, continent_coords, countries, country, is_continent};
 pub use mmdb::{CoordsSource, GeoDb, GeoError, GeoReport};
 pub use render::{render_geoip, render_geoip_json};
+pub use trie::TrieStats;
 
 use std::net::IpAddr;
 

@@ -383,7 +383,9 @@ fn legacy_ipinfo_codes_as_strings() {
         summary(&loc),
         (Some("DE".into()), None, Some("EU".into()), 32)
     );
-    assert_eq!(loc.asn, Some(3320));
+    // The ASN is in the record (`meridian geoip`, explain), not in the compiled trie.
+    let record = db.locate_record(ip("2001:db8::5")).location.expect("found");
+    assert_eq!(record.asn, Some(3320));
 }
 
 #[test]
@@ -397,14 +399,174 @@ fn asn_database_joins_the_city_record() {
     w.insert_value("203.0.113.0/24".parse::<ipnet::IpNet>().expect("net"), rec)
         .expect("insert");
     let db = GeoDb::from_bytes(city, Some(w.to_bytes().expect("bytes"))).expect("reader");
-    assert_eq!(
-        db.locate(ip("203.0.113.7")).location.expect("found").asn,
-        Some(64_500)
-    );
-    assert_eq!(
-        db.locate(ip("198.51.100.7")).location.expect("found").asn,
-        None
-    );
+    // The ASN is part of the database's own record; the compiled trie leaves it out, as no
+    // rule reads it.
+    let asn = |a: &str| db.locate_record(ip(a)).location.expect("found").asn;
+    assert_eq!(asn("203.0.113.7"), Some(64_500));
+    assert_eq!(asn("198.51.100.7"), None);
     assert!(render_geoip(&db, ip("203.0.113.7")).contains("asn: AS64500"));
     assert!(db.metadata_summary().contains("; asn: GeoLite2-ASN"));
+}
+
+/// The compiled trie (`Locate`) against the reader's own record (`locate_record`), on every
+/// shipped database: the same location at random addresses and at random addresses inside
+/// the prefix the trie returned (an exact ECS scope input, issue 9), a prefix never narrower
+/// than the reader's network, and IPv4 answered alike through `::ffff:0:0/96`, MaxMind's
+/// `::/96` subtree and the 6to4 alias.
+mod trie_agrees_with_the_reader {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::sync::OnceLock;
+
+    use meridian::geo::{GeoDb, Locate, Located};
+    use proptest::prelude::*;
+
+    use super::path;
+
+    const DATABASES: [&str; 3] = [
+        "geoip/test-city.mmdb",
+        "geoip/testdata/GeoIP2-City-Test.mmdb",
+        "geoip/testdata/GeoLite2-Country-Test.mmdb",
+    ];
+
+    /// Where the databases have networks, so draws land on and beside them.
+    const NEAR: [&str; 12] = [
+        "81.2.69.0/24",
+        "89.160.20.0/24",
+        "202.196.224.0/20",
+        "216.160.83.0/24",
+        "214.0.0.0/15",
+        "203.0.113.0/24",
+        "192.0.2.0/24",
+        "2001:db8::/32",
+        "2a02:cf40::/29",
+        "2001:218::/32",
+        "2a02:d500::/24",
+        "::/0",
+    ];
+
+    fn dbs() -> &'static [GeoDb] {
+        static DBS: OnceLock<Vec<GeoDb>> = OnceLock::new();
+        DBS.get_or_init(|| {
+            DATABASES
+                .iter()
+                .map(|p| GeoDb::open(&path(p), None).expect("shipped database opens"))
+                .collect()
+        })
+    }
+
+    fn bits(ip: IpAddr) -> (u128, u8) {
+        match ip {
+            IpAddr::V4(a) => (u128::from(a.to_bits()), 32),
+            IpAddr::V6(a) => (a.to_bits(), 128),
+        }
+    }
+
+    fn addr(bits: u128, width: u8) -> IpAddr {
+        match width {
+            32 => IpAddr::V4(Ipv4Addr::from_bits(bits as u32)),
+            _ => IpAddr::V6(Ipv6Addr::from_bits(bits)),
+        }
+    }
+
+    /// `ip` with the bits below `len` taken from `random`.
+    fn inside(ip: IpAddr, len: u8, random: u128) -> IpAddr {
+        let (b, width) = bits(ip);
+        let all = u128::MAX >> (128 - u32::from(width));
+        let host = all.checked_shr(u32::from(len)).unwrap_or(0);
+        addr(b & !host | random & host, width)
+    }
+
+    /// The location without what the trie leaves out (its prefix is checked apart).
+    fn class(l: &Located) -> Option<meridian::geo::Location> {
+        l.location.map(|mut l| {
+            l.prefix_len = 0;
+            l.asn = None;
+            l
+        })
+    }
+
+    fn client() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u32>().prop_map(|b| IpAddr::V4(Ipv4Addr::from_bits(b))),
+            any::<u128>().prop_map(|b| IpAddr::V6(Ipv6Addr::from_bits(b))),
+            (0..NEAR.len(), any::<u128>()).prop_map(|(i, r)| {
+                let net: ipnet::IpNet = NEAR[i].parse().expect("network");
+                inside(net.network(), net.prefix_len(), r)
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn at_random_addresses_and_inside_the_returned_prefix(
+            db in 0..3usize,
+            ip in client(),
+            draws in proptest::collection::vec(any::<u128>(), 8),
+        ) {
+            let db = &dbs()[db];
+            let got = db.locate(ip);
+            let raw = db.locate_record(ip);
+            prop_assert_eq!(class(&got), class(&raw), "{}", ip);
+            prop_assert!(got.prefix_len <= raw.prefix_len, "{}: /{} narrower than /{}", ip, got.prefix_len, raw.prefix_len);
+            if let Some(l) = got.location {
+                prop_assert_eq!(l.prefix_len, got.prefix_len);
+            }
+            let ip = ip.to_canonical();
+            let first = inside(ip, got.prefix_len, 0);
+            let last = inside(ip, got.prefix_len, u128::MAX);
+            for other in [first, last].into_iter().chain(draws.iter().map(|&r| inside(ip, got.prefix_len, r))) {
+                let there = db.locate_record(other);
+                prop_assert_eq!(class(&got), class(&there), "{} /{}: {} differs", ip, got.prefix_len, other);
+                prop_assert_eq!(db.locate(other), got, "{}: the trie differs at {}", ip, other);
+            }
+        }
+
+        #[test]
+        fn ipv4_through_mapped_compatible_and_6to4_addresses(
+            db in 0..3usize,
+            v4 in prop_oneof![
+                any::<u32>(),
+                (0..7usize, any::<u32>()).prop_map(|(i, r)| {
+                    let net: ipnet::Ipv4Net = NEAR[i].parse().expect("v4");
+                    let host = u32::MAX.checked_shr(u32::from(net.prefix_len())).unwrap_or(0);
+                    net.network().to_bits() & !host | r & host
+                }),
+            ],
+            low in any::<u64>(),
+        ) {
+            let db = &dbs()[db];
+            let a = Ipv4Addr::from_bits(v4);
+            let plain = db.locate(IpAddr::V4(a));
+            // ::ffff:a.b.c.d is the IPv4 address itself, prefix in IPv4 bits.
+            prop_assert_eq!(db.locate(IpAddr::V6(a.to_ipv6_mapped())), plain);
+            // ::a.b.c.d walks MaxMind's IPv4 subtree as IPv6: same place, prefix + 96.
+            let compat = db.locate(IpAddr::V6(Ipv6Addr::from_bits(u128::from(v4))));
+            prop_assert_eq!(class(&compat), class(&plain));
+            if plain.prefix_len > 0 {
+                prop_assert_eq!(compat.prefix_len, plain.prefix_len + 96);
+            } else {
+                prop_assert!(compat.prefix_len <= 96);
+            }
+            prop_assert_eq!(class(&compat), class(&db.locate_record(IpAddr::V6(Ipv6Addr::from_bits(u128::from(v4))))));
+            // 2002:a.b.c.d::/48 (6to4) answers like the reader, which follows the
+            // database's own alias (when it has one).
+            let six = IpAddr::V6(Ipv6Addr::from_bits(0x2002u128 << 112 | u128::from(v4) << 80 | u128::from(low)));
+            prop_assert_eq!(class(&db.locate(six)), class(&db.locate_record(six)), "{}", six);
+        }
+    }
+
+    /// The aliases of the shipped database point at IPv4: a known GB network answers GB
+    /// through all of them, from the trie.
+    #[test]
+    fn aliases_of_a_known_network() {
+        let db = &dbs()[0];
+        let want = db.locate("203.0.113.7".parse().expect("ip"));
+        assert!(want.location.is_some());
+        for a in ["::ffff:203.0.113.7", "::203.0.113.7", "2002:cb00:7107::1"] {
+            let got = db.locate(a.parse().expect("ip"));
+            assert_eq!(class(&got), class(&want), "{a}");
+        }
+    }
 }
