@@ -992,8 +992,8 @@ async fn without_a_token_loopback_peers_may_change() {
     std::fs::write(dir.zone_file(), zone_toml(1, closed_port())).expect("write zone");
     let server = Server::start(settings(&dir, None)).await;
     let path = format!("/v1/overrides/{ZONE}/secondary");
-    // The peer is 127.0.0.1: accepted with no header (the non-loopback refusal is unit-tested
-    // in admin::auth, since every peer here is loopback).
+    // The peer is 127.0.0.1: accepted with no header (a non-loopback peer's refusal:
+    // changes_from_a_non_loopback_peer_are_refused_inside_a_namespace).
     let (c, v) = server
         .change(reqwest::Method::PUT, &path, None, Some(r#"{"state":"up"}"#))
         .await;
@@ -1012,6 +1012,127 @@ async fn without_a_token_loopback_peers_may_change() {
         .await;
     assert_eq!(c, 405, "{v}");
     server.stop().await;
+}
+
+/// A documentation address (RFC 5737) given to the loopback device of a private network
+/// namespace: a peer there that is not on loopback, with every packet inside the namespace.
+const NETNS_ADDR: &str = "192.0.2.1";
+/// Set for the inner run of [`changes_from_a_non_loopback_peer_are_refused_inside_a_namespace`].
+const NETNS_ENV: &str = "MERIDIAN_TEST_IN_NETNS";
+
+/// SPEC §7 over a real socket: without a token file, a change from a non-loopback peer is
+/// refused (403) while a read from it is served, and the same change from a loopback peer
+/// on the same listener is applied. Runs this test binary again inside a new user and
+/// network namespace (`unshare -rn`, no privilege needed), where
+/// [`non_loopback_peer_inner`] gives `lo` the address [`NETNS_ADDR`].
+#[test]
+fn changes_from_a_non_loopback_peer_are_refused_inside_a_namespace() {
+    let probe = std::process::Command::new("unshare")
+        .args(["-rn", "true"])
+        .status();
+    assert!(
+        probe.as_ref().is_ok_and(|s| s.success()),
+        "this test needs unprivileged user and network namespaces (`unshare -rn true`): {probe:?}"
+    );
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new("unshare")
+        .arg("-rn")
+        .arg(&exe)
+        .args([
+            "--exact",
+            "admin::non_loopback_peer_inner",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(NETNS_ENV, "1")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("unshare runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("1 passed"),
+        "the inner test must have run:\n{text}"
+    );
+}
+
+/// The part of the test above that runs inside the namespace; on its own it does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by changes_from_a_non_loopback_peer_are_refused_inside_a_namespace"]
+async fn non_loopback_peer_inner() {
+    if std::env::var_os(NETNS_ENV).is_none() {
+        return;
+    }
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["addr", "add", &format!("{NETNS_ADDR}/32"), "dev", "lo"],
+    ] {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .expect("ip (iproute2) runs");
+        assert!(status.success(), "ip {args:?}");
+    }
+    let dir = TempDir::new("netns");
+    std::fs::write(dir.zone_file(), zone_toml(1, closed_port())).expect("write zone");
+    let mut s = settings(&dir, None);
+    s.admin = Some(format!("{NETNS_ADDR}:0").parse().expect("addr"));
+    let server = Server::start(s).await;
+    let client = |from: &str| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .local_address(Some(ip_addr(from)))
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .expect("http client")
+    };
+    let url = format!("{}/v1/overrides/{ZONE}/primary", server.base);
+    let outside = client(NETNS_ADDR);
+    let refused = outside
+        .put(&url)
+        .body(r#"{"state":"down"}"#)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(refused.status().as_u16(), 403);
+    let body = refused.text().await.expect("body");
+    assert!(body.contains("loopback only"), "{body}");
+    for (method, path) in [
+        (reqwest::Method::DELETE, url.clone()),
+        (reqwest::Method::POST, format!("{}/v1/reload", server.base)),
+    ] {
+        let r = outside.request(method, &path).send().await.expect("change");
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+    }
+    // Reads stay open to it, and nothing changed.
+    let status = outside
+        .get(format!("{}/v1/status", server.base))
+        .send()
+        .await
+        .expect("status");
+    assert_eq!(status.status().as_u16(), 200);
+    let status = parse_json(&status.text().await.expect("body"));
+    assert_eq!(status["overrides"], json!([]), "{status}");
+    assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [PRIMARY]);
+    // The same change from loopback, on the same listener, is applied.
+    let ok = client("127.0.0.1")
+        .put(&url)
+        .body(r#"{"state":"down"}"#)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(server.resolve(&format!("api.{ZONE}")).await, [SECONDARY]);
+    server.stop().await;
+}
+
+fn ip_addr(s: &str) -> std::net::IpAddr {
+    s.parse().expect("address")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

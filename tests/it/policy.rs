@@ -32,12 +32,22 @@ location = [53.35, -6.26]
 [pools.ap]
 A = ["192.0.2.100"]
 location = [19.07, 72.87]
+# One pool per geo rule, so every row shows which rule matched. No location: `nearest`
+# never picks them.
+[pools.ca]
+A = ["198.51.100.20"]
+[pools.in]
+A = ["203.0.113.20"]
+[pools.dflt]
+A = ["192.0.2.20"]
+[pools.net]
+A = ["192.0.2.21"]
 [policies.geo]
 geo.continent = { EU = ["eu", "us"], AS = "ap" }
-geo.country = { IN = "ap" }
-geo.subdivision = { "US-CA" = "us" }
-geo.cidr = { "10.0.0.0/8" = "eu" }
-geo.default = "us"
+geo.country = { IN = "in" }
+geo.subdivision = { "US-CA" = "ca" }
+geo.cidr = { "10.0.0.0/8" = "net" }
+geo.default = "dflt"
 [policies.geonext]
 geo.country = { IN = "ap" }
 geo.continent = { AS = "eu" }
@@ -102,6 +112,10 @@ fn table() -> Table {
         ),
         (net("192.0.2.0/26"), loc("JP", None, "AS", 35.68, 139.69)),
         (net("10.0.0.0/16"), loc("US", None, "NA", 39.0, -77.0)),
+        (
+            net("100.64.0.0/10"),
+            loc("BR", Some("SP"), "SA", -23.55, -46.63),
+        ),
     ]))
 }
 
@@ -168,15 +182,21 @@ fn policies_choose_as_the_spec_says() {
     let geo = table();
     // (policy, client, pools down, expected pool, expected scope with an ECS /32 source)
     let rows: &[(&str, &str, &[&str], &str, u8)] = &[
+        // Each geo rule has its own pool: continent, its list's next, country over
+        // continent, subdivision over country, continent, cidr over the (US) record,
+        // default for a located client no rule names and for an unlocated one.
         ("geo", "81.2.69.1", &[], "eu", 24),
         ("geo", "81.2.69.1", &["eu"], "us", 24),
-        ("geo", "203.0.113.200", &[], "ap", 25),
-        ("geo", "198.51.100.7", &[], "us", 25),
+        ("geo", "203.0.113.200", &[], "in", 25),
+        ("geo", "198.51.100.7", &[], "ca", 25),
         ("geo", "192.0.2.1", &[], "ap", 26),
-        ("geo", "10.1.2.3", &[], "eu", 8),
+        ("geo", "10.1.2.3", &[], "net", 8),
+        ("geo", "100.64.1.1", &[], "dflt", 10),
         // Unlocated: the empty region around 8.8.8.8 reaches to 8.0.0.0/7.
-        ("geo", "8.8.8.8", &[], "us", 7),
-        ("geo", "203.0.113.200", &["ap"], "eu", 25),
+        ("geo", "8.8.8.8", &[], "dflt", 7),
+        // The matched value is down: `nearest` (the default fallback) by distance.
+        ("geo", "203.0.113.200", &["in"], "ap", 25),
+        ("geo", "203.0.113.200", &["in", "ap"], "eu", 25),
         (
             "geo",
             "81.2.69.1",
@@ -196,18 +216,21 @@ fn policies_choose_as_the_spec_says() {
         ("lat", "203.0.113.200", &[], "ap", 25),
         ("lat", "198.51.100.7", &[], "us", 25),
         ("lat", "81.2.69.1", &["eu"], "us", 24),
-        ("sticky", "81.2.69.1", &[], "*", 24),
+        // Sticky: rendezvous hashing of the client's /24 with the name, the same pool on
+        // every instance and after every restart; the whole /24 shares it.
+        ("sticky", "81.2.69.1", &[], "us", 24),
+        ("sticky", "81.2.69.254", &[], "us", 24),
+        ("sticky", "203.0.113.200", &[], "eu", 24),
+        ("sticky", "198.51.100.7", &[], "eu", 24),
     ];
     for (policy, client, down, want, scope) in rows {
         let view = health(&snap, down);
         let d = decide(&snap, &view, &geo, policy, client, Some(32), 42);
-        if *want != "*" {
-            assert_eq!(
-                chosen(&snap, &d),
-                *want,
-                "{policy} from {client} with {down:?} down"
-            );
-        }
+        assert_eq!(
+            chosen(&snap, &d),
+            *want,
+            "{policy} from {client} with {down:?} down"
+        );
         assert_eq!(
             d.scope, *scope,
             "scope of {policy} from {client} with {down:?} down"
@@ -392,6 +415,95 @@ geo.default = "other"
             .ask(&Query::new("www.mm.test", 1).ecs(ip(client), 32))
             .await;
         assert_eq!(answers(&m), [*want], "{client}");
+    }
+    s.stop().await;
+}
+
+/// Geo and latency end to end: a real server with the shipped database answers ECS
+/// clients, one pool per geo rule so each rule shows, and a latency table that ranks pools
+/// against their distance (a longer row prefix winning over a shorter one).
+#[tokio::test]
+async fn geo_rules_and_latency_table_rank_through_a_real_server() {
+    let zone = r#"
+origin = "e2e.test."
+[soa]
+mname = "ns.e2e.test."
+rname = "h.e2e.test."
+[pools.sub]
+A = ["192.0.2.1"]
+location = [37.4, -122.1]
+[pools.country]
+A = ["192.0.2.2"]
+location = [47.6, -122.3]
+[pools.continent]
+A = ["192.0.2.3"]
+location = [51.5, -0.13]
+[pools.default]
+A = ["192.0.2.4"]
+location = [-33.9, 18.4]
+[pools.net]
+A = ["192.0.2.5"]
+[policies.geo]
+geo.cidr = { "10.0.0.0/8" = "net" }
+geo.subdivision = { "US-CA" = "sub" }
+geo.country = { US = "country", IN = "country" }
+geo.continent = { EU = "continent", AS = "continent" }
+geo.default = "default"
+[policies.fast]
+latency = ["sub", "continent", "default"]
+latency_table = "rtt.csv"
+"#;
+    // 203.0.113.0/25 is London in the shipped database, 203.0.113.128/25 Mumbai.
+    let rtt = "client_prefix,pool,rtt_ms\n\
+               203.0.113.0/24,default,5\n\
+               203.0.113.0/24,continent,40\n\
+               203.0.113.0/25,sub,3\n";
+    let dir = zone_dir("geo-e2e", &[("e2e.toml", zone), ("rtt.csv", rtt)]);
+    let s = Server::start(settings(&dir, Some("geoip/test-city.mmdb"))).await;
+    // (policy, ECS client, expected answer, why)
+    let rows: &[(&str, &str, &str, &str)] = &[
+        ("geo", "198.51.100.7", "192.0.2.1", "US-CA: subdivision"),
+        ("geo", "198.51.100.200", "192.0.2.2", "US-WA: country US"),
+        (
+            "geo",
+            "203.0.113.200",
+            "192.0.2.2",
+            "IN: country over continent AS",
+        ),
+        ("geo", "192.0.2.1", "192.0.2.3", "JP: continent AS"),
+        ("geo", "203.0.113.7", "192.0.2.3", "GB: continent EU"),
+        ("geo", "192.0.2.65", "192.0.2.4", "BR: default"),
+        ("geo", "10.1.2.3", "192.0.2.5", "cidr"),
+        (
+            "fast",
+            "203.0.113.7",
+            "192.0.2.1",
+            "the /25 row beats the /24 rows",
+        ),
+        (
+            "fast",
+            "203.0.113.200",
+            "192.0.2.4",
+            "the /24 rows: default 5 ms",
+        ),
+        (
+            "fast",
+            "198.51.100.200",
+            "192.0.2.1",
+            "no row: by distance, California is nearest to Washington",
+        ),
+        (
+            "fast",
+            "192.0.2.193",
+            "192.0.2.4",
+            "no row: by distance, Cape Town is nearest to Gauteng",
+        ),
+    ];
+    for (policy, client, want, why) in rows {
+        let m = s
+            .ask(&Query::new(&format!("{policy}.e2e.test"), 1).ecs(ip(client), 32))
+            .await;
+        assert_eq!(answers(&m), [*want], "{policy} from {client}: {why}");
     }
     s.stop().await;
 }
