@@ -488,10 +488,8 @@ fn log_cluster_overrides(
     before: &BTreeMap<PoolRef, OverrideEntry>,
     after: &BTreeMap<PoolRef, OverrideEntry>,
 ) {
-    let target = |(zone, pool, address): &PoolRef| match address {
-        Some(a) => format!("{zone} {pool} {a}"),
-        None => format!("{zone} {pool}"),
-    };
+    let target =
+        |(zone, pool, address): &PoolRef| crate::health::overrides::describe(zone, pool, *address);
     for (key, e) in after {
         if before.get(key) == Some(e) {
             continue;

@@ -311,10 +311,7 @@ fn log_change(
     previous: Option<Override>,
 ) {
     let peer = who.peer.map(|p| p.to_string()).unwrap_or_default();
-    let target = match address {
-        Some(a) => format!("{zone} {pool} {a}"),
-        None => format!("{zone} {pool}"),
-    };
+    let target = crate::health::overrides::describe(zone, pool, address);
     let previous = previous.map_or("none", Override::as_str);
     match entry {
         Some(e) => tracing::info!(

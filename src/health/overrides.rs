@@ -48,6 +48,14 @@ pub enum OverrideError {
 /// lowercase, the origin ends with a dot.
 pub type PoolRef = (String, String, Option<IpAddr>);
 
+/// `zone pool` or `zone pool address`, as log lines name an override's target.
+pub fn describe(zone: &str, pool: &str, address: Option<IpAddr>) -> String {
+    match address {
+        Some(a) => format!("{zone} {pool} {a}"),
+        None => format!("{zone} {pool}"),
+    }
+}
+
 /// One override: the state and who set it, why, when (RFC 3339), and until when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1154,3 +1154,81 @@ async fn override_propagation() {
         m.stop().await;
     }
 }
+
+/// Issue 9: an override that arrives through the cluster is logged by every instance with
+/// who set it, as it came from etcd. Two real `serve` processes share one etcd; the change
+/// is made through the first one's admin API and read in the second one's JSON log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_from_the_cluster_is_logged_with_who_set_it() {
+    use crate::logs::{Serve, field, message};
+    meridian::health::probe::install_crypto_provider();
+    let etcd = Etcd::start().await;
+    let zones = crate::support::zone_dir(
+        "cluster-logs",
+        &[(
+            "c.toml",
+            "origin = \"cl.test.\"\n[soa]\nmname = \"ns.cl.test.\"\nrname = \"h.cl.test.\"\n\
+             [pools.p]\nA = [\"192.0.2.1\"]\n[policies.www]\nfailover = [\"p\"]\n",
+        )],
+    );
+    let prefix = prefix("logs");
+    let url = etcd.url();
+    let start = |name: &'static str| {
+        Serve::start(
+            &zones,
+            &[
+                "--cluster",
+                &url,
+                "--instance",
+                name,
+                "--cluster-prefix",
+                &prefix,
+                "--cluster-lease-ttl",
+                "2",
+            ],
+        )
+    };
+    let (a, b) = (start("a"), start("b"));
+    let connected = |v: &Value| message(v).starts_with("cluster: connected to etcd");
+    a.wait_for("a connected", connected);
+    b.wait_for("b connected", connected);
+    let admin = a.bound("admin listening");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(HTTP_TIMEOUT)
+        .build()
+        .expect("http client");
+    let path = format!("http://{admin}/v1/overrides/cl.test/p");
+    let put = http
+        .put(&path)
+        .body(r#"{"state":"down","by":"carol","why":"failover drill"}"#)
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 200);
+    let set = b.wait_for("b logging the override", |v| {
+        message(v).starts_with("override set") && field(v, "via") == "cluster"
+    });
+    assert_eq!(
+        (
+            field(&set, "pool"),
+            field(&set, "state"),
+            field(&set, "by"),
+            field(&set, "why")
+        ),
+        (
+            &Value::from("p"),
+            &Value::from("down"),
+            &Value::from("carol"),
+            &Value::from("failover drill")
+        ),
+        "{set}"
+    );
+    assert!(field(&set, "at").is_string(), "{set}");
+    let del = http.delete(&path).send().await.expect("delete");
+    assert_eq!(del.status(), 200);
+    let cleared = b.wait_for("b logging the clear", |v| {
+        message(v).starts_with("override cleared") && field(v, "via") == "cluster"
+    });
+    assert_eq!(field(&cleared, "previous"), "down", "{cleared}");
+}

@@ -20,13 +20,15 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 const FAIL_OPEN_QUERIES: usize = 40;
 
 /// A `meridian serve` child and every JSON line it has logged so far.
-struct Serve {
+pub struct Serve {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Serve {
-    fn start(zones: &std::path::Path) -> Serve {
+    /// `serve` on port 0 (DNS and admin) with `zones`, a fresh state directory and `extra`
+    /// flags.
+    pub fn start(zones: &std::path::Path, extra: &[&str]) -> Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
             .args([
                 "serve",
@@ -43,6 +45,7 @@ impl Serve {
             .arg(zones)
             .arg("--state")
             .arg(temp_dir("logs-state"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -63,7 +66,7 @@ impl Serve {
     }
 
     /// The first logged line `pred` accepts, waiting up to [`LOG_WAIT`].
-    fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + LOG_WAIT;
         loop {
             if let Some(v) = self
@@ -96,7 +99,7 @@ impl Serve {
     }
 
     /// The address a `... listening` line names.
-    fn bound(&self, message: &str) -> SocketAddr {
+    pub fn bound(&self, message: &str) -> SocketAddr {
         let v = self.wait_for(message, |v| v["fields"]["message"] == message);
         v["fields"]["bound"]
             .as_str()
@@ -113,11 +116,11 @@ impl Drop for Serve {
     }
 }
 
-fn message(v: &Value) -> &str {
+pub fn message(v: &Value) -> &str {
     v["fields"]["message"].as_str().unwrap_or("")
 }
 
-fn field<'v>(v: &'v Value, name: &str) -> &'v Value {
+pub fn field<'v>(v: &'v Value, name: &str) -> &'v Value {
     &v["fields"][name]
 }
 
@@ -222,7 +225,7 @@ async fn operators_see_fail_open_health_changes_and_overrides_in_the_log() {
     let live = TcpListener::bind("127.0.0.1:0").expect("bind live backend");
     let live_port = live.local_addr().expect("addr").port();
     let dir = zone_dir("logs", &[("z.toml", &zone(closed_port(), live_port, busy))]);
-    let serve = Serve::start(&dir);
+    let serve = Serve::start(&dir, &[]);
     let dns = serve.bound("dns listening (udp+tcp)");
     let admin = serve.bound("admin listening");
 
