@@ -662,6 +662,21 @@ async fn losing_etcd_loses_no_query_and_each_follows_its_local_view() {
         )
         .await;
     assert_eq!(status, 200);
+    // Every instance has it before etcd goes away (the test is about keeping it, not about
+    // a race with its propagation).
+    for m in &ms {
+        until(
+            &format!("{} sees the drain", m.name),
+            Duration::from_secs(3),
+            || async {
+                m.get("/v1/status").await["pools"]
+                    .as_array()
+                    .and_then(|p| p.iter().find(|p| p["pool"] == "b").cloned())
+                    .is_some_and(|p| p["override"] == "drain")
+            },
+        )
+        .await;
+    }
 
     etcd.stop();
     let stopped = Instant::now();
