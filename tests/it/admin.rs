@@ -17,6 +17,8 @@ use meridian::settings::{LogFormat, Settings};
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 
+use crate::support::closed_port;
+
 /// Longest any poll in this module waits for a condition.
 const POLL_LIMIT: Duration = Duration::from_secs(4);
 const POLL_STEP: Duration = Duration::from_millis(50);
@@ -70,12 +72,6 @@ failover = ["primary", "secondary"]
 failover = ["dead", "secondary"]
 "#
     )
-}
-
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port");
-    l.local_addr().expect("local addr").port()
 }
 
 /// A fresh directory under the system temp dir, removed on drop.

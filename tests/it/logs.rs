@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{Query, temp_dir, udp, zone_dir};
+use crate::support::{Query, closed_port, temp_dir, udp, zone_dir};
 
 /// Longest wait for any expected log line.
 const LOG_WAIT: Duration = Duration::from_secs(10);
@@ -149,12 +149,6 @@ fn busy_backend(stop: Arc<AtomicBool>, limit: usize) -> u16 {
         }
     });
     port
-}
-
-/// A port where nothing listens.
-fn closed_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port");
-    l.local_addr().expect("addr").port()
 }
 
 fn zone(closed: u16, live: u16, busy: u16) -> String {

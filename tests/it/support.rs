@@ -246,6 +246,12 @@ pub fn ecs_scope(m: &Message) -> Option<(u8, u8)> {
     }
 }
 
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a throwaway port");
+    l.local_addr().expect("local addr").port()
+}
+
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }
