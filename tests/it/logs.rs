@@ -124,9 +124,9 @@ pub fn field<'v>(v: &'v Value, name: &str) -> &'v Value {
     &v["fields"][name]
 }
 
-/// An HTTP backend on 127.0.0.1 that answers every request `503` (at most `limit`
-/// connections, each bounded by a read timeout), until `stop`.
-fn busy_backend(stop: Arc<AtomicBool>, limit: usize) -> u16 {
+/// An HTTP backend on 127.0.0.1 that answers every request with `response` (at most
+/// `limit` connections, each bounded by a read timeout), until `stop`.
+fn http_backend(stop: Arc<AtomicBool>, limit: usize, response: &'static [u8]) -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind backend");
     let port = l.local_addr().expect("addr").port();
     l.set_nonblocking(true).expect("nonblocking");
@@ -140,9 +140,7 @@ fn busy_backend(stop: Arc<AtomicBool>, limit: usize) -> u16 {
                     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
                     let mut buf = [0u8; 1024];
                     let _ = s.read(&mut buf);
-                    let _ = s.write_all(
-                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    );
+                    let _ = s.write_all(response);
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
@@ -151,7 +149,23 @@ fn busy_backend(stop: Arc<AtomicBool>, limit: usize) -> u16 {
     port
 }
 
-fn zone(closed: u16, live: u16, busy: u16) -> String {
+/// Ports of the backends behind the zone's checks.
+struct Ports {
+    closed: u16,
+    live: u16,
+    busy: u16,
+    wrong_body: u16,
+    silent: u16,
+}
+
+fn zone(p: &Ports) -> String {
+    let Ports {
+        closed,
+        live,
+        busy,
+        wrong_body,
+        silent,
+    } = p;
     format!(
         r#"origin = "logs.test."
 [soa]
@@ -198,6 +212,33 @@ timeout = "200ms"
 rise = 1
 fall = 1
 
+[pools.wrong]
+A = ["198.51.100.4"]
+check = "body"
+probe_address = {{ "198.51.100.4" = "127.0.0.1" }}
+
+[pools.silent]
+A = ["198.51.100.5"]
+check = "hang"
+probe_address = {{ "198.51.100.5" = "127.0.0.1" }}
+
+[checks.body]
+kind = "http"
+port = {wrong_body}
+expect_body = "ok"
+interval = "200ms"
+timeout = "200ms"
+rise = 1
+fall = 1
+
+[checks.hang]
+kind = "http"
+port = {silent}
+interval = "200ms"
+timeout = "200ms"
+rise = 1
+fall = 1
+
 [policies.gone]
 failover = ["dead"]
 
@@ -215,10 +256,27 @@ failover = ["live"]
 async fn operators_see_fail_open_health_changes_and_overrides_in_the_log() {
     meridian::health::probe::install_crypto_provider();
     let stop = Arc::new(AtomicBool::new(false));
-    let busy = busy_backend(stop.clone(), 1000);
+    let busy = http_backend(
+        stop.clone(),
+        1000,
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    let wrong_body = http_backend(
+        stop.clone(),
+        1000,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
+    );
     let live = TcpListener::bind("127.0.0.1:0").expect("bind live backend");
-    let live_port = live.local_addr().expect("addr").port();
-    let dir = zone_dir("logs", &[("z.toml", &zone(closed_port(), live_port, busy))]);
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind silent backend");
+    let ports = Ports {
+        closed: closed_port(),
+        live: live.local_addr().expect("addr").port(),
+        busy,
+        wrong_body,
+        silent: silent.local_addr().expect("addr").port(),
+    };
+    let dir = zone_dir("logs", &[("z.toml", &zone(&ports))]);
     let serve = Serve::start(&dir, &[]);
     let dns = serve.bound("dns listening (udp+tcp)");
     let admin = serve.bound("admin listening");
@@ -239,6 +297,10 @@ async fn operators_see_fail_open_health_changes_and_overrides_in_the_log() {
     assert_eq!(dead["level"], "WARN");
     let busy_down = serve.wait_for("busy going down", down("198.51.100.3"));
     assert_eq!(field(&busy_down, "reason"), "status 503", "{busy_down}");
+    let wrong = serve.wait_for("wrong going down", down("198.51.100.4"));
+    assert_eq!(field(&wrong, "reason"), "body lacks \"ok\"", "{wrong}");
+    let hang = serve.wait_for("silent going down", down("198.51.100.5"));
+    assert_eq!(field(&hang, "reason"), "timeout after 200ms", "{hang}");
     let up = serve.wait_for("live coming up", |v| {
         message(v).starts_with("endpoint up") && field(v, "endpoints") == "live 198.51.100.2"
     });
@@ -266,7 +328,7 @@ async fn operators_see_fail_open_health_changes_and_overrides_in_the_log() {
         let down = status["pools"]
             .as_array()
             .map_or(0, |pools| pools.iter().filter(|p| p["up"] == false).count());
-        if down == 2 {
+        if down == 4 {
             break;
         }
         assert!(Instant::now() < deadline, "pools not down: {status}");
@@ -384,4 +446,5 @@ async fn operators_see_fail_open_health_changes_and_overrides_in_the_log() {
         "{live_down}"
     );
     stop.store(true, Ordering::Relaxed);
+    drop(silent);
 }
