@@ -74,6 +74,8 @@ pub async fn start(settings: Settings) -> Result<Running> {
     .map_err(|d| anyhow!("the zones do not load:\n{d}"))?;
     crate::reload::attach_keys(&mut snapshot, &settings.state);
     tracing::info!("{}", config::compile::summary(&snapshot));
+    // The load's garbage is freed: let the allocator hand it back once its delay is over.
+    crate::memory::return_freed_memory_later();
     let geo = settings.open_geo()?.map(Arc::new);
     if let (Some(path), Some(db)) = (&settings.geoip, &geo) {
         tracing::info!(path = %path.display(), "geoip database loaded: {}", db.metadata_summary());

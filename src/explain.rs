@@ -296,7 +296,7 @@ fn policy_at(snap: &Snapshot, qname: &[u8]) -> Option<PolicyId> {
         if let Some(p) = node.policy {
             return Some(p);
         }
-        name = node.rrset(rtype::CNAME)?.rdatas[0].to_vec();
+        name = node.rrset(rtype::CNAME)?.rdatas().next()?.to_vec();
     }
     None
 }

@@ -24,6 +24,7 @@ pub mod dnssec;
 pub mod explain;
 pub mod geo;
 pub mod health;
+pub mod memory;
 pub mod model;
 pub mod policy;
 pub mod prefix;

@@ -14,6 +14,9 @@ use rustc_hash::FxHashMap;
 
 use crate::prefix::{Match, PrefixMap};
 
+mod nodes;
+pub use nodes::{MAX_ARENA, Node, Nodes, NodesBuilder, Rdatas, RrSet, TooBig};
+
 /// Names to values, hashed fast (see the note on `rustc-hash` in Cargo.toml).
 pub type NameMap<V> = FxHashMap<WireName, V>;
 
@@ -88,7 +91,7 @@ pub struct Zone {
     /// Default TTL of policy answers.
     pub policy_ttl: u32,
     /// Every name of the zone, empty non-terminals included (with no data).
-    pub nodes: NameMap<Node>,
+    pub nodes: Nodes,
     /// Number of names an operator wrote (static and published policies).
     pub name_count: usize,
     /// Number of `[checks.*]` tables the zone defines, used by a pool or not.
@@ -111,35 +114,6 @@ pub struct Soa {
     pub expire: u32,
     /// Negative-caching TTL (RFC 2308).
     pub minimum: u32,
-}
-
-/// What a name holds.
-#[derive(Debug, Default)]
-pub struct Node {
-    /// Static RRsets, in file order.
-    pub rrsets: Vec<RrSet>,
-    /// A published policy answering at this name.
-    pub policy: Option<PolicyId>,
-    /// NS at a name below the apex: a delegation (referral).
-    pub delegation: bool,
-}
-
-impl Node {
-    pub fn rrset(&self, rtype: u16) -> Option<&RrSet> {
-        self.rrsets.iter().find(|r| r.rtype == rtype)
-    }
-    /// An empty non-terminal (or a name whose only content was removed).
-    pub fn is_empty(&self) -> bool {
-        self.rrsets.is_empty() && self.policy.is_none()
-    }
-}
-
-/// One static RRset; RDATA already in uncompressed wire format.
-#[derive(Debug, Clone)]
-pub struct RrSet {
-    pub rtype: u16,
-    pub ttl: u32,
-    pub rdatas: Vec<Box<[u8]>>,
 }
 
 /// A region: endpoints, where it is and how it is checked.

@@ -319,6 +319,7 @@ impl Control {
         drop(current);
         let serials = self.swap(snapshot, geo);
         retire(old);
+        crate::memory::return_freed_memory_later();
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(?serials, "reloaded");
         Ok(serials)

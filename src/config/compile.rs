@@ -6,6 +6,7 @@
 //! then lays out the zone's names (empty non-terminals and delegations included).
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,11 +15,11 @@ use toml::de::DeTable;
 
 use super::diag::{Diagnostic, Diagnostics, FileCx, Span};
 use super::raw;
+use super::statics::Statics;
 use super::values;
-use super::{policies, pools, records, zonefile};
+use super::{plain, policies, pools, records, zonefile};
 use crate::model::{
-    CheckSpec, NameMap, Node, PolicyId, PoolId, ProbeId, ProbeKey, RrSet, Snapshot, Soa, WireName,
-    Zone, ZoneId, rtype, wire,
+    CheckSpec, PolicyId, PoolId, ProbeId, ProbeKey, Snapshot, Soa, WireName, Zone, ZoneId, wire,
 };
 
 /// SPEC §2 defaults.
@@ -109,8 +110,15 @@ fn compile_sources(
     };
     for source in sources {
         let mut cx = FileCx::new(&source.path, &source.text, &mut diags);
-        if let Some(doc) = raw::parse(&source.text, &mut cx) {
-            compile_zone(&doc, &source.path, &mut b, &mut cx);
+        let mut blanked = None;
+        if let Some((doc, plain)) = parse_zone(&source.text, &mut blanked, &mut cx) {
+            let file = ZoneFile {
+                doc: &doc,
+                text: &source.text,
+                plain: &plain,
+                path: &source.path,
+            };
+            compile_zone(&file, &mut b, &mut cx);
         }
     }
     if !diags.is_empty() {
@@ -118,6 +126,42 @@ fn compile_sources(
     }
     b.snap.loaded_at = Some(SystemTime::now());
     Ok(b.snap)
+}
+
+/// The zone file's toml tree, and the ranges of its plain `[records.*]` tables, which the
+/// tree leaves out (see `plain`). When the tree of the blanked text has a problem, or the
+/// plain tables could clash with the rest, the whole text is parsed as it is, so that every
+/// message is the toml crate's own about the real file.
+fn parse_zone<'t>(
+    text: &'t str,
+    blanked: &'t mut Option<String>,
+    cx: &mut FileCx<'_>,
+) -> Option<(DeTable<'t>, Vec<Range<usize>>)> {
+    if let Some(p) = plain::find(text).filter(|p| !p.ranges.is_empty()) {
+        let b = blanked.insert(p.blank(text));
+        if let Some(doc) = raw::parse_clean(b) {
+            let fits = match doc.get("records").map(|v| v.get_ref()) {
+                None => true,
+                Some(toml::de::DeValue::Table(t)) => {
+                    t.keys().all(|k| !p.keys.contains(k.get_ref().as_ref()))
+                }
+                Some(_) => false,
+            };
+            if fits {
+                return Some((doc, p.ranges));
+            }
+        }
+    }
+    raw::parse(text, cx).map(|doc| (doc, Vec::new()))
+}
+
+/// A zone file as `compile_zone` reads it.
+struct ZoneFile<'a, 'i> {
+    doc: &'a DeTable<'i>,
+    text: &'a str,
+    /// Plain `[records.*]` tables, not in `doc`.
+    plain: &'a [Range<usize>],
+    path: &'a Path,
 }
 
 /// A file's text; one that cannot be read, or is not UTF-8, is a problem (the latter at the
@@ -238,7 +282,8 @@ fn zone_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
 }
 
 /// One zone file's document → a Zone, its pools, policies and probes added to `b`.
-fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut FileCx<'_>) {
+fn compile_zone(file: &ZoneFile<'_, '_>, b: &mut Builder<'_>, cx: &mut FileCx<'_>) {
+    let (doc, path) = (file.doc, file.path);
     raw::check_keys(doc, ZONE_KEYS, "the zone file", cx);
     let Some((origin, origin_wire)) = origin(doc, path, b, cx) else {
         return;
@@ -258,7 +303,11 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
             raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned()))
         }),
     };
-    let from_file = records_file(doc, &zc, cx);
+    // Plain tables run about 40 bytes a name; the records file sizes itself.
+    let plain_bytes: usize = file.plain.iter().map(|r| r.len()).sum();
+    let mut statics = Statics::new(&origin_wire, plain_bytes / 40);
+    let from_file = records_file(doc, &zc, &mut statics, cx);
+    let files = from_file.as_ref().map_or(&[][..], |f| &f.files[..]);
     let (soa, serial, soa_ttl) = zone_soa(doc, &zc, b.previous, from_file.as_ref(), cx);
     let section = |key: &str, cx: &mut FileCx<'_>| {
         raw::get(doc, key).and_then(|(_, v)| raw::table(v, key, cx))
@@ -269,9 +318,8 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
     let pool_names = section("pools", cx)
         .map(|t| pools::compile_pools(t, &zc, &checks, b, cx))
         .unwrap_or_default();
-    let owners = section("records", cx)
-        .map(|t| records::compile_records(t, &zc, cx))
-        .unwrap_or_default();
+    let tree = section("records", cx);
+    records::compile_records(tree, file.text, file.plain, &zc, &mut statics, files, cx);
     let published = section("policies", cx)
         .map(|t| policies::compile_policies(t, &zc, &pool_names, b, cx))
         .unwrap_or_default();
@@ -280,23 +328,11 @@ fn compile_zone(doc: &DeTable<'_>, path: &Path, b: &mut Builder<'_>, cx: &mut Fi
             .filter(|on| *on)
             .map(|_| cx.position(span.start))
     });
-    let file_owners = from_file.as_ref().map(|f| &f.owners);
-    if let Some(f) = &from_file {
-        check_file_collisions(&owners, f, cx);
-    }
-    check_collisions(
-        &zc,
-        &pool_names,
-        &owners,
-        from_file.as_ref(),
-        &published,
-        cx,
-    );
-    let name_count = owners.len()
-        + file_owners.map_or(0, |o| o.len())
-        + published.iter().filter(|p| p.publish).count();
-    let file_owners = from_file.map(|f| f.owners).unwrap_or_default();
-    let nodes = lay_out_names(&origin_wire, owners, file_owners, &published);
+    check_collisions(&zc, &pool_names, &statics, files, &published, cx);
+    let name_count = statics.owner_count() + published.iter().filter(|p| p.publish).count();
+    let nodes = statics.lay_out(&origin_wire, &published, cx);
+    zonefile::check_owners(&nodes, &statics.written, &origin_wire, files, cx.diags);
+    drop(statics);
     b.snap.zone_by_origin.insert(origin_wire.clone(), zc.zone);
     let labels = wire::label_count(&origin_wire);
     if !b.snap.origin_labels.contains(&labels) {
@@ -358,8 +394,13 @@ fn origin(
     Some((wire::to_text(&wire), wire))
 }
 
-/// `records_file`, read when the zone names one.
-fn records_file(doc: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>) -> Option<zonefile::Records> {
+/// `records_file`, read into `statics` when the zone names one.
+fn records_file(
+    doc: &DeTable<'_>,
+    zc: &ZoneCx,
+    statics: &mut Statics,
+    cx: &mut FileCx<'_>,
+) -> Option<zonefile::Records> {
     let (_, v) = raw::get(doc, "records_file")?;
     let rel = raw::string(v, "records_file", cx)?;
     let zone = zonefile::ZoneOf {
@@ -367,7 +408,7 @@ fn records_file(doc: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>) -> Option<z
         origin_wire: &zc.origin_wire,
         ttl: zc.ttl,
     };
-    match zonefile::load(&zc.dir.join(rel), &zone, cx.diags) {
+    match zonefile::load(&zc.dir.join(rel), &zone, statics, cx.diags) {
         Ok(r) => Some(r),
         Err(e) => {
             cx.err(&v.span(), format!("records_file: {e}"));
@@ -497,43 +538,17 @@ pub(crate) struct PoolName {
     pub(crate) id: PoolId,
 }
 
-/// A name written both in `[records]` and in the records file: reported at the TOML key.
-fn check_file_collisions(
-    owners: &NameMap<records::Owner>,
-    file: &zonefile::Records,
-    cx: &mut FileCx<'_>,
-) {
-    for (name, o) in owners {
-        if let Some(f) = file.owners.get(name) {
-            cx.err(
-                &o.span,
-                format!(
-                    "name {} is also in the records file ({})",
-                    wire::to_text(name),
-                    file.describe(f.at)
-                ),
-            );
-        }
-    }
-}
-
 /// SPEC §2: a name may be static, a pool's or a policy's, never two of these at once.
 fn check_collisions(
     zc: &ZoneCx,
     pools: &[PoolName],
-    owners: &NameMap<records::Owner>,
-    file: Option<&zonefile::Records>,
+    names: &Statics,
+    files: &[PathBuf],
     policies: &[PolicyName],
     cx: &mut FileCx<'_>,
 ) {
     // Where a static name is written: "line N" of this file, or "file:N" of the records file.
-    let statics = |name: &[u8], cx: &FileCx<'_>| -> Option<String> {
-        if let Some(o) = owners.get(name) {
-            return Some(format!("line {}", cx.position(o.span.start).0));
-        }
-        let f = file?;
-        f.owners.get(name).map(|o| f.describe(o.at))
-    };
+    let statics = |name: &[u8], cx: &FileCx<'_>| names.written_at(name, cx, files);
     for p in policies {
         let Some(owner) = &p.owner else { continue };
         if let Some(at) = statics(owner, cx) {
@@ -570,51 +585,6 @@ fn check_collisions(
                 ),
             );
         }
-    }
-}
-
-/// Every name of the zone: static owners (TOML and records file), published policies and
-/// the empty non-terminals between them and the apex (RFC 4592 §2.2.2 needs those to tell
-/// NODATA from NXDOMAIN).
-fn lay_out_names(
-    apex: &[u8],
-    owners: NameMap<records::Owner>,
-    file: NameMap<zonefile::FileOwner>,
-    policies: &[PolicyName],
-) -> NameMap<Node> {
-    let mut nodes = NameMap::<Node>::default();
-    nodes.reserve(1 + owners.len() + file.len() + policies.len());
-    nodes.insert(apex.into(), Node::default());
-    let statics = owners
-        .into_iter()
-        .map(|(name, o)| (name, o.rrsets))
-        .chain(file.into_iter().map(|(name, o)| (name, o.rrsets)));
-    for (name, rrsets) in statics {
-        add_parents(&mut nodes, &name, apex);
-        let delegation = &*name != apex && rrsets.iter().any(|r: &RrSet| r.rtype == rtype::NS);
-        let node = nodes.entry(name).or_default();
-        node.rrsets = rrsets;
-        node.delegation = delegation;
-    }
-    for p in policies.iter().filter(|p| p.publish) {
-        if let Some(owner) = &p.owner {
-            add_parents(&mut nodes, owner, apex);
-            nodes.entry(owner.clone()).or_default().policy = Some(p.id);
-        }
-    }
-    nodes
-}
-
-/// The empty non-terminals above `name`, up to the apex. Every name goes in through here, so
-/// a parent already present has its own parents too and the walk stops there.
-fn add_parents(nodes: &mut NameMap<Node>, name: &[u8], apex: &[u8]) {
-    let mut at = name;
-    while let Some(parent) = wire::parent(at) {
-        if parent.len() < apex.len() || nodes.contains_key(parent) {
-            break;
-        }
-        nodes.insert(parent.into(), Node::default());
-        at = parent;
     }
 }
 

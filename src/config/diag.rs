@@ -71,7 +71,7 @@ impl std::error::Error for Diagnostics {}
 pub(crate) struct FileCx<'d> {
     pub(crate) file: PathBuf,
     line_starts: Vec<usize>,
-    text: String,
+    text: &'d str,
     pub(crate) diags: &'d mut Vec<Diagnostic>,
 }
 
@@ -79,13 +79,13 @@ pub(crate) struct FileCx<'d> {
 pub(crate) type Span = Range<usize>;
 
 impl<'d> FileCx<'d> {
-    pub(crate) fn new(file: &Path, text: &str, diags: &'d mut Vec<Diagnostic>) -> Self {
+    pub(crate) fn new(file: &Path, text: &'d str, diags: &'d mut Vec<Diagnostic>) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         FileCx {
             file: file.to_path_buf(),
             line_starts,
-            text: text.to_owned(),
+            text,
             diags,
         }
     }

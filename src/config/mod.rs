@@ -8,10 +8,12 @@
 pub mod compile;
 pub mod diag;
 mod latency;
+mod plain;
 mod policies;
 mod pools;
 pub mod raw;
 mod records;
+mod statics;
 pub mod values;
 mod zonefile;
 

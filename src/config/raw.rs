@@ -26,6 +26,13 @@ pub(crate) fn parse<'i>(text: &'i str, cx: &mut FileCx<'_>) -> Option<DeTable<'i
     None
 }
 
+/// Parse a zone file that must have no syntax error (its plain `[records.*]` tables
+/// blanked): `None` at the first, and the caller parses the real text with [`parse`].
+pub(crate) fn parse_clean(text: &str) -> Option<DeTable<'_>> {
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    errors.is_empty().then(|| doc.into_inner())
+}
+
 /// The entries of a table in file order (toml keeps them sorted by key).
 pub fn entries<'a, 'i>(table: &'a DeTable<'i>) -> Vec<(&'a Key<'i>, &'a Value<'i>)> {
     let mut all: Vec<_> = table.iter().collect();

@@ -1,108 +1,231 @@
-//! `[records."<name>"]` → static RRsets, RDATA encoded once into uncompressed wire format.
+//! `[records."<name>"]` → static RRsets, RDATA encoded once into uncompressed wire format,
+//! straight into the zone's [`Statics`].
+//!
+//! Tables come two ways, compiled the same way and in file order: plain ones read from the
+//! text by `plain` (the bulk of a big zone), the rest from the toml crate's spanned tree.
+
+use std::ops::Range;
 
 use toml::de::{DeTable, DeValue};
 
 use super::compile::ZoneCx;
 use super::diag::{FileCx, Span};
-use super::raw;
+use super::plain;
+use super::raw::{self, Key, Value};
+use super::statics::{Statics, Written, describe};
 use super::values;
-use crate::model::{MAX_MESSAGE, MAX_RDATA, NameMap, RrSet, rtype, smallest_answer};
+use crate::model::{MAX_MESSAGE, MAX_RDATA, WireName, rtype, smallest_answer, wire};
 
-/// One owner name's static data.
-pub(crate) struct Owner {
-    /// The `[records."name"]` key.
-    pub(crate) span: Span,
-    pub(crate) rrsets: Vec<RrSet>,
+/// Every `[records.*]` owner of the zone: those of the toml tree (`tree`) and the plain
+/// tables in `ranges` of `text`, in file order.
+pub(crate) fn compile_records(
+    tree: Option<&DeTable<'_>>,
+    text: &str,
+    ranges: &[Range<usize>],
+    zc: &ZoneCx,
+    statics: &mut Statics,
+    files: &[std::path::PathBuf],
+    cx: &mut FileCx<'_>,
+) {
+    let mut o = Owners {
+        zc,
+        statics,
+        files,
+        rdata: Vec::with_capacity(512),
+        records: Vec::with_capacity(16),
+    };
+    // toml keeps tables in file order (its preserve_order feature).
+    let tree: Vec<(&Key<'_>, &Value<'_>)> = tree.map(|t| t.iter().collect()).unwrap_or_default();
+    let mut next = 0;
+    plain::tables(text, ranges, |table| {
+        while let Some((key, v)) = tree
+            .get(next)
+            .filter(|(k, _)| k.span().start < table.key_span.start)
+        {
+            o.toml_owner(key, v, cx);
+            next += 1;
+        }
+        o.plain_owner(table, cx);
+    });
+    for (key, v) in &tree[next..] {
+        o.toml_owner(key, v, cx);
+    }
 }
 
-/// Every `[records.*]` owner by name. A million of them is the bulk case, so nothing here
-/// is allocated per owner beyond its name and RRsets (messages are built only on errors).
-pub(crate) fn compile_records(t: &DeTable<'_>, zc: &ZoneCx, cx: &mut FileCx<'_>) -> NameMap<Owner> {
-    let mut owners: NameMap<Owner> = NameMap::default();
-    owners.reserve(t.len());
-    // toml keeps tables in file order (its preserve_order feature), so no sort is needed.
-    for (key, v) in t.iter() {
+/// Compiles owners one at a time, with buffers reused from one to the next (a big zone has
+/// a million of them).
+struct Owners<'a, 'z> {
+    zc: &'z ZoneCx,
+    statics: &'a mut Statics,
+    files: &'a [std::path::PathBuf],
+    /// The current owner's RDATA, and its records as (type, TTL, range of `rdata`).
+    rdata: Vec<u8>,
+    records: Vec<(u16, u32, Range<usize>)>,
+}
+
+/// An owner whose records are compiled: its node, its name, and whether its records go
+/// into the zone (not when the records file has the name too: that is reported).
+struct Begun {
+    id: u32,
+    name: WireName,
+    add: bool,
+}
+
+impl Owners<'_, '_> {
+    /// A table of the toml tree.
+    fn toml_owner(&mut self, key: &Key<'_>, v: &Value<'_>, cx: &mut FileCx<'_>) {
         let text = key.get_ref().as_ref();
-        let name = match zc.owner(text) {
+        let Some((id, name)) = self.resolve(text, &key.span(), cx) else {
+            return;
+        };
+        let DeValue::Table(t) = v.get_ref() else {
+            let _ = raw::table(v, &what(text), cx);
+            return;
+        };
+        let begun = self.begin(id, name, text, &key.span(), cx);
+        let ttl = raw::get(t, "ttl")
+            .and_then(|(_, v)| raw::u32_(v, "ttl", cx))
+            .unwrap_or(self.zc.ttl);
+        let mut cname: Option<Span> = None;
+        for (key, v) in t.iter() {
+            let k = key.get_ref().as_ref();
+            if k == "ttl" {
+                continue;
+            }
+            let Some(t) = values::static_type(k) else {
+                unknown_key(k, &key.span(), &what(text), cx);
+                continue;
+            };
+            if t == rtype::CNAME {
+                cname = Some(key.span());
+                if !matches!(v.get_ref(), DeValue::String(_)) {
+                    cx.err(
+                        &v.span(),
+                        format!(
+                            "`CNAME` must be one string, not {} (a name holds one CNAME)",
+                            raw::type_name(v.get_ref())
+                        ),
+                    );
+                    continue;
+                }
+            }
+            let Some(items) = raw::strings(v, k, cx) else {
+                continue;
+            };
+            self.rrset(t, k, &key.span(), ttl, text, &begun.name, items, cx);
+        }
+        self.finish(begun, text, cname, cx);
+    }
+
+    /// A plain table (every value already of the right type).
+    fn plain_owner(&mut self, table: &plain::Table<'_>, cx: &mut FileCx<'_>) {
+        let text = table.key;
+        let Some((id, name)) = self.resolve(text, &table.key_span, cx) else {
+            return;
+        };
+        let begun = self.begin(id, name, text, &table.key_span, cx);
+        let ttl = table
+            .entries
+            .iter()
+            .find_map(|e| match e.value {
+                plain::Value::Integer(n) if e.key == "ttl" => Some(n),
+                _ => None,
+            })
+            .unwrap_or(self.zc.ttl);
+        let mut cname: Option<Span> = None;
+        for e in &table.entries {
+            let plain::Value::Strings { items, .. } = &e.value else {
+                continue; // `ttl`
+            };
+            let Some(t) = values::static_type(e.key) else {
+                unknown_key(e.key, &e.key_span, &what(text), cx);
+                continue;
+            };
+            if t == rtype::CNAME {
+                cname = Some(e.key_span.clone());
+            }
+            let items = table.strings[items.clone()].iter().cloned();
+            self.rrset(t, e.key, &e.key_span, ttl, text, &begun.name, items, cx);
+        }
+        self.finish(begun, text, cname, cx);
+    }
+
+    /// The owner's node, unless its name is bad or already written in TOML.
+    fn resolve(&mut self, text: &str, key: &Span, cx: &mut FileCx<'_>) -> Option<(u32, WireName)> {
+        let name = match self.zc.owner(text) {
             Ok(n) => n,
             Err(e) => {
-                cx.err(&key.span(), e);
-                continue;
+                cx.err(key, e);
+                return None;
             }
         };
-        if let Some(first) = owners.get(&name) {
-            let (line, _) = cx.position(first.span.start);
-            cx.err(
-                &key.span(),
-                format!("name {text} is written twice (also at line {line})"),
-            );
-            continue;
-        }
-        let table = match v.get_ref() {
-            DeValue::Table(table) => table,
-            _ => {
-                let _ = raw::table(v, &what(text), cx);
-                continue;
-            }
-        };
-        let rrsets = compile_owner(table, text, &name, zc, cx);
-        owners.insert(
-            name,
-            Owner {
-                span: key.span(),
-                rrsets,
-            },
-        );
-    }
-    owners
-}
-
-/// How messages name a `[records]` table.
-fn what(text: &str) -> String {
-    format!("[records.\"{text}\"]")
-}
-
-/// The RRsets of one owner, in file order.
-fn compile_owner(
-    t: &DeTable<'_>,
-    text: &str,
-    name: &[u8],
-    zc: &ZoneCx,
-    cx: &mut FileCx<'_>,
-) -> Vec<RrSet> {
-    let ttl = raw::get(t, "ttl")
-        .and_then(|(_, v)| raw::u32_(v, "ttl", cx))
-        .unwrap_or(zc.ttl);
-    let mut rrsets = Vec::new();
-    let mut cname: Option<Span> = None;
-    for (key, v) in t.iter() {
-        let k = key.get_ref().as_ref();
-        if k == "ttl" {
-            continue;
-        }
-        let Some(t) = values::static_type(k) else {
-            unknown_key(k, &key.span(), &what(text), cx);
-            continue;
-        };
-        if t == rtype::CNAME {
-            cname = Some(key.span());
-            if !matches!(v.get_ref(), DeValue::String(_)) {
+        let id = self.statics.insert(&name)?;
+        match self.statics.written[id as usize] {
+            Written::Toml(first) | Written::Both(first, _) => {
+                let (line, _) = cx.position(first as usize);
                 cx.err(
-                    &v.span(),
+                    key,
+                    format!("name {text} is written twice (also at line {line})"),
+                );
+                None
+            }
+            Written::No | Written::File(_) => Some((id, name)),
+        }
+    }
+
+    /// Mark the owner as written here; a name the records file has too is reported.
+    fn begin(
+        &mut self,
+        id: u32,
+        name: WireName,
+        text: &str,
+        key: &Span,
+        cx: &mut FileCx<'_>,
+    ) -> Begun {
+        let at = u32::try_from(key.start).unwrap_or(u32::MAX);
+        let w = &mut self.statics.written[id as usize];
+        let add = match *w {
+            Written::File(f) => {
+                *w = Written::Both(at, f);
+                cx.err(
+                    key,
                     format!(
-                        "`CNAME` must be one string, not {} (a name holds one CNAME)",
-                        raw::type_name(v.get_ref())
+                        "name {} is also in the records file ({})",
+                        wire::to_text(&name),
+                        describe(self.files, f)
                     ),
                 );
-                continue;
+                false
             }
-        }
-        let Some(items) = raw::strings(v, k, cx) else {
-            continue;
+            _ => {
+                *w = Written::Toml(at);
+                true
+            }
         };
-        let mut rdatas: Vec<Box<[u8]>> = Vec::new();
+        let _ = text;
+        self.rdata.clear();
+        self.records.clear();
+        Begun { id, name, add }
+    }
+
+    /// One `TYPE = ...` of the owner: its records encoded, duplicates dropped, and kept
+    /// unless their smallest answer would not fit a message.
+    #[allow(clippy::too_many_arguments)]
+    fn rrset<'s>(
+        &mut self,
+        t: u16,
+        k: &str,
+        key: &Span,
+        ttl: u32,
+        text: &str,
+        name: &[u8],
+        items: impl IntoIterator<Item = (Span, &'s str)>,
+        cx: &mut FileCx<'_>,
+    ) {
+        let first = self.records.len();
+        let rdata_start = self.rdata.len();
         for (span, s) in items {
-            match values::encode_rdata(t, s, &zc.origin) {
+            match values::encode_rdata(t, s, &self.zc.origin) {
                 Ok(rd) if rd.len() > MAX_RDATA => cx.err(
                     &span,
                     format!(
@@ -110,50 +233,66 @@ fn compile_owner(
                         rd.len()
                     ),
                 ),
-                Ok(rd) if !rdatas.iter().any(|r| **r == *rd) => rdatas.push(rd.into()),
-                Ok(_) => {} // RFC 2181 §5: an RRset holds no duplicates.
+                // RFC 2181 §5: an RRset holds no duplicates.
+                Ok(rd) if self.records[first..].iter().any(|(_, _, r)| self.rdata[r.clone()] == *rd) => {}
+                Ok(rd) => {
+                    let at = self.rdata.len();
+                    self.rdata.extend_from_slice(&rd);
+                    self.records.push((t, ttl, at..self.rdata.len()));
+                }
                 Err(e) => cx.err(&span, format!("{k} record of {text}: {e}")),
             }
         }
-        let size = smallest_answer(name, rdatas.iter().map(|r| r.len()));
+        let lens = self.records[first..].iter().map(|(_, _, r)| r.len());
+        let size = smallest_answer(name, lens);
         if size > MAX_MESSAGE {
             cx.err(
-                &key.span(),
+                key,
                 format!(
                     "{k} records of {text}: the smallest answer with them is {size} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2)"
                 ),
             );
-        } else if !rdatas.is_empty() {
-            rrsets.push(RrSet {
-                rtype: t,
-                ttl,
-                rdatas,
-            });
+            self.records.truncate(first);
+            self.rdata.truncate(rdata_start);
         }
     }
-    if let Some(span) = cname {
-        let apex = crate::model::wire::from_text(&zc.origin).is_some_and(|a| *a == *name);
-        let others: Vec<String> = rrsets
-            .iter()
-            .filter(|r| r.rtype != rtype::CNAME)
-            .map(|r| rtype::name(r.rtype).into_owned())
-            .collect();
-        if apex {
-            cx.err(
-                &span,
-                format!("name {text} has a CNAME at the apex, beside the SOA"),
-            );
-        } else if !others.is_empty() {
-            cx.err(
-                &span,
-                format!(
-                    "name {text} has a CNAME beside other data ({})",
-                    others.join(", ")
-                ),
-            );
+
+    /// SPEC §2 on CNAMEs, then the owner's records into the zone.
+    fn finish(&mut self, begun: Begun, text: &str, cname: Option<Span>, cx: &mut FileCx<'_>) {
+        if let Some(span) = cname {
+            let mut others: Vec<String> = Vec::new();
+            for (t, _, _) in &self.records {
+                let n = rtype::name(*t).into_owned();
+                if *t != rtype::CNAME && !others.contains(&n) {
+                    others.push(n);
+                }
+            }
+            if *begun.name == *self.zc.origin_wire {
+                cx.err(
+                    &span,
+                    format!("name {text} has a CNAME at the apex, beside the SOA"),
+                );
+            } else if !others.is_empty() {
+                cx.err(
+                    &span,
+                    format!(
+                        "name {text} has a CNAME beside other data ({})",
+                        others.join(", ")
+                    ),
+                );
+            }
+        }
+        if begun.add {
+            for (t, ttl, r) in &self.records {
+                self.statics.add(begun.id, *t, *ttl, &self.rdata[r.clone()]);
+            }
         }
     }
-    rrsets
+}
+
+/// How messages name a `[records]` table.
+fn what(text: &str) -> String {
+    format!("[records.\"{text}\"]")
 }
 
 fn unknown_key(k: &str, span: &Span, what: &str, cx: &mut FileCx<'_>) {

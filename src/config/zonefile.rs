@@ -17,10 +17,9 @@ use domain::rdata::ZoneRecordData;
 use domain::zonefile::inplace::{Entry, Zonefile};
 
 use super::diag::Diagnostic;
+use super::statics::{self, Statics, Written};
 use super::values;
-use crate::model::{
-    MAX_MESSAGE, MAX_RDATA, NameMap, RrSet, Soa, WireName, rtype, smallest_answer, wire,
-};
+use crate::model::{MAX_MESSAGE, MAX_RDATA, Nodes, Soa, rtype, smallest_answer, wire};
 
 /// NSD's limit ("includes nested too deeply, skipped (>10)"): deeper is a loop in practice.
 pub(crate) const MAX_INCLUDE_DEPTH: usize = 10;
@@ -31,12 +30,6 @@ pub(crate) struct FilePos {
     pub(crate) file: u32,
     pub(crate) line: u32,
     pub(crate) col: u32,
-}
-
-/// One owner name of the file with its RRsets (in file order) and its first record.
-pub(crate) struct FileOwner {
-    pub(crate) at: FilePos,
-    pub(crate) rrsets: Vec<RrSet>,
 }
 
 /// The SOA of the file (at the apex).
@@ -52,18 +45,13 @@ pub(crate) struct FileSoa {
 pub(crate) struct Records {
     /// The records file first, then every included file in the order met.
     pub(crate) files: Vec<PathBuf>,
-    pub(crate) owners: NameMap<FileOwner>,
     pub(crate) soa: Option<FileSoa>,
 }
 
 impl Records {
     /// `file:line` of a position, for messages that point at this data from elsewhere.
     pub(crate) fn describe(&self, at: FilePos) -> String {
-        let file = self.files.get(at.file as usize).map(|p| p.display());
-        match file {
-            Some(f) => format!("{f}:{}", at.line),
-            None => format!("line {}", at.line),
-        }
+        statics::describe(&self.files, at)
     }
 }
 
@@ -76,31 +64,38 @@ pub(crate) struct ZoneOf<'a> {
     pub(crate) ttl: u32,
 }
 
-/// Read `path` (and what it includes) into owners; problems go into `diags`. `Err` with a
-/// sentence when the file itself cannot be read (the caller points at `records_file`).
+/// Read `path` (and what it includes) into the zone's statics; problems go into `diags`.
+/// `Err` with a sentence when the file itself cannot be read (the caller points at
+/// `records_file`). RRsets are checked once grouped: see [`check_owners`].
 pub(crate) fn load(
     path: &Path,
     zone: &ZoneOf<'_>,
+    statics: &mut Statics,
     diags: &mut Vec<Diagnostic>,
 ) -> Result<Records, String> {
     let text = read(path)?;
+    // A name a line, about 25 bytes each in a big file of A records.
+    statics
+        .nodes
+        .reserve(text.len() / 25, zone.origin_wire.len() + 8);
     let origin = Name::<Bytes>::bytes_from_str(zone.origin)
         .map_err(|e| format!("bad origin {}: {e}", zone.origin))?;
     let mut cx = Loader {
         zone,
         records: Records::default(),
+        statics,
         diags,
         owner: Vec::with_capacity(256),
         rdata: Vec::with_capacity(512),
     };
     cx.file(path.to_path_buf(), &text, origin, 0);
-    cx.check_cnames();
     Ok(cx.records)
 }
 
 struct Loader<'a, 'd> {
     zone: &'a ZoneOf<'a>,
     records: Records,
+    statics: &'d mut Statics,
     diags: &'d mut Vec<Diagnostic>,
     /// Scratch buffers, reused for every record.
     owner: Vec<u8>,
@@ -266,31 +261,16 @@ impl Loader<'_, '_> {
             );
             return;
         }
-        let rdata: Box<[u8]> = Box::from(&self.rdata[..]);
-        self.add(owner, t, ttl, rdata, at);
-    }
-
-    fn add(&mut self, owner: &[u8], t: u16, ttl: u32, rdata: Box<[u8]>, at: FilePos) {
-        let node = match self.records.owners.get_mut(owner) {
-            Some(n) => n,
-            None => {
-                let key: WireName = Box::from(owner);
-                self.records.owners.entry(key).or_insert(FileOwner {
-                    at,
-                    rrsets: Vec::with_capacity(1),
-                })
-            }
+        // RFC 2181 §5: an RRset holds no duplicates; §5.2: one TTL (the first one read).
+        // The builder settles both when it groups the records.
+        let Some(id) = self.statics.insert(owner) else {
+            return;
         };
-        match node.rrsets.iter_mut().find(|r| r.rtype == t) {
-            // RFC 2181 §5: an RRset holds no duplicates; §5.2: one TTL (the first one read).
-            Some(set) if !set.rdatas.contains(&rdata) => set.rdatas.push(rdata),
-            Some(_) => {}
-            None => node.rrsets.push(RrSet {
-                rtype: t,
-                ttl,
-                rdatas: vec![rdata],
-            }),
+        let w = &mut self.statics.written[id as usize];
+        if matches!(w, Written::No) {
+            *w = Written::File(at);
         }
+        self.statics.add(id, t, ttl, &self.rdata);
     }
 
     fn soa(&mut self, owner: &[u8], data: &ScannedData, ttl: u32, at: FilePos) {
@@ -326,62 +306,6 @@ impl Loader<'_, '_> {
         });
     }
 
-    /// SPEC §2: a CNAME stands alone, holds one target, and is never at the apex; and every
-    /// RRset fits a DNS message.
-    fn check_cnames(&mut self) {
-        let mut problems = Vec::new();
-        for (name, o) in &self.records.owners {
-            for set in &o.rrsets {
-                let size = smallest_answer(name, set.rdatas.iter().map(|r| r.len()));
-                if size > MAX_MESSAGE {
-                    problems.push((
-                        o.at,
-                        format!(
-                            "{} records of {}: the smallest answer with them is {size} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2)",
-                            rtype::name(set.rtype),
-                            wire::to_text(name)
-                        ),
-                    ));
-                }
-            }
-            let Some(cname) = o.rrsets.iter().find(|r| r.rtype == rtype::CNAME) else {
-                continue;
-            };
-            let text = wire::to_text(name);
-            if **name == *self.zone.origin_wire {
-                problems.push((
-                    o.at,
-                    format!("name {text} has a CNAME at the apex, beside the SOA"),
-                ));
-            } else if o.rrsets.len() > 1 {
-                let others: Vec<_> = o
-                    .rrsets
-                    .iter()
-                    .filter(|r| r.rtype != rtype::CNAME)
-                    .map(|r| rtype::name(r.rtype).into_owned())
-                    .collect();
-                problems.push((
-                    o.at,
-                    format!(
-                        "name {text} has a CNAME beside other data ({})",
-                        others.join(", ")
-                    ),
-                ));
-            } else if cname.rdatas.len() > 1 {
-                problems.push((
-                    o.at,
-                    format!(
-                        "name {text} has {} CNAME records (a name holds one)",
-                        cname.rdatas.len()
-                    ),
-                ));
-            }
-        }
-        for (at, m) in problems {
-            self.err(at, m);
-        }
-    }
-
     fn err(&mut self, at: FilePos, message: impl Into<String>) {
         self.err_at(at.file, at.line as usize, at.col as usize, message.into());
     }
@@ -393,6 +317,59 @@ impl Loader<'_, '_> {
             col,
             message,
         });
+    }
+}
+
+/// SPEC §2 for the names of the records file, once their records are grouped: a CNAME
+/// stands alone, holds one target, and is never at the apex; and every RRset fits a DNS
+/// message.
+pub(crate) fn check_owners(
+    nodes: &Nodes,
+    written: &[Written],
+    origin_wire: &[u8],
+    files: &[PathBuf],
+    diags: &mut Vec<Diagnostic>,
+) {
+    for ((name, node), w) in nodes.iter().zip(written) {
+        let (Written::File(at) | Written::Both(_, at)) = *w else {
+            continue;
+        };
+        let mut problem = |m: String| diags.push(statics::file_err(files, at, m));
+        for set in node.rrsets() {
+            let size = smallest_answer(name, set.rdatas().map(|r| r.len()));
+            if size > MAX_MESSAGE {
+                problem(format!(
+                    "{} records of {}: the smallest answer with them is {size} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2)",
+                    rtype::name(set.rtype),
+                    wire::to_text(name)
+                ));
+            }
+        }
+        let Some(cname) = node.rrset(rtype::CNAME) else {
+            continue;
+        };
+        let text = wire::to_text(name);
+        let sets = node.rrsets().count();
+        if name == origin_wire {
+            problem(format!(
+                "name {text} has a CNAME at the apex, beside the SOA"
+            ));
+        } else if sets > 1 {
+            let others: Vec<_> = node
+                .rrsets()
+                .filter(|r| r.rtype != rtype::CNAME)
+                .map(|r| rtype::name(r.rtype).into_owned())
+                .collect();
+            problem(format!(
+                "name {text} has a CNAME beside other data ({})",
+                others.join(", ")
+            ));
+        } else if cname.len() > 1 {
+            problem(format!(
+                "name {text} has {} CNAME records (a name holds one)",
+                cname.len()
+            ));
+        }
     }
 }
 

@@ -113,7 +113,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
                 found.kind = Kind::Wildcard { encloser_len };
             }
             if let Some(cname) = node.rrset(rtype::CNAME)
-                && let Some(target) = cname.rdatas.first()
+                && let Some(target) = cname.rdatas().next()
                 && qtype != rtype::CNAME
             {
                 w.record(Section::Answer, owner, rtype::CNAME, cname.ttl, target);
@@ -137,7 +137,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
         &self,
         zone: &Zone,
         name: &[u8],
-        node: &Node,
+        node: Node<'_>,
         owner: Owner<'_>,
         qtype: u16,
         w: &mut Writer<'_>,
@@ -158,13 +158,13 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
         }
         let rrset = if qtype == rtype::ANY {
             // RFC 8482 §4.1: answer with one RRset of the name.
-            node.rrsets.first()
+            node.rrsets().next()
         } else {
             node.rrset(qtype)
         };
         match rrset {
             Some(set) => {
-                for rd in &set.rdatas {
+                for rd in set.rdatas() {
                     w.record(Section::Answer, owner, set.rtype, set.ttl, rd);
                 }
             }
@@ -252,12 +252,12 @@ fn delegation_above<'z>(zone: &'z Zone, name: &'z [u8]) -> Option<&'z [u8]> {
 }
 
 /// RFC 4592: `*.<closest encloser>` when the name does not exist.
-pub(crate) fn wildcard_node<'z>(zone: &'z Zone, name: &[u8]) -> Option<&'z Node> {
+pub(crate) fn wildcard_node<'z>(zone: &'z Zone, name: &[u8]) -> Option<Node<'z>> {
     wildcard_match(zone, name).map(|(node, _)| node)
 }
 
 /// The wildcard node for `name` and the length of its closest encloser (a suffix of `name`).
-fn wildcard_match<'z>(zone: &'z Zone, name: &[u8]) -> Option<(&'z Node, u8)> {
+fn wildcard_match<'z>(zone: &'z Zone, name: &[u8]) -> Option<(Node<'z>, u8)> {
     let mut encloser = wire::parent(name)?;
     while !zone.nodes.contains_key(encloser) {
         if encloser.len() <= zone.origin_wire.len() {
@@ -281,16 +281,16 @@ fn referral(zone: &Zone, cut: &[u8], w: &mut Writer<'_>) {
     let Some(ns) = zone.nodes.get(cut).and_then(|n| n.rrset(rtype::NS)) else {
         return;
     };
-    for rd in &ns.rdatas {
+    for rd in ns.rdatas() {
         w.record(Section::Authority, Owner::Name(cut), rtype::NS, ns.ttl, rd);
     }
-    for target in &ns.rdatas {
-        let Some(node) = zone.nodes.get(&target[..]) else {
+    for target in ns.rdatas() {
+        let Some(node) = zone.nodes.get(target) else {
             continue;
         };
         for t in [rtype::A, rtype::AAAA] {
             if let Some(set) = node.rrset(t) {
-                for rd in &set.rdatas {
+                for rd in set.rdatas() {
                     w.record(Section::Additional, Owner::Name(target), t, set.ttl, rd);
                 }
             }

@@ -590,7 +590,7 @@ fn node_types(zone: &Zone, name: &[u8], types: &mut TypeSet) {
         types.add(rtype::NS);
         return;
     }
-    for set in &node.rrsets {
+    for set in node.rrsets() {
         types.add(set.rtype);
     }
     if node.policy.is_some() {

@@ -116,7 +116,7 @@ fn ok_zones_compile_to_the_expected_snapshot() {
     assert_eq!((rec.soa.refresh, rec.soa.retry), (7200, 600));
 }
 
-fn node<'z>(z: &'z meridian::model::Zone, n: &str) -> &'z meridian::model::Node {
+fn node<'z>(z: &'z meridian::model::Zone, n: &str) -> meridian::model::Node<'z> {
     z.nodes
         .get(&name(n))
         .unwrap_or_else(|| panic!("{n} is a name"))
@@ -273,9 +273,13 @@ fn names_hold_records_policies_and_empty_non_terminals() {
         apex.rrset(rtype::SOA).is_none(),
         "the SOA is synthesized from Zone.soa"
     );
-    assert_eq!(apex.rrset(rtype::NS).expect("NS").rdatas.len(), 2);
+    assert_eq!(apex.rrset(rtype::NS).expect("NS").len(), 2);
     assert_eq!(
-        &*apex.rrset(rtype::TXT).expect("TXT").rdatas[0],
+        apex.rrset(rtype::TXT)
+            .expect("TXT")
+            .rdatas()
+            .next()
+            .expect("a record"),
         b"\x12meridian demo zone"
     );
     let st = node(ex, "static.gslb.example.test.");
@@ -288,10 +292,12 @@ fn names_hold_records_policies_and_empty_non_terminals() {
         300
     );
     assert_eq!(
-        &*node(ex, "*.wild.gslb.example.test.")
+        node(ex, "*.wild.gslb.example.test.")
             .rrset(rtype::A)
             .expect("A")
-            .rdatas[0],
+            .rdatas()
+            .next()
+            .expect("a record"),
         [192, 0, 2, 9]
     );
     assert!(
@@ -315,11 +321,15 @@ fn names_hold_records_policies_and_empty_non_terminals() {
     let rz = snap.zone(ZoneId(1));
     let apex = node(rz, "records.test.");
     assert!(!apex.delegation);
-    let mx = &apex.rrset(rtype::MX).expect("MX").rdatas;
-    assert_eq!(&*mx[0], b"\x00\x0a\x03mx1\x07records\x04test\x00");
-    assert_eq!(&*mx[1], b"\x00\x14\x03mx2\x09elsewhere\x07example\x00");
+    let mx: Vec<&[u8]> = apex.rrset(rtype::MX).expect("MX").rdatas().collect();
+    assert_eq!(mx[0], b"\x00\x0a\x03mx1\x07records\x04test\x00");
+    assert_eq!(mx[1], b"\x00\x14\x03mx2\x09elsewhere\x07example\x00");
     assert_eq!(
-        &*apex.rrset(rtype::CAA).expect("CAA").rdatas[0],
+        apex.rrset(rtype::CAA)
+            .expect("CAA")
+            .rdatas()
+            .next()
+            .expect("a record"),
         b"\x00\x05issueletsencrypt.org"
     );
     assert_eq!(apex.rrset(rtype::MX).expect("MX").ttl, 120);
@@ -327,7 +337,7 @@ fn names_hold_records_policies_and_empty_non_terminals() {
         .rrset(rtype::SRV)
         .expect("SRV");
     assert_eq!(
-        &*srv.rdatas[0],
+        srv.rdatas().next().expect("a record"),
         b"\x00\x0a\x00\x05\x01\xbb\x03www\x07records\x04test\x00"
     );
     assert!(node(rz, "_tcp.records.test.").is_empty());
@@ -347,16 +357,20 @@ fn names_hold_records_policies_and_empty_non_terminals() {
     assert!(node(rz, "sub.records.test.").delegation);
     assert!(node(rz, "ns.sub.records.test.").rrset(rtype::A).is_some());
     assert_eq!(
-        &*node(rz, "alias.records.test.")
+        node(rz, "alias.records.test.")
             .rrset(rtype::CNAME)
             .expect("CNAME")
-            .rdatas[0],
+            .rdatas()
+            .next()
+            .expect("a record"),
         &*name("target.elsewhere.example.")
     );
     let long = &node(rz, "long.records.test.")
         .rrset(rtype::TXT)
         .expect("TXT")
-        .rdatas[0];
+        .rdatas()
+        .next()
+        .expect("a record");
     assert_eq!((long[0], long[256], long.len()), (255, 25, 282));
     assert_eq!(
         node(rz, "x.lat.records.test.").policy,
@@ -471,4 +485,123 @@ fn the_summary_counts_every_check() {
     );
     let snap = load(&dir, None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(summary(&snap), "ok: 1 zones, 0 names, 2 pools, 3 checks");
+}
+
+/// Every name of a zone with what it holds, in name order: (name, RRsets as (type, TTL,
+/// RDATA), policy, delegation).
+type Dump = Vec<(String, Vec<(u16, u32, Vec<Vec<u8>>)>, Option<u32>, bool)>;
+
+fn dump(z: &meridian::model::Zone) -> Dump {
+    let mut all: Dump = z
+        .nodes
+        .iter()
+        .map(|(n, node)| {
+            let sets = node
+                .rrsets()
+                .map(|s| (s.rtype, s.ttl, s.rdatas().map(<[u8]>::to_vec).collect()))
+                .collect();
+            (
+                wire::to_text(n),
+                sets,
+                node.policy.map(|p| p.0),
+                node.delegation,
+            )
+        })
+        .collect();
+    all.sort();
+    all
+}
+
+/// The same owners as plain `[records.x]` tables (read beside the toml tree) and as inline
+/// tables under `[records]` (read by the toml crate): the same names, RRsets and problems.
+#[test]
+fn plain_record_tables_compile_as_the_toml_tree_does() {
+    let head = "origin = \"p.test.\"\n[soa]\nmname = \"ns1\"\nrname = \"h.p.test.\"\nserial = 1\n";
+    // (key, plain table body, the same as an inline table)
+    let owners = [
+        (
+            "\"@\"",
+            "NS = [\"ns1\", \"ns2.elsewhere.\"]\nTXT = 'apex'",
+            "NS = [\"ns1\", \"ns2.elsewhere.\"], TXT = 'apex'",
+        ),
+        ("ns1", "A = \"192.0.2.53\"", "A = \"192.0.2.53\""),
+        (
+            "www",
+            "A = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.1\"] # a duplicate\nttl = 60",
+            "A = [\"192.0.2.1\", \"192.0.2.2\", \"192.0.2.1\"], ttl = 60",
+        ),
+        (
+            "\"deep.a.b\"",
+            "TXT = [\n  \"one\", # first\n  \"two\",\n]",
+            "TXT = [\"one\", \"two\"]",
+        ),
+        ("sub", "NS = \"ns.sub\"", "NS = \"ns.sub\""),
+        (
+            "\"ns.sub\"",
+            "AAAA = \"2001:db8::53\"",
+            "AAAA = \"2001:db8::53\"",
+        ),
+        ("alias", "CNAME = \"www\"", "CNAME = \"www\""),
+        (
+            "mail",
+            "MX = [\"10 mx1\", \"20 mx2.elsewhere.\"]\nSRV = \"1 2 25 mail\"",
+            "MX = [\"10 mx1\", \"20 mx2.elsewhere.\"], SRV = \"1 2 25 mail\"",
+        ),
+        // An escape: this table goes to the toml crate among plain ones.
+        ("esc", "TXT = \"a\\\"b\"", "TXT = \"a\\\"b\""),
+    ];
+    let plain: String = owners
+        .iter()
+        .map(|(k, body, _)| format!("[records.{k}]\n{body}\n\n"))
+        .collect();
+    let inline: String = owners
+        .iter()
+        .map(|(k, _, body)| format!("{k} = {{ {body} }}\n"))
+        .collect();
+    let a = load_str(Path::new("plain.toml"), &format!("{head}{plain}"))
+        .unwrap_or_else(|d| panic!("plain tables load:\n{d}"));
+    let b = load_str(
+        Path::new("tree.toml"),
+        &format!("{head}[records]\n{inline}"),
+    )
+    .unwrap_or_else(|d| panic!("inline tables load:\n{d}"));
+    let (a, b) = (dump(a.zone(ZoneId(0))), dump(b.zone(ZoneId(0))));
+    assert_eq!(a, b);
+    let www = a.iter().find(|(n, ..)| n == "www.p.test.").expect("www");
+    assert_eq!(
+        www.1,
+        [(rtype::A, 60, vec![vec![192, 0, 2, 1], vec![192, 0, 2, 2]])]
+    );
+    assert!(a.iter().any(|(n, _, _, d)| n == "sub.p.test." && *d));
+    assert!(
+        a.iter()
+            .any(|(n, s, ..)| n == "a.b.p.test." && s.is_empty())
+    );
+}
+
+/// Plain tables and tables only the toml crate reads, mixed: a name written twice is
+/// reported at its second key with the line of the first, whichever way each was read; the
+/// same key twice is the toml crate's own error, as if no table were plain.
+#[test]
+fn plain_and_tree_tables_report_names_written_twice_in_file_order() {
+    let head = "origin = \"p.test.\"\n[soa]\nmname = \"ns1\"\nrname = \"h.p.test.\"\n";
+    let text = format!(
+        "{head}[records.www]\nA = \"192.0.2.1\"\n[records.\"WWW\"]\nTXT = \"x\\ty\"\n[records.\"www.p.test.\"]\nA = \"192.0.2.3\"\n"
+    );
+    let err = load_str(Path::new("z.toml"), &text)
+        .expect_err("written twice")
+        .to_string();
+    assert_eq!(
+        err,
+        "z.toml:7:10: name WWW is written twice (also at line 5)\nz.toml:9:10: name www.p.test. is written twice (also at line 5)\n"
+    );
+    let text =
+        format!("{head}[records.www]\nA = \"192.0.2.1\"\n[records.www]\nA = \"192.0.2.3\"\n");
+    let plain_err = load_str(Path::new("z.toml"), &text)
+        .expect_err("a table twice")
+        .to_string();
+    assert!(
+        plain_err.starts_with("z.toml:7:") && plain_err.contains("TOML syntax"),
+        "{plain_err}"
+    );
 }

@@ -23,7 +23,7 @@ fn load(dir: &Path) -> Snapshot {
     .unwrap_or_else(|d| panic!("{dir:?} must load:\n{d}"))
 }
 
-fn node<'z>(z: &'z Zone, n: &str) -> &'z Node {
+fn node<'z>(z: &'z Zone, n: &str) -> Node<'z> {
     let w = wire::from_text(n).expect("valid name");
     z.nodes.get(&w).unwrap_or_else(|| panic!("{n} is a name"))
 }
@@ -33,7 +33,7 @@ fn rrset(z: &Zone, n: &str, t: u16) -> (u32, Vec<Vec<u8>>) {
     let set = node(z, n)
         .rrset(t)
         .unwrap_or_else(|| panic!("{n} has {}", rtype::name(t)));
-    (set.ttl, set.rdatas.iter().map(|r| r.to_vec()).collect())
+    (set.ttl, set.rdatas().map(|r| r.to_vec()).collect())
 }
 
 fn name(s: &str) -> Vec<u8> {

@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     let names: Vec<Box<[u8]>> = snap
         .zones
         .iter()
-        .flat_map(|z| z.nodes.keys().cloned())
+        .flat_map(|z| z.nodes.names().map(Box::from))
         .take(64)
         .collect();
     let health = Arc::new(View::unknown(&snap));
