@@ -16,6 +16,7 @@
 use std::net::IpAddr;
 use std::path::Path;
 
+use bytes::Bytes;
 use ipnet::IpNet;
 use maxminddb::Reader;
 
@@ -33,8 +34,11 @@ pub enum GeoError {
 
 /// A GeoIP database (City or Country layout) plus an optional ASN database.
 pub struct GeoDb {
-    city: Reader<Vec<u8>>,
-    asn: Option<Reader<Vec<u8>>>,
+    city: Reader<Bytes>,
+    /// The City/Country file the reader reads (shared, not copied): the trie is compiled
+    /// from its search tree.
+    city_bytes: Bytes,
+    asn: Option<Reader<Bytes>>,
     /// The City/Country database compiled for the DNS path (trie.rs); `None` for a
     /// database opened only to show records (`meridian geoip`).
     trie: Option<Compiled>,
@@ -96,46 +100,54 @@ impl GeoDb {
 
     /// Like [`GeoDb::open`] without compiling: for showing records, not for answering.
     pub fn open_reader(city: &Path, asn: Option<&Path>) -> Result<GeoDb, GeoError> {
-        let read = |path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| open_error(path, &e.to_string()))
-                .and_then(|bytes| {
-                    Reader::from_source(bytes).map_err(|e| open_error(path, &e.to_string()))
-                })
-        };
-        Ok(GeoDb {
-            id: next_db_id(),
-            city: read(city)?,
-            asn: asn.map(read).transpose()?,
-            trie: None,
-        })
+        let read = |path: &Path| std::fs::read(path).map_err(|e| open_error(path, &e.to_string()));
+        let asn = asn.map(|p| read(p).map(|b| (p, b))).transpose()?;
+        Self::parse(read(city)?, asn)
+            .map_err(|(which, message)| open_error(which.unwrap_or(city), &message))
     }
 
     /// Like [`GeoDb::open`], from bytes already in memory (tests, embedded databases).
     pub fn from_bytes(city: Vec<u8>, asn: Option<Vec<u8>>) -> Result<GeoDb, GeoError> {
-        let parse = |what: &str, bytes: Vec<u8>| {
-            Reader::from_source(bytes).map_err(|e| GeoError::Open {
-                path: format!("<{what} bytes>"),
+        let named = |which: Option<&Path>| match which {
+            None => "<city bytes>",
+            Some(_) => "<asn bytes>",
+        };
+        Self::parse(city, asn.map(|b| (Path::new("asn"), b)))
+            .map_err(|(which, message)| GeoError::Open {
+                path: named(which).into(),
+                message,
+            })?
+            .compiled()
+            .map_err(|e| GeoError::Open {
+                path: "<city bytes>".into(),
                 message: e.to_string(),
             })
-        };
-        GeoDb {
+    }
+
+    /// Readers over the files' bytes; an error names the ASN file (`Some`) or the City one.
+    #[allow(clippy::type_complexity)]
+    fn parse<'p>(
+        city: Vec<u8>,
+        asn: Option<(&'p Path, Vec<u8>)>,
+    ) -> Result<GeoDb, (Option<&'p Path>, String)> {
+        let city_bytes = Bytes::from(city);
+        let city = Reader::from_source(city_bytes.clone()).map_err(|e| (None, e.to_string()))?;
+        let asn = asn
+            .map(|(p, b)| Reader::from_source(Bytes::from(b)).map_err(|e| (Some(p), e.to_string())))
+            .transpose()?;
+        Ok(GeoDb {
             id: next_db_id(),
-            city: parse("city", city)?,
-            asn: asn.map(|b| parse("asn", b)).transpose()?,
+            city,
+            city_bytes,
+            asn,
             trie: None,
-        }
-        .compiled()
-        .map_err(|e| GeoError::Open {
-            path: "<city bytes>".into(),
-            message: e.to_string(),
         })
     }
 
     /// The same database with its trie built.
     fn compiled(mut self) -> Result<GeoDb, super::trie::TrieError> {
         let started = std::time::Instant::now();
-        let (trie, stats) = GeoTrie::build(&self.city, |raw| location_of(raw).0)?;
+        let (trie, stats) = GeoTrie::build(&self.city, &self.city_bytes, |raw| location_of(raw).0)?;
         self.trie = Some(Compiled {
             trie,
             stats,
@@ -203,9 +215,9 @@ impl GeoDb {
         if let Some(c) = &self.trie {
             let s = c.stats;
             line.push_str(&format!(
-                "; compiled in {} ms: {} networks, {} records, {} locations, {} nodes, {:.1} MiB",
+                "; compiled in {} ms: {} tree nodes, {} records, {} locations, {} trie nodes, {:.1} MiB",
                 c.took.as_millis(),
-                s.networks,
+                s.tree_nodes,
                 s.records,
                 s.classes,
                 s.nodes,
@@ -257,7 +269,7 @@ fn open_error(path: &Path, message: &str) -> GeoError {
 
 /// The database network holding `ip`, in `ip`'s own family: an IPv4 address found in the
 /// IPv4 subtree of an IPv6 database gets its IPv4 prefix (203.0.113.0/25, not /121).
-fn network_of(result: &maxminddb::LookupResult<'_, Vec<u8>>, ip: IpAddr) -> IpNet {
+fn network_of(result: &maxminddb::LookupResult<'_, Bytes>, ip: IpAddr) -> IpNet {
     let net = result.network().ok();
     match (net, ip) {
         (Some(n), IpAddr::V4(_)) if n.is_ipv4() => IpNet::new(n.network(), n.prefix()),

@@ -5,16 +5,17 @@
 //! (names in eight languages skipped one by one), which costs more than the rest of a query.
 //! Here a lookup is the same walk over a smaller tree and one table read, with no decode.
 //!
-//! Build: every network of the database (aliases included, so `2002::/16` answers like the
-//! reader) in tree order; each distinct record is decoded once (keyed by its data offset) and
-//! interned; subtrees are built bottom-up and hash-consed, and a node whose two halves are the
-//! same leaf becomes that leaf. So every leaf covers a maximal region of one class, and the
+//! Build: one depth-first walk of the database's search tree, each tree node once (the IPv4
+//! aliases `::ffff:0:0/96` and `2002::/16` point at the IPv4 subtree, so they share its
+//! compiled form and answer like the reader); each distinct record is decoded once and
+//! interned as a class; a node whose two halves are the same leaf becomes that leaf, so every
+//! leaf covers a maximal region of one class, and the
 //! depth at which a lookup meets its leaf is the shortest prefix of the address inside which
 //! every address gets the same [`Located`]: an exact ECS scope input (issue 9).
 
 use std::net::IpAddr;
 
-use maxminddb::{Reader, WithinOptions};
+use maxminddb::Reader;
 use rustc_hash::FxHashMap;
 
 use super::record::RawRecord;
@@ -35,9 +36,12 @@ pub(super) struct GeoTrie {
     classes: Box<[Option<Location>]>,
     /// The reference of `::/0`.
     root: u32,
-    /// Where IPv4 lookups start: the reference reached by 96 zero bits, and its depth (less
-    /// than 96 when a leaf covers the whole of IPv4).
+    /// Where IPv4 lookups start: the reference reached by 96 zero bits and its depth (less
+    /// than 96 when a leaf covers the whole of IPv4); the root in an IPv4-only database.
     v4_start: (u32, u8),
+    /// Depth of the IPv4 subtree: 96, or 0 in an IPv4-only database (whose tree holds IPv4
+    /// bits from the top of the key).
+    v4_base: u8,
     /// An IPv4-only database: IPv6 lookups miss with prefix 0, as the reader's do.
     v4_only: bool,
 }
@@ -45,8 +49,8 @@ pub(super) struct GeoTrie {
 /// Figures of one compilation, for the load log line and the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrieStats {
-    /// Networks the database iteration yielded (IPv4 aliases counted again).
-    pub networks: usize,
+    /// Nodes of the database's own search tree.
+    pub tree_nodes: usize,
     /// Distinct records decoded.
     pub records: usize,
     /// Distinct locations (classes), the miss class included.
@@ -63,62 +67,62 @@ pub struct TrieStats {
 pub(super) struct TrieError(String);
 
 impl GeoTrie {
-    /// Walk every network of `reader` once and compile it. `decode` turns a record into its
-    /// location; a record that does not decode is no record, as for the reader.
-    pub(super) fn build(
-        reader: &Reader<Vec<u8>>,
+    /// Walk the database's search tree once and compile it. `buf` is the database file the
+    /// reader was opened on; `decode` turns a record into its location (a record that does
+    /// not decode is no record, as for the reader).
+    pub(super) fn build<S: AsRef<[u8]>>(
+        reader: &Reader<S>,
+        buf: &[u8],
         decode: impl Fn(&RawRecord<'_>) -> Location,
     ) -> Result<(GeoTrie, TrieStats), TrieError> {
-        let v4_only = reader.metadata().ip_version == 4;
-        let all = match v4_only {
-            true => "0.0.0.0/0",
-            false => "::/0",
-        };
-        let within = reader
-            .within(
-                all.parse().expect("a valid network"),
-                WithinOptions::default().include_aliased_networks(),
-            )
-            .map_err(|e| TrieError(e.to_string()))?;
-        let mut classes = Classifier {
+        let meta = reader.metadata();
+        let v4_only = meta.ip_version == 4;
+        let node_count = usize::try_from(meta.node_count).unwrap_or(usize::MAX);
+        let node_bytes = usize::from(meta.record_size) / 4;
+        if !matches!(meta.record_size, 24 | 28 | 32) || node_count >= IN_PROGRESS as usize {
+            return Err(TrieError("unsupported record size or node count".into()));
+        }
+        let tree = node_count
+            .checked_mul(node_bytes)
+            .and_then(|len| buf.get(..len))
+            .ok_or_else(|| TrieError("the search tree is longer than the file".into()))?;
+        let mut w = Walker {
+            reader,
+            decode: &decode,
+            tree,
+            record_size: meta.record_size,
+            node_count,
+            bits: if v4_only { 32 } else { 128 },
+            memo: vec![UNSEEN; node_count],
+            nodes: Vec::new(),
+            pairs: FxHashMap::default(),
             classes: vec![None],
             class_of: FxHashMap::default(),
-            by_offset: FxHashMap::default(),
-            networks: 0,
-            error: None,
+            by_pointer: FxHashMap::default(),
         };
-        let mut tree = Tree {
-            nodes: Vec::new(),
-            interned: FxHashMap::default(),
-            full: false,
+        let root = match node_count {
+            0 => MISS,
+            _ => w.visit(0, 0, 0)?,
         };
-        let mut items = within
-            .map(|r| classes.item(r, &decode))
-            .map_while(|i| i)
-            .peekable();
-        let root = tree.subtree(0, 0, &mut items);
-        let leftover = items.next().is_some();
-        drop(items);
-        if let Some(e) = classes.error.take() {
-            return Err(TrieError(e));
-        }
-        if leftover {
-            return Err(TrieError("networks out of tree order".into()));
-        }
-        if tree.full || classes.classes.len() >= LEAF as usize {
+        if w.nodes.len() >= LEAF as usize || w.classes.len() >= (IN_PROGRESS & !LEAF) as usize {
             return Err(TrieError("more than 2^31 nodes or classes".into()));
         }
+        let records = w.by_pointer.len();
         let mut trie = GeoTrie {
-            nodes: tree.nodes.into_boxed_slice(),
-            classes: classes.classes.into_boxed_slice(),
+            nodes: w.nodes.into_boxed_slice(),
+            classes: w.classes.into_boxed_slice(),
             root,
             v4_start: (root, 0),
+            v4_base: 0,
             v4_only,
         };
-        trie.v4_start = trie.walk(root, 0, 0, V4_DEPTH);
+        if !v4_only {
+            trie.v4_start = trie.walk(root, 0, 0, V4_DEPTH);
+            trie.v4_base = V4_DEPTH;
+        }
         let stats = TrieStats {
-            networks: classes.networks,
-            records: classes.by_offset.len(),
+            tree_nodes: node_count,
+            records,
             classes: trie.classes.len(),
             nodes: trie.nodes.len(),
             bytes: std::mem::size_of_val(&*trie.nodes) + std::mem::size_of_val(&*trie.classes),
@@ -145,15 +149,21 @@ impl GeoTrie {
         let (leaf, prefix_len) = match ip.to_canonical() {
             IpAddr::V4(v4) => {
                 let (start, depth) = self.v4_start;
-                let (leaf, depth) = self.walk(start, depth, u128::from(u32::from(v4)), 128);
-                (leaf, depth.saturating_sub(V4_DEPTH))
+                let key = u128::from(u32::from(v4)) << (V4_DEPTH - self.v4_base);
+                let (leaf, depth) = self.walk(start, depth, key, 128);
+                (leaf, depth.saturating_sub(self.v4_base))
             }
             IpAddr::V6(_) if self.v4_only => return Located::default(),
             IpAddr::V6(v6) => self.walk(self.root, 0, u128::from(v6), 128),
         };
+        // Only a malformed tree leaves the walk on a node; that is no record.
+        let class = match leaf & LEAF {
+            0 => 0,
+            _ => (leaf & !LEAF) as usize,
+        };
         let location = self
             .classes
-            .get((leaf & !LEAF) as usize)
+            .get(class)
             .copied()
             .flatten()
             .map(|l| Location { prefix_len, ..l });
@@ -164,26 +174,140 @@ impl GeoTrie {
     }
 }
 
-/// One network of the iteration: first address (IPv4 at `::a.b.c.d`), length, class leaf.
-type Item = (u128, u8, u32);
+/// `memo` marks: a tree node not visited yet, and one being visited (a cycle if met again).
+const UNSEEN: u32 = u32::MAX;
+const IN_PROGRESS: u32 = u32::MAX - 1;
 
-/// Interns the records met during the iteration into classes.
-struct Classifier {
+/// One depth-first walk of the `.mmdb` search tree. The tree is a DAG (the IPv4 aliases
+/// point at the IPv4 subtree), so each tree node is compiled once and its result memoized:
+/// what a subtree compiles to does not depend on where it hangs.
+struct Walker<'a, S: AsRef<[u8]>, F> {
+    reader: &'a Reader<S>,
+    decode: &'a F,
+    /// The search tree's bytes.
+    tree: &'a [u8],
+    record_size: u16,
+    node_count: usize,
+    /// Address bits of the tree: 32 or 128.
+    bits: u8,
+    /// Tree node → compiled reference, or a mark.
+    memo: Vec<u32>,
+    nodes: Vec<[u32; 2]>,
+    /// Nodes whose two children are leaves, interned: the commonest repeated subtree.
+    pairs: FxHashMap<[u32; 2], u32>,
     classes: Vec<Option<Location>>,
     class_of: FxHashMap<ClassKey, u32>,
-    /// Data offset → class leaf: each record is decoded once.
-    by_offset: FxHashMap<usize, u32>,
-    networks: usize,
-    error: Option<String>,
+    /// Data pointer → class leaf: each record is decoded once.
+    by_pointer: FxHashMap<usize, u32>,
 }
 
-/// The nodes built so far.
-struct Tree {
-    nodes: Vec<[u32; 2]>,
-    /// Hash-consing: equal subtrees (the IPv4 aliases above all) are stored once.
-    interned: FxHashMap<[u32; 2], u32>,
-    /// Node indexes ran into the leaf bit (never with a real database).
-    full: bool,
+impl<S: AsRef<[u8]>, F: Fn(&RawRecord<'_>) -> Location> Walker<'_, S, F> {
+    /// The record pointed to by tree node `node`'s child `side` (the MaxMind DB spec's
+    /// 24-, 28- and 32-bit layouts).
+    fn child(&self, node: usize, side: usize) -> Option<usize> {
+        let n = node * usize::from(self.record_size) / 4;
+        let b = self.tree.get(n..n + usize::from(self.record_size) / 4)?;
+        let be = |x: &[u8]| x.iter().fold(0usize, |a, &v| a << 8 | usize::from(v));
+        Some(match (self.record_size, side) {
+            (24, 0) => be(&b[..3]),
+            (24, _) => be(&b[3..6]),
+            (28, 0) => usize::from(b[3] >> 4) << 24 | be(&b[..3]),
+            (28, _) => usize::from(b[3] & 0x0f) << 24 | be(&b[4..7]),
+            (_, 0) => be(&b[..4]),
+            (_, _) => be(&b[4..8]),
+        })
+    }
+
+    /// Compile the tree record `value` met at `depth` on the path `path` (address bits from
+    /// the top of a 128-bit word).
+    fn visit(&mut self, value: usize, depth: u8, path: u128) -> Result<u32, TrieError> {
+        if value == self.node_count {
+            return Ok(MISS);
+        }
+        if value > self.node_count {
+            return self.leaf(value, path);
+        }
+        match self.memo[value] {
+            UNSEEN => {}
+            IN_PROGRESS => return Err(TrieError("the search tree has a cycle".into())),
+            done => return Ok(done),
+        }
+        if depth >= self.bits {
+            return Err(TrieError(
+                "the search tree is deeper than an address".into(),
+            ));
+        }
+        self.memo[value] = IN_PROGRESS;
+        let bad = || TrieError("a search tree node is outside the tree".into());
+        let (l, r) = (
+            self.child(value, 0).ok_or_else(bad)?,
+            self.child(value, 1).ok_or_else(bad)?,
+        );
+        let left = self.visit(l, depth + 1, path)?;
+        let right = self.visit(r, depth + 1, path | 1 << (127 - u32::from(depth)))?;
+        let compiled = self.join(left, right);
+        self.memo[value] = compiled;
+        Ok(compiled)
+    }
+
+    /// A node of two halves; the leaf itself when both halves are the same leaf, so every
+    /// leaf covers a maximal region of its class.
+    fn join(&mut self, left: u32, right: u32) -> u32 {
+        let leaves = left & right & LEAF != 0;
+        if leaves && left == right {
+            return left;
+        }
+        if leaves && let Some(&n) = self.pairs.get(&[left, right]) {
+            return n;
+        }
+        let n = u32::try_from(self.nodes.len()).unwrap_or(LEAF).min(LEAF);
+        self.nodes.push([left, right]);
+        if leaves {
+            self.pairs.insert([left, right], n);
+        }
+        n
+    }
+
+    /// The class leaf of the record at data pointer `value`, first met on `path`: decoded
+    /// through the reader's own lookup of that address (the only public way to a record),
+    /// which must land on the same record.
+    fn leaf(&mut self, value: usize, path: u128) -> Result<u32, TrieError> {
+        if let Some(&leaf) = self.by_pointer.get(&value) {
+            return Ok(leaf);
+        }
+        let ip = match self.bits {
+            32 => IpAddr::V4(((path >> 96) as u32).into()),
+            _ => IpAddr::V6(path.into()),
+        };
+        let result = self
+            .reader
+            .lookup(ip)
+            .map_err(|e| TrieError(format!("{ip}: {e}")))?;
+        if result.offset().map(|o| o + self.node_count + 16) != Some(value) {
+            return Err(TrieError(format!("{ip}: the reader finds another record")));
+        }
+        let location = match result.decode::<RawRecord<'_>>() {
+            Ok(Some(raw)) => Some(Location {
+                prefix_len: 0,
+                asn: None,
+                ..(self.decode)(&raw)
+            }),
+            _ => None,
+        };
+        let leaf = match location {
+            None => MISS,
+            Some(l) => {
+                let next = self.classes.len() as u32 | LEAF;
+                let leaf = *self.class_of.entry(key_of(&l)).or_insert(next);
+                if leaf == next {
+                    self.classes.push(Some(l));
+                }
+                leaf
+            }
+        };
+        self.by_pointer.insert(value, leaf);
+        Ok(leaf)
+    }
 }
 
 /// A [`Location`] as a hash key (coordinates by their bits).
@@ -201,112 +325,6 @@ fn key_of(l: &Location) -> ClassKey {
         l.continent,
         l.coords.map(|c| (c.lat.to_bits(), c.lon.to_bits())),
     )
-}
-
-impl Classifier {
-    /// Turn one iteration result into an item; the first error stops the iteration.
-    fn item(
-        &mut self,
-        r: Result<maxminddb::LookupResult<'_, Vec<u8>>, maxminddb::MaxMindDbError>,
-        decode: &impl Fn(&RawRecord<'_>) -> Location,
-    ) -> Option<Item> {
-        let fail = |c: &mut Classifier, e: String| {
-            c.error.get_or_insert(e);
-            None
-        };
-        let r = match r {
-            Ok(r) => r,
-            Err(e) => return fail(self, e.to_string()),
-        };
-        let net = match r.network() {
-            Ok(n) => n,
-            Err(e) => return fail(self, e.to_string()),
-        };
-        let (start, len) = match net.network() {
-            IpAddr::V4(a) => (u128::from(u32::from(a)), net.prefix() + V4_DEPTH),
-            IpAddr::V6(a) => (u128::from(a), net.prefix()),
-        };
-        self.networks += 1;
-        let Some(offset) = r.offset() else {
-            return Some((start, len, MISS));
-        };
-        let leaf = match self.by_offset.get(&offset) {
-            Some(&leaf) => leaf,
-            None => {
-                let location = match r.decode::<RawRecord<'_>>() {
-                    Ok(Some(raw)) => Some(Location {
-                        prefix_len: 0,
-                        asn: None,
-                        ..decode(&raw)
-                    }),
-                    _ => None,
-                };
-                let leaf = match location {
-                    None => MISS,
-                    Some(l) => {
-                        let next = self.classes.len() as u32 | LEAF;
-                        let leaf = *self.class_of.entry(key_of(&l)).or_insert(next);
-                        if leaf == next {
-                            self.classes.push(Some(l));
-                        }
-                        leaf
-                    }
-                };
-                self.by_offset.insert(offset, leaf);
-                leaf
-            }
-        };
-        Some((start, len, leaf))
-    }
-}
-
-impl Tree {
-    /// The subtree of the network `prefix/depth`, consuming the items inside it. Items are
-    /// in address order and disjoint, as the iteration yields them.
-    fn subtree(&mut self, prefix: u128, depth: u8, items: &mut impl PeekItems) -> u32 {
-        let Some((start, len, leaf)) = items.peek_item() else {
-            return MISS;
-        };
-        let inside = depth == 0 || (start ^ prefix) >> (128 - u32::from(depth)) == 0;
-        if !inside {
-            return MISS;
-        }
-        if len <= depth || depth >= 128 {
-            // The network is this whole region (shorter is impossible in a tree walk).
-            items.next_item();
-            return leaf;
-        }
-        let left = self.subtree(prefix, depth + 1, items);
-        let right = self.subtree(prefix | 1 << (127 - u32::from(depth)), depth + 1, items);
-        if left == right && left & LEAF != 0 {
-            return left;
-        }
-        let next = self.nodes.len() as u32;
-        if next >= LEAF {
-            self.full = true;
-            return MISS;
-        }
-        let r = *self.interned.entry([left, right]).or_insert(next);
-        if r == next {
-            self.nodes.push([left, right]);
-        }
-        r
-    }
-}
-
-/// A peekable stream of items (what `subtree` needs of it).
-trait PeekItems {
-    fn peek_item(&mut self) -> Option<Item>;
-    fn next_item(&mut self);
-}
-
-impl<I: Iterator<Item = Item>> PeekItems for std::iter::Peekable<I> {
-    fn peek_item(&mut self) -> Option<Item> {
-        self.peek().copied()
-    }
-    fn next_item(&mut self) {
-        self.next();
-    }
 }
 
 #[cfg(test)]
@@ -366,7 +384,7 @@ mod tests {
         // Miss, GB, DE, US, OC.
         assert_eq!(stats.classes, 5);
         assert!(stats.nodes < 200, "{stats:?}");
-        assert!(stats.networks >= 6, "{stats:?}");
+        assert!(stats.tree_nodes > stats.nodes, "{stats:?}");
     }
 
     #[test]

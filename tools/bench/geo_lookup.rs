@@ -71,8 +71,8 @@ fn main() {
     let (stats, took) = db.trie_stats().expect("compiled");
     println!("read {read:?}; open+compile {total:?} (compile {took:?})");
     println!(
-        "{} networks, {} records, {} locations, {} nodes, {:.1} MiB compiled",
-        stats.networks,
+        "{} tree nodes, {} records, {} locations, {} trie nodes, {:.1} MiB compiled",
+        stats.tree_nodes,
         stats.records,
         stats.classes,
         stats.nodes,
