@@ -126,10 +126,10 @@ impl GeoDb {
 
     /// Readers over the files' bytes; an error names the ASN file (`Some`) or the City one.
     #[allow(clippy::type_complexity)]
-    fn parse<'p>(
+    fn parse(
         city: Vec<u8>,
-        asn: Option<(&'p Path, Vec<u8>)>,
-    ) -> Result<GeoDb, (Option<&'p Path>, String)> {
+        asn: Option<(&Path, Vec<u8>)>,
+    ) -> Result<GeoDb, (Option<&Path>, String)> {
         let city_bytes = Bytes::from(city);
         let city = Reader::from_source(city_bytes.clone()).map_err(|e| (None, e.to_string()))?;
         let asn = asn
