@@ -1,6 +1,8 @@
 //! Sockets. UDP: one thread per core per address on its own SO_REUSEPORT socket, receiving
 //! and sending in batches (recvmmsg/sendmmsg) with buffers allocated once, loading the world
-//! once per batch; nothing is shared between workers but the world pointer. Each UDP worker
+//! once per batch; nothing is shared between workers but the world pointer. A worker holds
+//! peer addresses in the socket's own family (`sockaddr_in`, 16 octets, or `sockaddr_in6`),
+//! not in a 128-octet `sockaddr_storage`: each is copied several times per query. Each UDP worker
 //! rate-limits its responses with its own table (rrl.rs). The TCP listener is bound here and
 //! served by `tcp.rs` (never rate-limited).
 
@@ -13,7 +15,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::Cache;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::sys::socket::{
+    MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrLike, recvmmsg, sendmmsg,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::handler::{Local, Transport, UDP_CACHE_SLOTS, handle};
@@ -88,26 +92,49 @@ pub fn spawn_udp(
         let name = format!("dns-udp-{i}");
         let running = stats.worker_started(name.clone());
         let limiter = rrl.limiter();
+        let v6 = sock.local_addr()?.is_ipv6();
         let h = std::thread::Builder::new().name(name).spawn(move || {
             let _running = running;
-            udp_worker(sock, world, totals, limiter, stop)
+            if v6 {
+                udp_worker::<SockaddrIn6>(sock, world, totals, limiter, stop)
+            } else {
+                udp_worker::<SockaddrIn>(sock, world, totals, limiter, stop)
+            }
         })?;
         handles.push(h);
     }
     Ok(handles)
 }
 
+/// A peer address of the socket's family: what a worker receives from and replies to.
+trait Peer: SockaddrLike + Copy + Send + 'static {
+    /// The client address, `None` for a source port of 0 (nothing can be sent back to it).
+    fn client(&self) -> Option<IpAddr>;
+}
+
+impl Peer for SockaddrIn {
+    fn client(&self) -> Option<IpAddr> {
+        (self.port() != 0).then(|| IpAddr::V4(self.ip()))
+    }
+}
+
+impl Peer for SockaddrIn6 {
+    fn client(&self) -> Option<IpAddr> {
+        (self.port() != 0).then(|| IpAddr::V6(self.ip()).to_canonical())
+    }
+}
+
 /// Buffers of one worker, allocated once.
-struct Batch {
+struct Batch<S> {
     recv: Vec<[u8; UDP_RECV_SIZE]>,
     lens: [usize; BATCH],
-    peers: [Option<SockaddrStorage>; BATCH],
+    peers: [Option<S>; BATCH],
     out: Vec<Vec<u8>>,
-    send_peers: Vec<Option<SockaddrStorage>>,
+    send_peers: Vec<Option<S>>,
     send_index: Vec<usize>,
 }
 
-fn udp_worker(
+fn udp_worker<S: Peer>(
     sock: std::net::UdpSocket,
     world: SharedWorld,
     totals: Arc<WorkerTotals>,
@@ -124,8 +151,8 @@ fn udp_worker(
         send_peers: Vec::with_capacity(BATCH),
         send_index: Vec::with_capacity(BATCH),
     };
-    let mut recv_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
-    let mut send_headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+    let mut recv_headers = MultiHeaders::<S>::preallocate(BATCH, None);
+    let mut send_headers = MultiHeaders::<S>::preallocate(BATCH, None);
     let mut local = Local::new(UDP_CACHE_SLOTS);
     let mut seed = rand::random::<u64>() | 1;
     let mut last_world: Option<Arc<World>> = None;
@@ -158,7 +185,7 @@ fn udp_worker(
         b.send_index.clear();
         for i in 0..n {
             let Some(peer) = b.peers[i] else { continue };
-            let Some(src) = peer_ip(&peer) else { continue };
+            let Some(src) = peer.client() else { continue };
             seed = xorshift(seed);
             let packet = &b.recv[i][..b.lens[i]];
             let reply = handle(
@@ -202,10 +229,10 @@ fn udp_worker(
 
 /// One recvmmsg: blocks for the first datagram (up to the socket timeout), then takes what
 /// is queued.
-fn receive(
+fn receive<S: Peer>(
     fd: i32,
-    headers: &mut MultiHeaders<SockaddrStorage>,
-    b: &mut Batch,
+    headers: &mut MultiHeaders<S>,
+    b: &mut Batch<S>,
 ) -> nix::Result<usize> {
     let mut bufs = b.recv.iter_mut();
     let mut slices: [[io::IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
@@ -230,7 +257,7 @@ fn receive(
 }
 
 /// One sendmmsg for every reply of the batch (retried for what the kernel did not take).
-fn send(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, b: &Batch) {
+fn send<S: Peer>(fd: i32, headers: &mut MultiHeaders<S>, b: &Batch<S>) {
     let mut from = 0;
     while from < b.send_index.len() {
         let pending = &b.send_index[from..];
@@ -262,14 +289,6 @@ fn send(fd: i32, headers: &mut MultiHeaders<SockaddrStorage>, b: &Batch) {
             }
         }
     }
-}
-
-fn peer_ip(peer: &SockaddrStorage) -> Option<IpAddr> {
-    if let Some(v4) = peer.as_sockaddr_in() {
-        return Some(IpAddr::V4(v4.ip()));
-    }
-    peer.as_sockaddr_in6()
-        .map(|v6| IpAddr::V6(v6.ip()).to_canonical())
 }
 
 fn xorshift(mut x: u64) -> u64 {

