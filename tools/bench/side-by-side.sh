@@ -35,7 +35,7 @@ while getopts "r:s:p:k:m:d:" o; do
     case $o in
         r) ROUNDS=$OPTARG ;; s) SECS=$OPTARG ;; p) PASSES=$OPTARG ;; k) KINDS=$OPTARG ;;
         m) MERIDIAN=$OPTARG ;; d) MMDB=$OPTARG ;;
-        *) sed -n '2,21p' "$0"; exit 2 ;;
+        *) sed -n '2,25p' "$0"; exit 2 ;;
     esac
 done
 [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || { echo "rounds: 1..20"; exit 2; }
