@@ -142,9 +142,7 @@ fn parse_zone<'t>(
         if let Some(doc) = raw::parse_clean(b) {
             let fits = match doc.get("records").map(|v| v.get_ref()) {
                 None => true,
-                Some(toml::de::DeValue::Table(t)) => {
-                    t.keys().all(|k| !p.keys.contains(k.get_ref().as_ref()))
-                }
+                Some(toml::de::DeValue::Table(t)) => t.keys().all(|k| !p.has_key(k.get_ref())),
                 Some(_) => false,
             };
             if fits {
@@ -303,9 +301,15 @@ fn compile_zone(file: &ZoneFile<'_, '_>, b: &mut Builder<'_>, cx: &mut FileCx<'_
             raw::string(v, "latency_table", cx).map(|s| (v.span(), s.to_owned()))
         }),
     };
-    // Plain tables run about 40 bytes a name; the records file sizes itself.
+    // Room for every name at once (growing a big index rehashes it into fresh pages):
+    // plain tables run from about 36 bytes a name, policies are one name each, and the
+    // records file adds its own estimate.
     let plain_bytes: usize = file.plain.iter().map(|r| r.len()).sum();
-    let mut statics = Statics::new(&origin_wire, plain_bytes / 40);
+    let policy_count = match doc.get("policies").map(|v| v.get_ref()) {
+        Some(toml::de::DeValue::Table(t)) => t.len(),
+        _ => 0,
+    };
+    let mut statics = Statics::new(&origin_wire, plain_bytes / 36 + policy_count + 64);
     let from_file = records_file(doc, &zc, &mut statics, cx);
     let files = from_file.as_ref().map_or(&[][..], |f| &f.files[..]);
     let (soa, serial, soa_ttl) = zone_soa(doc, &zc, b.previous, from_file.as_ref(), cx);

@@ -70,7 +70,8 @@ impl std::error::Error for Diagnostics {}
 /// Byte offsets of one file's text → line and column, and the list problems go into.
 pub(crate) struct FileCx<'d> {
     pub(crate) file: PathBuf,
-    line_starts: Vec<usize>,
+    /// Built at the first position asked for: a big zone with no problem never needs it.
+    line_starts: std::cell::OnceCell<Vec<usize>>,
     text: &'d str,
     pub(crate) diags: &'d mut Vec<Diagnostic>,
 }
@@ -80,11 +81,9 @@ pub(crate) type Span = Range<usize>;
 
 impl<'d> FileCx<'d> {
     pub(crate) fn new(file: &Path, text: &'d str, diags: &'d mut Vec<Diagnostic>) -> Self {
-        let mut line_starts = vec![0];
-        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         FileCx {
             file: file.to_path_buf(),
-            line_starts,
+            line_starts: std::cell::OnceCell::new(),
             text,
             diags,
         }
@@ -93,8 +92,13 @@ impl<'d> FileCx<'d> {
     /// 1-based line and column (in characters) of a byte offset.
     pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
-        let line = self.line_starts.partition_point(|&s| s <= offset);
-        let start = self.line_starts[line - 1];
+        let line_starts = self.line_starts.get_or_init(|| {
+            let mut starts = vec![0];
+            starts.extend(self.text.match_indices('\n').map(|(i, _)| i + 1));
+            starts
+        });
+        let line = line_starts.partition_point(|&s| s <= offset);
+        let start = line_starts[line - 1];
         let col = self
             .text
             .get(start..offset)

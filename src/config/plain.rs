@@ -14,7 +14,10 @@
 use std::borrow::Cow;
 use std::ops::Range;
 
-use rustc_hash::FxHashSet;
+use std::collections::HashSet;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+use rustc_hash::FxBuildHasher;
 use toml_parser::Source;
 use toml_parser::lexer::{Lexer, TokenKind};
 
@@ -25,17 +28,52 @@ use super::diag::Span;
 #[derive(Debug, Default)]
 pub(crate) struct Plain<'i> {
     pub(crate) ranges: Vec<Range<usize>>,
-    /// Their `KEY`s, to find one written again in a table left to the toml crate.
-    pub(crate) keys: FxHashSet<&'i str>,
+    /// Hashes of their `KEY`s, to find one written twice, or again in a table left to the
+    /// toml crate (a hash met twice by chance only costs reading the file the slow way).
+    keys: HashSet<u64, BuildHasherDefault<Prehashed>>,
+    text: std::marker::PhantomData<&'i str>,
+}
+
+/// The hasher of a set of hashes.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+fn key_hash(key: &str) -> u64 {
+    FxBuildHasher.hash_one(key)
 }
 
 impl Plain<'_> {
-    /// The text with every plain range blanked to spaces.
+    /// Whether a plain table has this `KEY` (or one of the same hash).
+    pub(crate) fn has_key(&self, key: &str) -> bool {
+        self.keys.contains(&key_hash(key))
+    }
+
+    /// The text with every plain range blanked to spaces, same length (so every position
+    /// in it is the real file's), except that a plain range at the end is cut off.
     pub(crate) fn blank(&self, text: &str) -> String {
         const SPACES: &str = "                                                                ";
+        let end = match self.ranges.last() {
+            Some(last) if last.end == text.len() => last.start,
+            _ => text.len(),
+        };
+        let text = &text[..end];
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
-        for r in &self.ranges {
+        for r in self.ranges.iter().filter(|r| r.end <= end) {
             out.push_str(&text[at..r.start]);
             let mut left = r.len();
             while left > 0 {
@@ -56,6 +94,7 @@ pub(crate) fn find(text: &str) -> Option<Plain<'_>> {
     let mut plain = Plain::default();
     // A plain table is at least `[records.x]` and a record: about 40 bytes in a big zone.
     plain.keys.reserve(text.len() / 40);
+    let mut scratch = Batch::default();
     let mut t = Tokens::new(text, 0);
     let mut at_root = true;
     loop {
@@ -83,10 +122,10 @@ pub(crate) fn find(text: &str) -> Option<Plain<'_>> {
                     return None;
                 };
                 let body = t.offset();
-                let mut table = Table::default();
-                match t.body(&mut table) {
+                scratch.clear();
+                match t.body(&mut scratch) {
                     Some(end) => {
-                        if !plain.keys.insert(key) {
+                        if !plain.keys.insert(key_hash(key)) {
                             return None; // toml: a table defined twice.
                         }
                         match plain.ranges.last_mut() {
@@ -110,14 +149,30 @@ pub(crate) fn find(text: &str) -> Option<Plain<'_>> {
     }
 }
 
-/// One plain table as read back: its key, and its `key = value` lines in file order.
+/// Plain tables as read back, many at a time: each table's key and its `key = value`
+/// lines (a range of `entries`) in file order.
 #[derive(Debug, Default)]
-pub(crate) struct Table<'i> {
+pub(crate) struct Batch<'i> {
+    pub(crate) tables: Vec<Header<'i>>,
+    pub(crate) entries: Vec<Entry<'i>>,
+    /// Every string of the batch, referred to by `Value::Strings`.
+    pub(crate) strings: Vec<(Span, &'i str)>,
+}
+
+/// The `[records.KEY]` of a plain table, and its entries in the batch.
+#[derive(Debug)]
+pub(crate) struct Header<'i> {
     pub(crate) key: &'i str,
     pub(crate) key_span: Span,
-    pub(crate) entries: Vec<Entry<'i>>,
-    /// Every string of the table, referred to by `Value::Strings`.
-    pub(crate) strings: Vec<(Span, &'i str)>,
+    pub(crate) entries: Range<usize>,
+}
+
+impl Batch<'_> {
+    pub(crate) fn clear(&mut self) {
+        self.tables.clear();
+        self.entries.clear();
+        self.strings.clear();
+    }
 }
 
 /// `TYPE = ...` or `ttl = ...` of a plain table.
@@ -130,15 +185,24 @@ pub(crate) struct Entry<'i> {
 
 #[derive(Debug)]
 pub(crate) enum Value {
-    /// One string, or an array of them: a range of `Table::strings`.
+    /// One string, or an array of them: a range of `Batch::strings`.
     Strings { items: Range<usize> },
     /// A decimal integer that fits a u32.
     Integer(u32),
 }
 
-/// Calls `each` with every plain table of `ranges`, in file order (one `Table` reused).
-pub(crate) fn tables<'i>(text: &'i str, ranges: &[Range<usize>], mut each: impl FnMut(&Table<'i>)) {
-    let mut table = Table::default();
+/// Plain tables read back per batch.
+pub(crate) const BATCH_TABLES: usize = 4096;
+
+/// Reads every plain table of `ranges` back, in file order, and calls `each` with every
+/// [`BATCH_TABLES`] of them (and the rest at the end); the batch is cleared after each call
+/// (`each` may swap it for another).
+pub(crate) fn tables<'i>(
+    text: &'i str,
+    ranges: &[Range<usize>],
+    mut each: impl FnMut(&mut Batch<'i>),
+) {
+    let mut batch = Batch::default();
     for r in ranges {
         let mut t = Tokens::new(&text[..r.end], r.start);
         loop {
@@ -152,13 +216,23 @@ pub(crate) fn tables<'i>(text: &'i str, ranges: &[Range<usize>], mut each: impl 
             else {
                 break;
             };
-            table.key = key;
-            table.key_span = key_span;
-            if t.body(&mut table).is_none() {
+            let first = batch.entries.len();
+            if t.body(&mut batch).is_none() {
                 break;
             }
-            each(&table);
+            batch.tables.push(Header {
+                key,
+                key_span,
+                entries: first..batch.entries.len(),
+            });
+            if batch.tables.len() >= BATCH_TABLES {
+                each(&mut batch);
+                batch.clear();
+            }
         }
+    }
+    if !batch.tables.is_empty() {
+        each(&mut batch);
     }
 }
 
@@ -370,10 +444,9 @@ impl<'i> Tokens<'i> {
     }
 
     /// A plain table's body, up to the next table header (not read) or the end of the
-    /// file: its entries into `table`, and where it ends. `None` when it is not plain.
-    fn body(&mut self, table: &mut Table<'i>) -> Option<usize> {
-        table.entries.clear();
-        table.strings.clear();
+    /// file: its entries added to `table`, and where it ends. `None` when it is not plain.
+    fn body(&mut self, table: &mut Batch<'i>) -> Option<usize> {
+        let first = table.entries.len();
         loop {
             let tok = self.next_significant();
             match tok.kind {
@@ -391,7 +464,7 @@ impl<'i> Tokens<'i> {
                 Cow::Borrowed(k) => k,
                 Cow::Owned(_) => return None,
             };
-            if table.entries.iter().any(|e| e.key == key) {
+            if table.entries[first..].iter().any(|e| e.key == key) {
                 return None; // toml: a key written twice.
             }
             let key_span = self.span(tok);
@@ -411,7 +484,7 @@ impl<'i> Tokens<'i> {
     }
 
     /// A plain value: strings for a record type (one for CNAME), an integer for `ttl`.
-    fn value(&mut self, key: &str, table: &mut Table<'i>) -> Option<Value> {
+    fn value(&mut self, key: &str, table: &mut Batch<'i>) -> Option<Value> {
         let mut tok = self.next();
         if tok.kind == TokenKind::Whitespace {
             tok = self.next();
@@ -443,7 +516,7 @@ impl<'i> Tokens<'i> {
 
     /// The strings of an array after its `[`, through its `]` (lines, comments and a
     /// trailing comma allowed, as TOML allows them).
-    fn array(&mut self, table: &mut Table<'i>) -> Option<()> {
+    fn array(&mut self, table: &mut Batch<'i>) -> Option<()> {
         let mut want_item = true;
         loop {
             let tok = self.next_significant();
@@ -477,9 +550,21 @@ mod tests {
         assert_eq!(blanked.len(), text.len());
         assert!(blanked.contains("[soa]") && blanked.contains("[pools.p]"));
         assert!(!blanked.contains("records"));
+        // A plain range at the end is cut off rather than blanked.
+        let tail = format!("{text}[records.z]\nA = \"192.0.2.9\"\n");
+        assert_eq!(find(&tail).expect("plain").blank(&tail), blanked);
         let mut seen = Vec::new();
-        tables(text, &r, |t| {
-            seen.push((t.key.to_owned(), t.entries.len(), t.strings.len()));
+        tables(text, &r, |b| {
+            for t in &b.tables {
+                let strings: usize = b.entries[t.entries.clone()]
+                    .iter()
+                    .map(|e| match &e.value {
+                        Value::Strings { items } => items.len(),
+                        Value::Integer(_) => 0,
+                    })
+                    .sum();
+                seen.push((t.key.to_owned(), t.entries.len(), strings));
+            }
         });
         assert_eq!(seen, [("www".to_owned(), 2, 2), ("@".to_owned(), 1, 1)]);
     }

@@ -37,20 +37,67 @@ pub(crate) fn compile_records(
     // toml keeps tables in file order (its preserve_order feature).
     let tree: Vec<(&Key<'_>, &Value<'_>)> = tree.map(|t| t.iter().collect()).unwrap_or_default();
     let mut next = 0;
-    plain::tables(text, ranges, |table| {
-        while let Some((key, v)) = tree
-            .get(next)
-            .filter(|(k, _)| k.span().start < table.key_span.start)
-        {
-            o.toml_owner(key, v, cx);
-            next += 1;
+    let mut compile = |batch: &plain::Batch<'_>, cx: &mut FileCx<'_>| {
+        for table in &batch.tables {
+            while let Some((key, v)) = tree
+                .get(next)
+                .filter(|(k, _)| k.span().start < table.key_span.start)
+            {
+                o.toml_owner(key, v, cx);
+                next += 1;
+            }
+            o.plain_owner(table, batch, cx);
         }
-        o.plain_owner(table, cx);
-    });
+    };
+    read_plain(text, ranges, |batch| compile(batch, cx));
     for (key, v) in &tree[next..] {
         o.toml_owner(key, v, cx);
     }
 }
+
+/// The plain tables of `ranges`, a batch at a time to `compile`. When there are many, a
+/// thread of its own reads them (the lexing is about half the work) while this one
+/// compiles; emptied batches go back to it, so a few buffers serve the whole file.
+fn read_plain<'i>(
+    text: &'i str,
+    ranges: &[Range<usize>],
+    mut compile: impl FnMut(&plain::Batch<'i>),
+) {
+    let bytes: usize = ranges.iter().map(|r| r.len()).sum();
+    if bytes < THREAD_FROM_BYTES {
+        plain::tables(text, ranges, |batch| compile(batch));
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<plain::Batch<'i>>(BATCHES_IN_FLIGHT);
+    let (back_tx, back_rx) = std::sync::mpsc::sync_channel(BATCHES_IN_FLIGHT + 1);
+    std::thread::scope(|s| {
+        let reader = std::thread::Builder::new()
+            .name("meridian-records".into())
+            .spawn_scoped(s, move || {
+                plain::tables(text, ranges, |batch| {
+                    let next = back_rx.try_recv().unwrap_or_default();
+                    // The receiver only goes away once the reading is over.
+                    let _ = tx.send(std::mem::replace(batch, next));
+                });
+            });
+        if reader.is_err() {
+            // No thread to be had: read here.
+            plain::tables(text, ranges, |batch| compile(batch));
+            return;
+        }
+        for mut batch in rx {
+            compile(&batch);
+            batch.clear();
+            let _ = back_tx.try_send(batch);
+        }
+    });
+}
+
+/// Plain tables of fewer bytes than this are read on the compiling thread (about 25,000
+/// one-record tables: a thread would cost more than it saves).
+const THREAD_FROM_BYTES: usize = 1 << 20;
+/// Batches read ahead of the compiling thread at most.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Compiles owners one at a time, with buffers reused from one to the next (a big zone has
 /// a million of them).
@@ -117,15 +164,20 @@ impl Owners<'_, '_> {
         self.finish(begun, text, cname, cx);
     }
 
-    /// A plain table (every value already of the right type).
-    fn plain_owner(&mut self, table: &plain::Table<'_>, cx: &mut FileCx<'_>) {
+    /// A plain table of a batch (every value already of the right type).
+    fn plain_owner(
+        &mut self,
+        table: &plain::Header<'_>,
+        batch: &plain::Batch<'_>,
+        cx: &mut FileCx<'_>,
+    ) {
+        let entries = &batch.entries[table.entries.clone()];
         let text = table.key;
         let Some((id, name)) = self.resolve(text, &table.key_span, cx) else {
             return;
         };
         let begun = self.begin(id, name, text, &table.key_span, cx);
-        let ttl = table
-            .entries
+        let ttl = entries
             .iter()
             .find_map(|e| match e.value {
                 plain::Value::Integer(n) if e.key == "ttl" => Some(n),
@@ -133,8 +185,8 @@ impl Owners<'_, '_> {
             })
             .unwrap_or(self.zc.ttl);
         let mut cname: Option<Span> = None;
-        for e in &table.entries {
-            let plain::Value::Strings { items, .. } = &e.value else {
+        for e in entries {
+            let plain::Value::Strings { items } = &e.value else {
                 continue; // `ttl`
             };
             let Some(t) = values::static_type(e.key) else {
@@ -144,7 +196,7 @@ impl Owners<'_, '_> {
             if t == rtype::CNAME {
                 cname = Some(e.key_span.clone());
             }
-            let items = table.strings[items.clone()].iter().cloned();
+            let items = batch.strings[items.clone()].iter().cloned();
             self.rrset(t, e.key, &e.key_span, ttl, text, &begun.name, items, cx);
         }
         self.finish(begun, text, cname, cx);

@@ -42,6 +42,12 @@ impl Statics {
         s
     }
 
+    /// Room for `names` more names of about `name_len` bytes.
+    pub(crate) fn reserve(&mut self, names: usize, name_len: usize) {
+        self.nodes.reserve(names, name_len);
+        self.written.reserve(names);
+    }
+
     /// The id of a name, added when new; `None` once the zone is too big.
     pub(crate) fn insert(&mut self, name: &[u8]) -> Option<u32> {
         match self.nodes.insert(name) {

@@ -419,10 +419,11 @@ impl NodesBuilder {
         // The builder's own arrays go before the zone is used: only the frozen ones stay.
         drop(self.records);
         drop(self.rdata);
-        self.names.shrink_to_fit();
-        self.nodes.shrink_to_fit();
-        sets.shrink_to_fit();
-        rdata.shrink_to_fit();
+        // Shrinking a big array copies it into fresh pages: only worth it for much slack.
+        shrink(&mut self.names);
+        shrink(&mut self.nodes);
+        shrink(&mut sets);
+        shrink(&mut rdata);
         Ok(Nodes {
             index: self.index,
             names: self.names,
@@ -430,6 +431,13 @@ impl NodesBuilder {
             sets,
             rdata,
         })
+    }
+}
+
+/// Give back a Vec's spare capacity when it is over an eighth of its length.
+fn shrink<T>(v: &mut Vec<T>) {
+    if v.capacity() - v.len() > v.len() / 8 {
+        v.shrink_to_fit();
     }
 }
 

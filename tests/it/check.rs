@@ -605,3 +605,55 @@ fn plain_and_tree_tables_report_names_written_twice_in_file_order() {
         "{plain_err}"
     );
 }
+
+/// Enough plain tables (over a megabyte) that a thread of its own reads them while the
+/// loader compiles, batch by batch: a table only the toml crate reads, placed past the
+/// first batches, still comes in file order, and a problem deep in the file keeps its
+/// line and column.
+#[test]
+fn a_big_zone_of_plain_tables_loads_in_file_order_with_positions() {
+    const TABLES: usize = 30_000;
+    let head = "origin = \"big.test.\"\n[soa]\nmname = \"ns1\"\nrname = \"h.big.test.\"\n";
+    let mut text = String::from(head);
+    for i in 0..TABLES {
+        text.push_str(&format!(
+            "[records.n{i}]\nA = [\"10.0.{}.{}\"]\n",
+            i / 256 % 256,
+            i % 256
+        ));
+        if i == 20_000 {
+            // An escape: read by the toml crate, named like a plain table before it.
+            text.push_str("[records.\"N19999\"]\nTXT = \"a\\tb\"\n");
+        }
+    }
+    let snap = load_str(Path::new("big.toml"), &text).expect_err("N19999 is written twice");
+    let line = 4 + 2 * 20_001 + 1;
+    assert_eq!(
+        snap.to_string(),
+        format!(
+            "big.toml:{line}:10: name N19999 is written twice (also at line {})\n",
+            4 + 2 * 19_999 + 1
+        )
+    );
+    let text = text.replace("[records.\"N19999\"]", "[records.\"t\"]");
+    let snap = load_str(Path::new("big.toml"), &text).unwrap_or_else(|d| panic!("{d}"));
+    let z = snap.zone(ZoneId(0));
+    assert_eq!(z.name_count, TABLES + 1);
+    let n = node(z, "n29999.big.test.");
+    assert_eq!(
+        n.rrset(rtype::A).expect("A").rdatas().next(),
+        Some(&[10, 0, 117, 47][..])
+    );
+    let t = node(z, "t.big.test.").rrset(rtype::TXT).expect("TXT");
+    assert_eq!(t.rdatas().next(), Some(&b"\x03a\tb"[..]));
+    let bad = text.replace("10.0.100.250", "10.0.100.x");
+    let err = load_str(Path::new("big.toml"), &bad)
+        .expect_err("a bad address")
+        .to_string();
+    // The head, two lines a table before it, the table "t", then its A line.
+    let at = 4 + 2 * (100 * 256 + 250) + 2 + 2;
+    assert_eq!(
+        err,
+        format!("big.toml:{at}:6: A record of n25850: bad IPv4 address \"10.0.100.x\"\n")
+    );
+}
