@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 
 use super::decisions::DecisionCache;
-use super::geocache::{Cached, GeoCache};
 
 use super::lookup::{Kind, Lookup, Scratch};
 use super::response::{self, CLASS_IN, Meta, Writer, rcode};
@@ -34,7 +33,6 @@ pub enum Transport {
 pub struct Local {
     pub scratch: Scratch,
     pub stats: LocalStats,
-    pub geo: RefCell<GeoCache>,
     pub decisions: RefCell<DecisionCache>,
     /// The lowercased question name of the query in hand.
     pub qname: wire::NameBuf,
@@ -42,7 +40,7 @@ pub struct Local {
     pub signer: Signer,
 }
 
-/// Cache entries of a UDP worker: 4096 GeoIP answers and decisions (about 600 KB).
+/// Cache entries of a UDP worker: 4096 decisions.
 pub const UDP_CACHE_SLOTS: usize = 4096;
 /// Cache entries of one TCP connection: small, as there may be a thousand of them.
 pub const TCP_CACHE_SLOTS: usize = 16;
@@ -53,7 +51,6 @@ impl Local {
         Local {
             scratch: Scratch::default(),
             stats: LocalStats::default(),
-            geo: RefCell::new(GeoCache::new(cache_slots)),
             decisions: RefCell::new(DecisionCache::new(cache_slots)),
             qname: [0; wire::MAX_NAME],
             signer: Signer::new(cache_slots, cache_slots >= UDP_CACHE_SLOTS),
@@ -122,7 +119,6 @@ fn answer(
     let Local {
         scratch,
         stats,
-        geo,
         decisions,
         qname,
         signer,
@@ -186,10 +182,9 @@ fn answer(
     let lookup = Lookup {
         world,
         decisions,
-        geo: &Cached {
-            db: &world.geo,
-            cache: geo,
-        },
+        // The compiled GeoIP trie is walked per query: no per-worker cache in front of it
+        // (a cache slot costs about what the walk of a few cached lines does).
+        geo: &world.geo,
         client,
         seed,
     };

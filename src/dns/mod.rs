@@ -7,7 +7,6 @@
 
 pub mod decisions;
 pub mod fail_open;
-pub mod geocache;
 pub mod guard;
 pub mod handler;
 pub mod listen;

@@ -215,12 +215,12 @@ impl GeoDb {
         if let Some(c) = &self.trie {
             let s = c.stats;
             line.push_str(&format!(
-                "; compiled in {} ms: {} tree nodes, {} records, {} locations, {} trie nodes, {:.1} MiB",
+                "; compiled in {} ms: {} tree nodes, {} records, {} locations, {} trie lines, {:.1} MiB",
                 c.took.as_millis(),
                 s.tree_nodes,
                 s.records,
                 s.classes,
-                s.nodes,
+                s.lines,
                 s.bytes as f64 / (1024.0 * 1024.0)
             ));
         }

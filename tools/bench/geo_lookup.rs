@@ -71,11 +71,12 @@ fn main() {
     let (stats, took) = db.trie_stats().expect("compiled");
     println!("read {read:?}; open+compile {total:?} (compile {took:?})");
     println!(
-        "{} tree nodes, {} records, {} locations, {} trie nodes, {:.1} MiB compiled",
+        "{} tree nodes, {} records, {} locations, {} merged binary nodes, {} lines, {:.1} MiB compiled",
         stats.tree_nodes,
         stats.records,
         stats.classes,
         stats.nodes,
+        stats.lines,
         stats.bytes as f64 / 1048576.0
     );
     println!("RSS: reader only {rss_reader:.0} MiB; with trie {rss:.0} MiB; peak {hwm:.0} MiB");
