@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  zones/*.toml ──► config (check/compile) ──► Snapshot (immutable, swapped on reload)
-//!  geoip/*.mmdb ──► geo::GeoDb ────────────────────┘                    │
+//!  geoip/*.mmdb ──► geo::GeoDb (compiled trie) ────┘                    │
 //!  health::prober (HTTP/HTTPS/TCP tasks) ──► health::View ─────────────┤
 //!                                                                       ▼
 //!  UDP/TCP :5353 ─► dns (parse) ─► policy::answer (pure) ─► dns (encode) ─► response
