@@ -365,11 +365,22 @@ impl Control {
         })
         .map_err(ReloadError::Zones)?;
         attach_keys(&mut snap, &self.settings.state);
-        let geo = self
-            .settings
-            .open_geo()
-            .map_err(|e| ReloadError::Geo(e.to_string()))?;
-        Ok((snap, geo.map(Arc::new)))
+        // An unchanged GeoIP file is not read and compiled again (seconds for a full City
+        // database): the serving one is kept.
+        let serving = self.world.load().geo.clone();
+        let kept = match (serving, &self.settings.geoip) {
+            (Some(db), Some(path)) if db.unchanged(path, self.settings.asn.as_deref()) => Some(db),
+            _ => None,
+        };
+        let geo = match kept {
+            Some(db) => Some(db),
+            None => self
+                .settings
+                .open_geo()
+                .map_err(|e| ReloadError::Geo(e.to_string()))?
+                .map(Arc::new),
+        };
+        Ok((snap, geo))
     }
 
     /// New probe results for the current snapshot (ignored when a reload overtook them).

@@ -14,7 +14,7 @@
 //! buffer and whose visitors skip what they do not need, so the DNS path allocates nothing.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use ipnet::IpNet;
@@ -44,6 +44,36 @@ pub struct GeoDb {
     trie: Option<Compiled>,
     /// Unique per opened database, so caches can tell a reopened file from the old one.
     id: u64,
+    /// The files read and their stamps when read (`None` for bytes given in memory): a
+    /// reload keeps this database, and skips compiling it again, while both are unchanged.
+    files: Option<Files>,
+}
+
+/// The City/Country file and the optional ASN file a database was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Files {
+    city: (PathBuf, Stamp),
+    asn: Option<(PathBuf, Stamp)>,
+}
+
+/// What tells a replaced or rewritten file: device, inode, size, modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+fn stamp(path: &Path) -> Result<Stamp, GeoError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).map_err(|e| open_error(path, &e.to_string()))?;
+    Ok(Stamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        modified: m.modified().ok(),
+    })
 }
 
 struct Compiled {
@@ -101,9 +131,35 @@ impl GeoDb {
     /// Like [`GeoDb::open`] without compiling: for showing records, not for answering.
     pub fn open_reader(city: &Path, asn: Option<&Path>) -> Result<GeoDb, GeoError> {
         let read = |path: &Path| std::fs::read(path).map_err(|e| open_error(path, &e.to_string()));
+        // Stamped before reading: a write after the stamp makes the next reload read again.
+        let files = Files {
+            city: (city.to_path_buf(), stamp(city)?),
+            asn: asn
+                .map(|p| stamp(p).map(|st| (p.to_path_buf(), st)))
+                .transpose()?,
+        };
         let asn = asn.map(|p| read(p).map(|b| (p, b))).transpose()?;
-        Self::parse(read(city)?, asn)
-            .map_err(|(which, message)| open_error(which.unwrap_or(city), &message))
+        let mut db = Self::parse(read(city)?, asn)
+            .map_err(|(which, message)| open_error(which.unwrap_or(city), &message))?;
+        db.files = Some(files);
+        Ok(db)
+    }
+
+    /// True when this database was read from `city` (and `asn`) and neither file has been
+    /// replaced or rewritten since: a reload then keeps it instead of compiling it again.
+    pub fn unchanged(&self, city: &Path, asn: Option<&Path>) -> bool {
+        let Some(files) = &self.files else {
+            return false;
+        };
+        let same = |(path, st): &(PathBuf, Stamp), now: &Path| {
+            path == now && stamp(now).is_ok_and(|n| &n == st)
+        };
+        same(&files.city, city)
+            && match (&files.asn, asn) {
+                (None, None) => true,
+                (Some(f), Some(now)) => same(f, now),
+                _ => false,
+            }
     }
 
     /// Like [`GeoDb::open`], from bytes already in memory (tests, embedded databases).
@@ -141,6 +197,7 @@ impl GeoDb {
             city_bytes,
             asn,
             trie: None,
+            files: None,
         })
     }
 
@@ -389,6 +446,25 @@ mod tests {
         // A miss still says how far the empty region around the address reaches.
         let miss = db.locate("192.0.2.200".parse().expect("ip"));
         assert_eq!((miss.location, miss.prefix_len), (None, 26));
+    }
+
+    #[test]
+    fn a_database_is_unchanged_until_its_file_is_rewritten() {
+        let dir = std::env::temp_dir().join(format!("meridian-geo-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("city.mmdb");
+        std::fs::write(&path, gen_mmdb::build(CSV).expect("csv")).expect("write");
+        let opened = GeoDb::open(&path, None).expect("opens");
+        assert!(opened.unchanged(&path, None));
+        assert!(!opened.unchanged(&dir.join("other.mmdb"), None));
+        assert!(!opened.unchanged(&path, Some(&path)));
+        // Bytes given in memory have no file to compare.
+        assert!(!db().unchanged(&path, None));
+        // Another database written in place of the file (other size).
+        let bigger = format!("{CSV}198.51.100.0/24,NA,US,,,,,\n");
+        std::fs::write(&path, gen_mmdb::build(&bigger).expect("csv")).expect("rewrite");
+        assert!(!opened.unchanged(&path, None));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
