@@ -41,9 +41,6 @@ pub const MAX_PROBES_PER_CONNECTION: u32 = 10;
 /// files. Past it, probes open a connection each time.
 const KEPT_SHARE_OF_FD_LIMIT: usize = 4;
 
-/// When the file descriptor limit cannot be read: the usual soft default.
-const DEFAULT_FD_LIMIT: usize = 1024;
-
 /// Install rustls' ring provider as the process default. Tests that build reqwest clients
 /// (built with `rustls-no-provider`) need one (notes/hickory-0.26.md §1). Calling it again, or
 /// after someone else installed a provider, does nothing.
@@ -388,15 +385,9 @@ impl KeptBudget {
     }
 }
 
-/// The soft RLIMIT_NOFILE, from /proc (no unsafe code, no new dependency).
+/// The open files limit in force ([`crate::connections::fd_limit`]), as a count.
 fn fd_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-            line.split_whitespace().nth(3)?.parse().ok()
-        })
-        .unwrap_or(DEFAULT_FD_LIMIT)
+    usize::try_from(crate::connections::fd_limit()).unwrap_or(usize::MAX)
 }
 
 /// `tls: ...` for a handshake or certificate problem, else the I/O error.

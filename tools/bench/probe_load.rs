@@ -436,15 +436,9 @@ fn meridian_probes(admin_port: u16) -> Result<f64, String> {
         .sum())
 }
 
-/// The soft RLIMIT_NOFILE.
+/// The soft RLIMIT_NOFILE, as the server reads it.
 fn fd_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-            line.split_whitespace().nth(3)?.parse().ok()
-        })
-        .unwrap_or(1024)
+    usize::try_from(meridian::connections::fd_limit()).unwrap_or(usize::MAX)
 }
 
 fn median(v: &[f64]) -> f64 {
