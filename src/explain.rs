@@ -176,7 +176,7 @@ pub fn explain(
             let ctx = Ctx {
                 snap,
                 health: &world.health,
-                geo: &world.geo,
+                geo: world,
             };
             let mut rec = Recorder::new(now);
             let masked = Client {

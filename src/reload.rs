@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::cluster::Cluster;
 use crate::config::{self, Diagnostics, LoadOptions};
 use crate::dns::stats::DnsStats;
+use crate::geo::PolicyTrees;
 use crate::health::overrides::{OverrideEntry, OverrideError, OverrideStore, PoolRef};
 use crate::health::prober::Prober;
 use crate::health::{Override, ProbeStatus, View};
@@ -133,17 +134,17 @@ impl Control {
         self
     }
 
-    /// A world of `snapshot` with `view`, answering NSID with this instance's name; it keeps
-    /// the serving world's fail-open log when the snapshot is the same.
+    /// A world of `snapshot` with `view` and `geo` and its trees, answering NSID with this
+    /// instance's name.
     fn world_of(
         &self,
         snapshot: Arc<Snapshot>,
         view: View,
         geo: Option<Arc<crate::geo::GeoDb>>,
+        trees: Arc<PolicyTrees>,
     ) -> Arc<World> {
-        let world = World::new(snapshot, Arc::new(view), geo)
-            .with_nsid(Some(self.nsid.clone()))
-            .sharing_log_of(&self.world.load());
+        let world = World::with_trees(snapshot, Arc::new(view), geo, trees)
+            .with_nsid(Some(self.nsid.clone()));
         Arc::new(world)
     }
 
@@ -317,16 +318,23 @@ impl Control {
         };
         let old = current.snapshot.clone();
         drop(current);
-        let serials = self.swap(snapshot, geo);
+        // Built before the swap takes the publish lock: health changes are not held up.
+        let trees = Arc::new(PolicyTrees::build(&snapshot, geo.as_deref()));
+        let serials = self.swap(snapshot, geo, trees.clone());
         retire(old);
         crate::memory::return_freed_memory_later();
         self.reloads.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(?serials, "reloaded");
+        tracing::info!(?serials, geo = %trees.summary(), "reloaded");
         Ok(serials)
     }
 
     /// Publish a compiled snapshot with the health carried over; its zones' serials.
-    fn swap(&self, snapshot: Snapshot, geo: Option<Arc<crate::geo::GeoDb>>) -> Vec<(String, u32)> {
+    fn swap(
+        &self,
+        snapshot: Snapshot,
+        geo: Option<Arc<crate::geo::GeoDb>>,
+        trees: Arc<PolicyTrees>,
+    ) -> Vec<(String, u32)> {
         let _writer = self.publish.lock().expect("publish lock is never poisoned");
         let snapshot = Arc::new(snapshot);
         let probes = match self.prober.get() {
@@ -350,7 +358,7 @@ impl Control {
             .iter()
             .map(|z| (z.origin.clone(), z.serial))
             .collect();
-        self.world.store(self.world_of(snapshot, view, geo));
+        self.world.store(self.world_of(snapshot, view, geo, trees));
         serials
     }
 
@@ -408,8 +416,8 @@ impl Control {
 
     /// A new health view of the serving snapshot and database (callers hold `publish`).
     fn store_view(&self, current: &World, view: View) {
-        let world = self.world_of(current.snapshot.clone(), view, current.geo.clone());
-        self.world.store(world);
+        self.world
+            .store(Arc::new(current.with_health(Arc::new(view))));
     }
 
     /// Every stored override: ((zone, pool, endpoint address), entry).

@@ -2,10 +2,7 @@
 //! REFUSED), one world load per query, the lookup, and ECS/EDNS on the way out. Shared by
 //! the UDP workers and the TCP connections; a bad packet becomes an rcode, never a panic.
 
-use std::cell::RefCell;
 use std::net::IpAddr;
-
-use super::decisions::DecisionCache;
 
 use super::lookup::{Kind, Lookup, Scratch};
 use super::response::{self, CLASS_IN, Meta, Writer, rcode};
@@ -33,7 +30,6 @@ pub enum Transport {
 pub struct Local {
     pub scratch: Scratch,
     pub stats: LocalStats,
-    pub decisions: RefCell<DecisionCache>,
     /// The lowercased question name of the query in hand.
     pub qname: wire::NameBuf,
     /// DNSSEC signature caches and buffers.
@@ -51,7 +47,6 @@ impl Local {
         Local {
             scratch: Scratch::default(),
             stats: LocalStats::default(),
-            decisions: RefCell::new(DecisionCache::new(cache_slots)),
             qname: [0; wire::MAX_NAME],
             signer: Signer::new(cache_slots, cache_slots >= UDP_CACHE_SLOTS),
         }
@@ -119,7 +114,6 @@ fn answer(
     let Local {
         scratch,
         stats,
-        decisions,
         qname,
         signer,
     } = local;
@@ -181,10 +175,9 @@ fn answer(
     };
     let lookup = Lookup {
         world,
-        decisions,
-        // The compiled GeoIP trie is walked per query: no per-worker cache in front of it
-        // (a cache slot costs about what the walk of a few cached lines does).
-        geo: &world.geo,
+        // The compiled GeoIP trees are walked per query: no per-worker cache in front of
+        // them (a cache slot costs about what the walk of a few cached lines does).
+        geo: world,
         client,
         seed,
     };

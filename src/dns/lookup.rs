@@ -2,10 +2,7 @@
 //! delegations, exact names, CNAME chains inside the zone, policy names, NODATA and
 //! NXDOMAIN with the SOA (TTL per RFC 2308).
 
-use std::cell::RefCell;
 use std::net::IpAddr;
-
-use super::decisions::DecisionCache;
 
 use super::response::{Owner, Section, Writer, rcode};
 use crate::geo::Locate;
@@ -61,7 +58,6 @@ pub struct Lookup<'a, L: Locate + ?Sized> {
     pub geo: &'a L,
     pub client: Client,
     pub seed: u64,
-    pub decisions: &'a RefCell<DecisionCache>,
 }
 
 impl<L: Locate + ?Sized> Lookup<'_, L> {
@@ -225,11 +221,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
             health: &self.world.health,
             geo: self.geo,
         };
-        self.decisions
-            .borrow_mut()
-            .get_or(self.world, policy, self.client, self.seed, || {
-                policy::answer(&ctx, policy, self.client, self.seed, &mut NoTrace)
-            })
+        policy::answer(&ctx, policy, self.client, self.seed, &mut NoTrace)
     }
 }
 

@@ -5,7 +5,6 @@
 //! (fail_open.rs), response rate limiting of UDP (rrl.rs), the
 //! sockets (listen.rs) and DNS over TCP (tcp.rs).
 
-pub mod decisions;
 pub mod fail_open;
 pub mod guard;
 pub mod handler;

@@ -213,6 +213,11 @@ impl GeoDb {
         Ok(self)
     }
 
+    /// The compiled trie, if compiled.
+    pub(super) fn compiled_trie(&self) -> Option<&GeoTrie> {
+        self.trie.as_ref().map(|c| &c.trie)
+    }
+
     /// Figures of the compiled trie and how long compiling took, if compiled.
     pub fn trie_stats(&self) -> Option<(TrieStats, std::time::Duration)> {
         self.trie.as_ref().map(|c| (c.stats, c.took))

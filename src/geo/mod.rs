@@ -5,12 +5,14 @@
 pub mod codes;
 mod countries;
 mod mmdb;
+mod policies;
 mod record;
 mod render;
 mod trie;
 
 pub use countries::{CONTINENTS, Country, continent_coords, countries, country, is_continent};
 pub use mmdb::{CoordsSource, GeoDb, GeoError, GeoReport};
+pub use policies::{MAX_POLICY_TREE_BYTES, MAX_POLICY_TREES, PolicyTrees};
 pub use render::{render_geoip, render_geoip_json};
 pub use trie::TrieStats;
 
@@ -78,6 +80,12 @@ pub struct Located {
 /// Anything that can locate a client: the real database, or a table in tests.
 pub trait Locate {
     fn locate(&self, ip: IpAddr) -> Located;
+
+    /// What geo policy `policy`'s rules see of `ip` through its own decision tree
+    /// ([`PolicyTrees::locate`]); `None` (the default) when it has none: use `locate`.
+    fn locate_for(&self, _policy: crate::model::PolicyId, _ip: IpAddr) -> Option<Located> {
+        None
+    }
 }
 
 /// No database: every client is unlocated and matches only `cidr` and `default`.

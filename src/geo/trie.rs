@@ -46,6 +46,12 @@ pub(super) struct GeoTrie {
     lines: Box<[Line]>,
     /// Class id → location; class 0 is `None` (no record).
     classes: Box<[Option<Location>]>,
+    /// The merged binary trie the lines were cut from, children before parents, kept so
+    /// that policies' projections ([`GeoTrie::project`]) need not walk the database again;
+    /// empty in a projection.
+    binary: Box<[[u32; 2]]>,
+    /// The binary trie's root reference.
+    binary_root: u32,
     /// The reference of `::/0` (of `0.0.0.0/0` in an IPv4-only database).
     root: u32,
     /// Where IPv4 lookups start: the reference of the IPv4 subtree and its depth (less than
@@ -108,8 +114,7 @@ impl GeoTrie {
             node_count,
             bits: if v4_only { 32 } else { 128 },
             memo: vec![UNSEEN; node_count],
-            nodes: Vec::new(),
-            pairs: FxHashMap::default(),
+            merged: Merged::default(),
             classes: vec![None],
             class_of: FxHashMap::default(),
             by_pointer: FxHashMap::default(),
@@ -118,42 +123,104 @@ impl GeoTrie {
             0 => MISS,
             _ => w.visit(0, 0, 0)?,
         };
-        if w.nodes.len() >= LEAF as usize || w.classes.len() > CLASS as usize {
+        if w.merged.nodes.len() >= LEAF as usize || w.classes.len() > CLASS as usize {
             return Err(TrieError("more than 2^28 locations or 2^31 nodes".into()));
         }
         let records = w.by_pointer.len();
-        let (nodes, classes) = (w.nodes, w.classes);
+        let (merged, classes) = (w.merged, w.classes);
         drop(w.memo);
+        let trie = GeoTrie::assemble(merged.nodes, classes, root, v4_only, true);
+        let stats = trie.stats(node_count, records);
+        Ok((trie, stats))
+    }
+
+    /// The trie of what `keep` leaves of each location (`None`: nothing of interest, as
+    /// no record), its equal neighbours merged again: the decision tree of one policy's
+    /// rules, as gdnsd compiles one per map. A few cache lines where the whole trie is tens
+    /// of MiB, and each leaf's depth is the widest prefix over which the kept fields hold.
+    pub(super) fn project(&self, keep: impl Fn(&Location) -> Option<Location>) -> GeoTrie {
+        let mut classes = vec![None];
+        let mut class_of = FxHashMap::default();
+        let leaf_of: Vec<u32> = self
+            .classes
+            .iter()
+            .map(|c| match c.as_ref().and_then(&keep) {
+                None => MISS,
+                Some(l) => intern(&mut classes, &mut class_of, l),
+            })
+            .collect();
+        let mut merged = Merged::default();
+        let mut now = Vec::with_capacity(self.binary.len());
+        let map = |r: u32, now: &[u32]| match r & LEAF {
+            0 => now.get(r as usize).copied().unwrap_or(MISS),
+            _ => leaf_of.get((r & CLASS) as usize).copied().unwrap_or(MISS),
+        };
+        // Children come before their parents: one pass bottom-up.
+        for &[l, r] in self.binary.iter() {
+            let joined = merged.join(map(l, &now), map(r, &now));
+            now.push(joined);
+        }
+        let root = map(self.binary_root, &now);
+        drop(now);
+        GeoTrie::assemble(merged.nodes, classes, root, self.v4_only, false)
+    }
+
+    /// Cut the merged binary trie into lines. `keep_binary`: keep it for projections.
+    fn assemble(
+        nodes: Vec<[u32; 2]>,
+        classes: Vec<Option<Location>>,
+        root: u32,
+        v4_only: bool,
+        keep_binary: bool,
+    ) -> GeoTrie {
         // Where IPv4 starts in the binary trie: 96 zero bits down, or a leaf above.
         let mut v4 = (root, 0u8);
         while !v4_only && v4.0 & LEAF == 0 && v4.1 < V4_DEPTH {
-            v4 = (nodes[v4.0 as usize][0], v4.1 + 1);
+            v4 = (nodes.get(v4.0 as usize).map_or(MISS, |n| n[0]), v4.1 + 1);
         }
         let mut cut = Cutter {
             nodes: &nodes,
             memo: vec![UNSEEN; nodes.len()],
             lines: Vec::new(),
         };
-        let root = cut.reference(root);
+        let line_root = cut.reference(root);
         let v4_start = (cut.reference(v4.0), v4.1);
         let lines = cut.lines.into_boxed_slice();
-        let trie = GeoTrie {
+        GeoTrie {
             lines,
             classes: classes.into_boxed_slice(),
-            root,
+            binary: if keep_binary {
+                nodes.into_boxed_slice()
+            } else {
+                Box::default()
+            },
+            binary_root: root,
+
+            root: line_root,
             v4_start,
             v4_base: if v4_only { 0 } else { V4_DEPTH },
             v4_only,
-        };
-        let stats = TrieStats {
-            tree_nodes: node_count,
+        }
+    }
+
+    /// Figures of this trie, compiled from a tree of `tree_nodes` nodes and `records`
+    /// distinct records.
+    fn stats(&self, tree_nodes: usize, records: usize) -> TrieStats {
+        TrieStats {
+            tree_nodes,
             records,
-            classes: trie.classes.len(),
-            nodes: nodes.len(),
-            lines: trie.lines.len(),
-            bytes: std::mem::size_of_val(&*trie.lines) + std::mem::size_of_val(&*trie.classes),
-        };
-        Ok((trie, stats))
+            classes: self.classes.len(),
+            nodes: self.binary.len(),
+            lines: self.lines.len(),
+            bytes: self.bytes(),
+        }
+    }
+
+    /// Heap bytes of the lines, the class table and the kept binary trie.
+    pub(super) fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.lines)
+            + std::mem::size_of_val(&*self.classes)
+            + std::mem::size_of_val(&*self.binary)
     }
 
     /// Follow `key`'s bits (from the top of the word) from reference `r` at `depth` to its
@@ -183,8 +250,8 @@ impl GeoTrie {
     pub(super) fn locate(&self, ip: IpAddr) -> Located {
         let (class, prefix_len) = match ip.to_canonical() {
             IpAddr::V4(v4) => {
-                let (start, depth) = self.v4_start;
                 let key = u128::from(u32::from(v4)) << (V4_DEPTH - self.v4_base);
+                let (start, depth) = self.v4_start;
                 let (class, depth) = self.walk(start, depth, key);
                 (class, depth.saturating_sub(self.v4_base))
             }
@@ -266,9 +333,7 @@ struct Walker<'a, S: AsRef<[u8]>, F> {
     bits: u8,
     /// Tree node → compiled reference, or a mark.
     memo: Vec<u32>,
-    nodes: Vec<[u32; 2]>,
-    /// Nodes whose two children are leaves, interned: the commonest repeated subtree.
-    pairs: FxHashMap<[u32; 2], u32>,
+    merged: Merged,
     classes: Vec<Option<Location>>,
     class_of: FxHashMap<ClassKey, u32>,
     /// Data pointer → class leaf: each record is decoded once.
@@ -319,27 +384,9 @@ impl<S: AsRef<[u8]>, F: Fn(&RawRecord<'_>) -> Location> Walker<'_, S, F> {
         );
         let left = self.visit(l, depth + 1, path)?;
         let right = self.visit(r, depth + 1, path | 1 << (127 - u32::from(depth)))?;
-        let compiled = self.join(left, right);
+        let compiled = self.merged.join(left, right);
         self.memo[value] = compiled;
         Ok(compiled)
-    }
-
-    /// A node of two halves; the leaf itself when both halves are the same leaf, so every
-    /// leaf covers a maximal region of its class.
-    fn join(&mut self, left: u32, right: u32) -> u32 {
-        let leaves = left & right & LEAF != 0;
-        if leaves && left == right {
-            return left;
-        }
-        if leaves && let Some(&n) = self.pairs.get(&[left, right]) {
-            return n;
-        }
-        let n = u32::try_from(self.nodes.len()).unwrap_or(LEAF).min(LEAF);
-        self.nodes.push([left, right]);
-        if leaves {
-            self.pairs.insert([left, right], n);
-        }
-        n
     }
 
     /// The class leaf of the record at data pointer `value`, first met on `path`: decoded
@@ -370,18 +417,53 @@ impl<S: AsRef<[u8]>, F: Fn(&RawRecord<'_>) -> Location> Walker<'_, S, F> {
         };
         let leaf = match location {
             None => MISS,
-            Some(l) => {
-                let next = self.classes.len() as u32 | LEAF;
-                let leaf = *self.class_of.entry(key_of(&l)).or_insert(next);
-                if leaf == next {
-                    self.classes.push(Some(l));
-                }
-                leaf
-            }
+            Some(l) => intern(&mut self.classes, &mut self.class_of, l),
         };
         self.by_pointer.insert(value, leaf);
         Ok(leaf)
     }
+}
+
+/// A binary trie being built bottom-up: children are pushed before their parents.
+#[derive(Default)]
+struct Merged {
+    nodes: Vec<[u32; 2]>,
+    /// Nodes whose two children are leaves, interned: the commonest repeated subtree.
+    pairs: FxHashMap<[u32; 2], u32>,
+}
+
+impl Merged {
+    /// A node of two halves; the leaf itself when both halves are the same leaf, so every
+    /// leaf covers a maximal region of its class.
+    fn join(&mut self, left: u32, right: u32) -> u32 {
+        let leaves = left & right & LEAF != 0;
+        if leaves && left == right {
+            return left;
+        }
+        if leaves && let Some(&n) = self.pairs.get(&[left, right]) {
+            return n;
+        }
+        let n = u32::try_from(self.nodes.len()).unwrap_or(LEAF).min(LEAF);
+        self.nodes.push([left, right]);
+        if leaves {
+            self.pairs.insert([left, right], n);
+        }
+        n
+    }
+}
+
+/// The leaf of class `l`, added to `classes` when new.
+fn intern(
+    classes: &mut Vec<Option<Location>>,
+    class_of: &mut FxHashMap<ClassKey, u32>,
+    l: Location,
+) -> u32 {
+    let next = classes.len() as u32 | LEAF;
+    let leaf = *class_of.entry(key_of(&l)).or_insert(next);
+    if leaf == next {
+        classes.push(Some(l));
+    }
+    leaf
 }
 
 /// A [`Location`] as a hash key (coordinates by their bits).

@@ -3,7 +3,7 @@
 use super::Trace;
 use super::walk::Walker;
 use crate::geo::{Locate, Location, code_str};
-use crate::model::{Fallback, GeoRules, PoolId, Snapshot, Target};
+use crate::model::{Fallback, GeoRules, PolicyId, PoolId, Snapshot, Target};
 
 /// One matched level of the chain, most specific first.
 struct Matched<'r> {
@@ -23,11 +23,12 @@ enum MatchKey {
 /// Walk the matched levels; with `fallback = "next"` go on down the chain.
 pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
     w: &mut Walker<'_, '_, L, T>,
+    id: PolicyId,
     rules: &GeoRules,
     fallback: Fallback,
 ) -> Option<PoolId> {
     let mut chain = [None, None, None, None, None];
-    matches(w, rules, fallback == Fallback::Next, &mut chain);
+    matches(w, id, rules, fallback == Fallback::Next, &mut chain);
     if chain.iter().all(Option::is_none) {
         w.note("rule", || "no rule matches".into());
     }
@@ -53,10 +54,11 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
 /// for rules `check` rejects (no rule, or a rule without targets).
 pub(super) fn first_matched_target<L: Locate + ?Sized, T: Trace>(
     w: &mut Walker<'_, '_, L, T>,
+    id: PolicyId,
     rules: &GeoRules,
 ) -> Option<Target> {
     let mut chain = [None, None, None, None, None];
-    matches(w, rules, false, &mut chain);
+    matches(w, id, rules, false, &mut chain);
     let first = |t: &[Target]| t.first().copied();
     chain
         .iter()
@@ -74,6 +76,7 @@ pub(super) fn first_matched_target<L: Locate + ?Sized, T: Trace>(
 /// (a `memcpy` that was 4% of a worker's time with a random /24 per query).
 fn matches<'r, L: Locate + ?Sized, T: Trace>(
     w: &mut Walker<'_, '_, L, T>,
+    id: PolicyId,
     rules: &'r GeoRules,
     go_on: bool,
     chain: &mut [Option<Matched<'r>>; 5],
@@ -92,7 +95,7 @@ fn matches<'r, L: Locate + ?Sized, T: Trace>(
     }
     // A matched cidr rule decides alone unless the walk may go on down the chain.
     let loc = if cidr.entry.is_none() || go_on {
-        w.location()
+        w.rule_location(id)
     } else {
         None
     };

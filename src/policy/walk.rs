@@ -97,7 +97,7 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             PolicyKind::Latency { targets, table } => {
                 latency::choose(self, targets, table.as_deref())
             }
-            PolicyKind::Geo(rules) => geo::choose(self, rules, policy.fallback),
+            PolicyKind::Geo(rules) => geo::choose(self, id, rules, policy.fallback),
         };
         let chosen = match (chosen, policy.fallback) {
             (None, Fallback::Nearest) => self.nearest(policy.zone),
@@ -178,7 +178,7 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
                         t.first().copied()
                     }
                     PolicyKind::Weighted { targets, .. } => targets.first().map(|(t, _)| *t),
-                    PolicyKind::Geo(rules) => geo::first_matched_target(self, rules),
+                    PolicyKind::Geo(rules) => geo::first_matched_target(self, id, rules),
                 }?;
                 self.fail_open_pool(first, depth + 1)
             }
@@ -199,6 +199,23 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
         };
         self.scope.widen(located.prefix_len);
         located.location
+    }
+
+    /// What geo policy `policy`'s rules see of the client: through the policy's own tree
+    /// when it has one (the codes its rules name, over the widest prefix where they hold),
+    /// else the whole record. The scope takes the prefix read.
+    pub(super) fn rule_location(&mut self, policy: PolicyId) -> Option<Location> {
+        match self
+            .ctx
+            .geo
+            .locate_for(policy, self.client.addr.to_canonical())
+        {
+            Some(seen) => {
+                self.scope.widen(seen.prefix_len);
+                seen.location
+            }
+            None => self.location(),
+        }
     }
 
     /// The client's coordinates, from its GeoIP record.

@@ -4,14 +4,15 @@
 //! the shipped GeoIP databases, with random pools down.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ipnet::IpNet;
 use meridian::config::{LoadOptions, load_dir};
-use meridian::geo::GeoDb;
+use meridian::geo::{GeoDb, Locate};
 use meridian::health::{Override, View};
 use meridian::model::{PoolId, Snapshot, ZoneId};
 use meridian::policy::{self, Client, Ctx, NoTrace, Outcome};
+use meridian::world::World as Served;
 use proptest::prelude::*;
 
 use crate::support::zone_dir;
@@ -51,12 +52,12 @@ const POLICIES: [&str; 7] = ["g", "gc", "l", "d", "s", "w", "f"];
 /// Addresses drawn inside each returned scope, besides its first and last address.
 const DRAWS: usize = 10;
 
-fn databases() -> &'static [GeoDb] {
-    static DBS: OnceLock<Vec<GeoDb>> = OnceLock::new();
+fn databases() -> &'static [Arc<GeoDb>] {
+    static DBS: OnceLock<Vec<Arc<GeoDb>>> = OnceLock::new();
     DBS.get_or_init(|| {
         DATABASES
             .iter()
-            .map(|p| GeoDb::open(p.as_ref(), None).expect("shipped database opens"))
+            .map(|p| Arc::new(GeoDb::open(p.as_ref(), None).expect("shipped database opens")))
             .collect()
     })
 }
@@ -226,7 +227,12 @@ fn view(snap: &Snapshot, down: [bool; 4]) -> View {
 }
 
 /// The pool (and whether it failed open) one client gets, and the scope.
-fn ask(ctx: &Ctx<'_, GeoDb>, policy: &str, addr: IpAddr, source: u8) -> (Outcome, u8) {
+fn ask<L: Locate + ?Sized>(
+    ctx: &Ctx<'_, L>,
+    policy: &str,
+    addr: IpAddr,
+    source: u8,
+) -> (Outcome, u8) {
     let id = ctx.snap.find_policy(ZoneId(0), policy).expect("policy");
     let client = Client {
         addr,
@@ -238,8 +244,8 @@ fn ask(ctx: &Ctx<'_, GeoDb>, policy: &str, addr: IpAddr, source: u8) -> (Outcome
 }
 
 /// Every address inside `addr`/`scope` gets `want`: the first, the last and some between.
-fn same_answer_inside(
-    ctx: &Ctx<'_, GeoDb>,
+fn same_answer_inside<L: Locate + ?Sized>(
+    ctx: &Ctx<'_, L>,
     policy: &str,
     addr: IpAddr,
     scope: u8,
@@ -276,21 +282,29 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// For random clients, every address inside the returned scope gets the same answer,
-    /// and the scope never exceeds the source prefix.
+    /// and the scope never exceeds the source prefix. Answered as the DNS path does, through
+    /// a served world and its geo policy trees; the whole trie gives the same answers with
+    /// scopes never wider.
     #[test]
     fn every_address_inside_the_scope_gets_the_same_answer(
         world in world_strategy(),
         clients in prop::collection::vec((client_strategy(), any::<u128>(), any::<u8>()), 1..12),
     ) {
-        let snap = snapshot(&world);
-        let health = view(&snap, world.down);
-        let ctx = Ctx { snap: &snap, health: &health, geo: &databases()[world.db] };
+        let snap = Arc::new(snapshot(&world));
+        let health = Arc::new(view(&snap, world.down));
+        let db = &databases()[world.db];
+        let served = Served::new(snap.clone(), health.clone(), Some(db.clone()));
+        let ctx = Ctx { snap: &snap, health: &health, geo: &served };
+        let whole = Ctx { snap: &snap, health: &health, geo: &**db };
         for (addr, random, cut) in clients {
             let max = if addr.is_ipv4() { 32u8 } else { 128 };
             for policy in POLICIES {
                 // A full-length source: the scope is exactly what the walk found.
                 let (want, scope) = ask(&ctx, policy, addr, max);
                 prop_assert!(scope <= max);
+                let (whole_want, whole_scope) = ask(&whole, policy, addr, max);
+                prop_assert_eq!(want, whole_want, "{}: the tree answers {} otherwise", policy, addr);
+                prop_assert!(scope <= whole_scope, "{policy}: {addr} scope {scope} > {whole_scope}");
                 same_answer_inside(&ctx, policy, addr, scope, want, random)?;
                 // A shorter source: the address is the subnet; the scope is capped at it,
                 // and an uncapped scope still holds for every full address inside.
@@ -332,7 +346,7 @@ fn nested_rules_and_rows_cut_the_scope() {
     let ctx = Ctx {
         snap: &snap,
         health: &health,
-        geo: &databases()[1],
+        geo: &*databases()[1],
     };
     let pool = |o: Outcome| match o {
         Outcome::Pool { pool, .. } => snap.pool(pool).name.clone(),
