@@ -11,9 +11,8 @@
 #   geolite2  rand24 with the real GeoLite2-City database in both servers
 # and prints, per kind, Meridian's ratio divided by gdnsd's (>1: Meridian ahead) with its spread.
 # Beside it, each server's CPU time per answered query (user+system of the server process over
-# the whole capacity.sh run, divided by the answers of its measured passes; the one 0.2 s
-# warm-up blast is not in the divisor, the same for both), and gdnsd's figure over Meridian's
-# (>1: Meridian cheaper). On a machine whose cores other work shares, qps follows the CPU share
+# the capacity.sh run after its start-up and warm-up, divided by the answers of its measured
+# passes), and gdnsd's figure over Meridian's (>1: Meridian cheaper). On a machine whose cores other work shares, qps follows the CPU share
 # the server gets; the CPU per query does not, so it is the steadier of the two figures.
 #
 # usage: side-by-side.sh [-r ROUNDS] [-s SECS] [-p PASSES] [-k KINDS] [-m MERIDIAN] [-d MMDB]
@@ -48,11 +47,23 @@ trap 'rm -rf "$WORK"' EXIT INT TERM
 PORT=15350
 
 # timed OUT CMD...: runs CMD; when it ends or is stopped (capacity.sh sends TERM), writes the
-# CPU time of its children (bash `times`, second line: user and system) to OUT.
+# CPU time of its children (bash `times`, second line: user and system) to OUT, and to
+# OUT.start the CPU (clock ticks) CMD had used when it first sat idle (no CPU for 0.3 s: the
+# echo pass of capacity.sh's first round), which is its start-up (loading and compiling a
+# GeoIP database) and the warm-up blast; the per-query figure leaves both out.
 cat >"$WORK/timed" <<'TIMED'
 #!/usr/bin/env bash
 out=$1; shift
 "$@" & c=$!
+(
+    prev=""
+    for _ in $(seq 1 600); do
+        now=$(awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null) || exit 0
+        if [ -n "$prev" ] && [ "$now" -gt 0 ] && [ "$now" = "$prev" ]; then echo "$now" >"$out.start"; exit 0; fi
+        prev=$now
+        sleep 0.3
+    done
+) &
 stop() { kill -TERM "$c" 2>/dev/null; while kill -0 "$c" 2>/dev/null; do wait "$c"; done; times >"$out"; exit 0; }
 trap stop TERM INT
 wait "$c"
@@ -101,7 +112,7 @@ setup() {
 
 ratio_of() { # SERVER -> prints "RATIO CPU_US_PER_QUERY" (empty on failure); full output to the log
     local out cpu="$WORK/cpu.$1"
-    rm -f "$cpu"
+    rm -f "$cpu" "$cpu.start"
     if [ "$1" = gdnsd ]; then
         out=$(env "${ENVV[@]}" "$SHARED/capacity.sh" -s "$SECS" -p "$PASSES" -P "$PORT" -q "$G_Q" \
             -- "$WORK/timed" "$cpu" /usr/sbin/gdnsd -c "$G_DIR" start 2>&1)
@@ -114,7 +125,9 @@ ratio_of() { # SERVER -> prints "RATIO CPU_US_PER_QUERY" (empty on failure); ful
     local ratio answers secs
     ratio=$(sed -n 's/^capacity .* ratio=\([0-9.]*\) .*/\1/p' <<<"$out" | tail -1)
     answers=$(sed -n 's/^pass .*(.* recv=\([0-9]*\) .*/\1/p' <<<"$out" | awk '{ n += $1 } END { print n + 0 }')
-    secs=$(sed -n 2p "$cpu" 2>/dev/null | awk '{ s = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } print s }')
+    local start
+    start=$(awk -v tck="$(getconf CLK_TCK)" '{ print $1 / tck }' "$cpu.start" 2>/dev/null)
+    secs=$(sed -n 2p "$cpu" 2>/dev/null | awk -v s0="${start:-0}" '{ s = 0; for (i = 1; i <= 2; i++) { split($i, t, /[ms]/); s += t[1] * 60 + t[2] } print s - s0 }')
     [ -n "$ratio" ] && awk -v r="$ratio" -v s="${secs:-0}" -v n="$answers" \
         'BEGIN { printf "%s %s\n", r, (s > 0 && n > 0 ? sprintf("%.3f", s * 1e6 / n) : "") }'
     grep '^capacity ' <<<"$out" | tail -1 | sed "s/\$/ cpu_us_per_query=$(awk -v s="${secs:-0}" -v n="$answers" 'BEGIN { printf "%.3f", (n > 0 ? s * 1e6 / n : 0) }')/" >&2
