@@ -11,7 +11,7 @@ use super::stats::LocalStats;
 use super::tsig;
 use super::wire::{self, Reject};
 use crate::dnssec::Signer;
-use crate::dnssec::sign::{DNSKEY, NXNAME};
+use crate::dnssec::sign::{DNSKEY, NXNAME, RRSIG};
 use crate::model::rtype;
 use crate::policy::Client;
 use crate::world::World;
@@ -167,6 +167,12 @@ fn answer(
     }
     if key.is_some() && q.qtype == NXNAME {
         return error(out, &q, stats, u16::from(rcode::FORMERR), nsid);
+    }
+    // A signed zone has no RRSIG RRset to hand out (each answer's RRsets are signed as they
+    // go), and a NODATA would list RRSIG in its own NSEC bitmap, which validators reject:
+    // NOTIMP, which RFC 8906 §3.1.2 allows for meta-types, as PowerDNS answers.
+    if key.is_some() && q.qtype == RRSIG {
+        return error(out, &q, stats, u16::from(rcode::NOTIMP), nsid);
     }
     let ecs = q.edns.and_then(|e| e.ecs);
     let client = Client {

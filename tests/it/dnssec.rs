@@ -278,6 +278,17 @@ async fn compact_denial_without_do_is_plain_and_type128_is_formerr() {
         m.metadata.response_code,
         hickory_proto::op::ResponseCode::FormErr
     );
+    // A query for type RRSIG: NOTIMP, not a NODATA whose bitmap lists RRSIG.
+    for name in ["static.signed.test", "nope.signed.test"] {
+        let bytes = server.udp(&do_query(name, 46)).await.expect("reply");
+        let m = Message::from_vec(&bytes).expect("parses");
+        assert_eq!(
+            m.metadata.response_code,
+            hickory_proto::op::ResponseCode::NotImp,
+            "{name}"
+        );
+        assert!(m.answers.is_empty() && nsec_of(&m).is_none());
+    }
     // NSEC TTL = min(SOA TTL 300, MINIMUM 60).
     let bytes = server
         .udp(&do_query("static.signed.test", 15))
