@@ -179,9 +179,9 @@ fn udp_worker<S: Peer>(
         if let Some(l) = &mut limiter {
             l.tick(started);
         }
-        // A query's response goes out with its batch's: each query of the batch is counted
-        // with the time from the batch's receipt to its send (two clock reads a batch).
-        let mut answered = 0;
+        // Each query's response time runs from the previous one's end: one clock read per
+        // query, and the batch's time is shared out exactly, never averaged.
+        let mut mark = started;
         b.send_peers.clear();
         b.send_index.clear();
         for i in 0..n {
@@ -198,10 +198,12 @@ fn udp_worker<S: Peer>(
                 &mut b.out[i],
                 &mut local,
             );
+            let now = Instant::now();
+            local.stats.response_time(now - mark);
+            mark = now;
             let Some(reply) = reply else {
                 continue;
             };
-            answered += 1;
             if let Some(l) = &mut limiter {
                 let verdict = l.check(src, reply.class, reply.qname(&local), &world.snapshot);
                 local.stats.rrl(verdict);
@@ -215,13 +217,9 @@ fn udp_worker<S: Peer>(
             b.send_index.push(i);
         }
         send(fd, &mut send_headers, &b);
-        let sent = Instant::now();
-        if answered > 0 {
-            local.stats.response_times(sent - started, answered);
-        }
-        if local.stats.pending() >= STATS_FLUSH_QUERIES || sent - last_flush >= STATS_FLUSH_EVERY {
+        if local.stats.pending() >= STATS_FLUSH_QUERIES || mark - last_flush >= STATS_FLUSH_EVERY {
             local.stats.flush(&world.snapshot, &totals);
-            last_flush = sent;
+            last_flush = mark;
         }
     }
     if let Some(w) = last_world {

