@@ -195,7 +195,6 @@ impl GeoTrie {
                 Box::default()
             },
             binary_root: root,
-
             root: line_root,
             v4_start,
             v4_base: if v4_only { 0 } else { V4_DEPTH },
