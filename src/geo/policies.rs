@@ -272,35 +272,15 @@ mod tests {
         );
         assert_eq!(eng.continent, None);
         // 81.2.69.0/24 is in Europe but has no subdivision; California is neither.
-        let other: IpAddr = "81.2.69.1".parse().expect("ip");
-        assert!(
+        let named = |policy: u32, ip: &str| {
+            let ip: IpAddr = ip.parse().expect("ip");
             trees
-                .locate(PolicyId(1), other)
-                .expect("tree")
-                .location
-                .is_none()
-        );
-        assert!(
-            trees
-                .locate(PolicyId(0), other)
+                .locate(PolicyId(policy), ip)
                 .expect("tree")
                 .location
                 .is_some()
-        );
-        let ca: IpAddr = "198.51.100.1".parse().expect("ip");
-        assert!(
-            trees
-                .locate(PolicyId(0), ca)
-                .expect("tree")
-                .location
-                .is_none()
-        );
-        assert!(
-            trees
-                .locate(PolicyId(1), ca)
-                .expect("tree")
-                .location
-                .is_none()
-        );
+        };
+        assert!(named(0, "81.2.69.1") && !named(1, "81.2.69.1"));
+        assert!(!named(0, "198.51.100.1") && !named(1, "198.51.100.1"));
     }
 }
