@@ -80,7 +80,6 @@ pub async fn start(settings: Settings) -> Result<Running> {
     if let (Some(path), Some(db)) = (&settings.geoip, &geo) {
         tracing::info!(path = %path.display(), "geoip database loaded: {}", db.metadata_summary());
     }
-    let geo_loaded = geo.is_some();
     let overrides = OverrideStore::load(&settings.state).map_err(|e| anyhow!("{e}"))?;
     let mut health = View::unknown(&snapshot);
     health.overrides = overrides.resolve(&snapshot);
@@ -90,7 +89,7 @@ pub async fn start(settings: Settings) -> Result<Running> {
         World::new(snapshot.clone(), Arc::new(health), geo)
             .with_nsid(Some(Arc::from(settings.instance.as_str()))),
     ));
-    if geo_loaded {
+    if world.load().geo.is_some() {
         tracing::info!(
             "geoip compiled per policy: {}",
             world.load().geo_trees.summary()

@@ -15,7 +15,7 @@ use rustc_hash::FxHashMap;
 use crate::prefix::{Match, PrefixMap};
 
 mod nodes;
-pub use nodes::{MAX_ARENA, Node, Nodes, NodesBuilder, Rdatas, RrSet, TooBig};
+pub use nodes::{Node, Nodes, NodesBuilder, Rdatas, RrSet, TooBig};
 
 /// Names to values, hashed fast (see the note on `rustc-hash` in Cargo.toml).
 pub type NameMap<V> = FxHashMap<WireName, V>;

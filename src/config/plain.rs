@@ -26,12 +26,11 @@ use super::diag::Span;
 /// The plain tables of a file: merged byte ranges, each from a table header to the next
 /// header (or the end of the file).
 #[derive(Debug, Default)]
-pub(crate) struct Plain<'i> {
+pub(crate) struct Plain {
     pub(crate) ranges: Vec<Range<usize>>,
     /// Hashes of their `KEY`s, to find one written twice, or again in a table left to the
     /// toml crate (a hash met twice by chance only costs reading the file the slow way).
     keys: HashSet<u64, BuildHasherDefault<Prehashed>>,
-    text: std::marker::PhantomData<&'i str>,
 }
 
 /// The hasher of a set of hashes.
@@ -56,7 +55,7 @@ fn key_hash(key: &str) -> u64 {
     FxBuildHasher.hash_one(key)
 }
 
-impl Plain<'_> {
+impl Plain {
     /// Whether a plain table has this `KEY` (or one of the same hash).
     pub(crate) fn has_key(&self, key: &str) -> bool {
         self.keys.contains(&key_hash(key))
@@ -90,7 +89,7 @@ impl Plain<'_> {
 
 /// The plain tables of `text`, or `None` when the file writes `records` in a way only the
 /// toml crate reads (then it reads the whole file).
-pub(crate) fn find(text: &str) -> Option<Plain<'_>> {
+pub(crate) fn find(text: &str) -> Option<Plain> {
     let mut plain = Plain::default();
     // A plain table is at least `[records.x]` and a record: about 40 bytes in a big zone.
     plain.keys.reserve(text.len() / 40);

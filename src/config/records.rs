@@ -12,7 +12,7 @@ use super::compile::ZoneCx;
 use super::diag::{FileCx, Span};
 use super::plain;
 use super::raw::{self, Key, Value};
-use super::statics::{Statics, Written, describe};
+use super::statics::{Statics, Written, cname_problem, describe, rrset_too_big};
 use super::values;
 use crate::model::{MAX_MESSAGE, MAX_RDATA, WireName, rtype, smallest_answer, wire};
 
@@ -129,7 +129,7 @@ impl Owners<'_, '_> {
             let _ = raw::table(v, &what(text), cx);
             return;
         };
-        let begun = self.begin(id, name, text, &key.span(), cx);
+        let begun = self.begin(id, name, &key.span(), cx);
         let ttl = raw::get(t, "ttl")
             .and_then(|(_, v)| raw::u32_(v, "ttl", cx))
             .unwrap_or(self.zc.ttl);
@@ -176,7 +176,7 @@ impl Owners<'_, '_> {
         let Some((id, name)) = self.resolve(text, &table.key_span, cx) else {
             return;
         };
-        let begun = self.begin(id, name, text, &table.key_span, cx);
+        let begun = self.begin(id, name, &table.key_span, cx);
         let ttl = entries
             .iter()
             .find_map(|e| match e.value {
@@ -226,14 +226,7 @@ impl Owners<'_, '_> {
     }
 
     /// Mark the owner as written here; a name the records file has too is reported.
-    fn begin(
-        &mut self,
-        id: u32,
-        name: WireName,
-        text: &str,
-        key: &Span,
-        cx: &mut FileCx<'_>,
-    ) -> Begun {
+    fn begin(&mut self, id: u32, name: WireName, key: &Span, cx: &mut FileCx<'_>) -> Begun {
         let at = u32::try_from(key.start).unwrap_or(u32::MAX);
         let w = &mut self.statics.written[id as usize];
         let add = match *w {
@@ -254,7 +247,6 @@ impl Owners<'_, '_> {
                 true
             }
         };
-        let _ = text;
         self.rdata.clear();
         self.records.clear();
         Begun { id, name, add }
@@ -298,12 +290,7 @@ impl Owners<'_, '_> {
         let lens = self.records[first..].iter().map(|(_, _, r)| r.len());
         let size = smallest_answer(name, lens);
         if size > MAX_MESSAGE {
-            cx.err(
-                key,
-                format!(
-                    "{k} records of {text}: the smallest answer with them is {size} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2)"
-                ),
-            );
+            cx.err(key, rrset_too_big(k, text, size));
             self.records.truncate(first);
             self.rdata.truncate(rdata_start);
         }
@@ -319,19 +306,9 @@ impl Owners<'_, '_> {
                     others.push(n);
                 }
             }
-            if *begun.name == *self.zc.origin_wire {
-                cx.err(
-                    &span,
-                    format!("name {text} has a CNAME at the apex, beside the SOA"),
-                );
-            } else if !others.is_empty() {
-                cx.err(
-                    &span,
-                    format!(
-                        "name {text} has a CNAME beside other data ({})",
-                        others.join(", ")
-                    ),
-                );
+            let at_apex = *begun.name == *self.zc.origin_wire;
+            if let Some(m) = cname_problem(text, at_apex, &others) {
+                cx.err(&span, m);
             }
         }
         if begun.add {

@@ -5,7 +5,7 @@
 use super::compile::PolicyName;
 use super::diag::{Diagnostic, FileCx};
 use super::zonefile::FilePos;
-use crate::model::{Nodes, NodesBuilder, TooBig, wire};
+use crate::model::{MAX_MESSAGE, Nodes, NodesBuilder, TooBig, wire};
 
 /// Where a static name was written.
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +147,30 @@ impl Statics {
                 return;
             }
         }
+    }
+}
+
+/// RFC 1035 §4.2.2: the RRset of type `k` at `owner` cannot go into any message.
+pub(crate) fn rrset_too_big(k: &str, owner: &str, size: usize) -> String {
+    format!(
+        "{k} records of {owner}: the smallest answer with them is {size} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2)"
+    )
+}
+
+/// SPEC §2: a CNAME is never at the apex and never beside other data (`others`, the
+/// owner's other types); the problem, if any.
+pub(crate) fn cname_problem(owner: &str, at_apex: bool, others: &[String]) -> Option<String> {
+    if at_apex {
+        Some(format!(
+            "name {owner} has a CNAME at the apex, beside the SOA"
+        ))
+    } else if !others.is_empty() {
+        Some(format!(
+            "name {owner} has a CNAME beside other data ({})",
+            others.join(", ")
+        ))
+    } else {
+        None
     }
 }
 

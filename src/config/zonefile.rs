@@ -464,10 +464,10 @@ pub(crate) fn check_owners(
         for set in node.rrsets() {
             let size = smallest_answer(name, set.rdatas().map(|r| r.len()));
             if size > MAX_MESSAGE {
-                problem(format!(
-                    "{} records of {}: the smallest answer with them is {size} bytes; a DNS message holds at most {MAX_MESSAGE} (RFC 1035 §4.2.2)",
-                    rtype::name(set.rtype),
-                    wire::to_text(name)
+                problem(statics::rrset_too_big(
+                    &rtype::name(set.rtype),
+                    &wire::to_text(name),
+                    size,
                 ));
             }
         }
@@ -475,21 +475,13 @@ pub(crate) fn check_owners(
             continue;
         };
         let text = wire::to_text(name);
-        let sets = node.rrsets().count();
-        if name == origin_wire {
-            problem(format!(
-                "name {text} has a CNAME at the apex, beside the SOA"
-            ));
-        } else if sets > 1 {
-            let others: Vec<_> = node
-                .rrsets()
-                .filter(|r| r.rtype != rtype::CNAME)
-                .map(|r| rtype::name(r.rtype).into_owned())
-                .collect();
-            problem(format!(
-                "name {text} has a CNAME beside other data ({})",
-                others.join(", ")
-            ));
+        let others: Vec<_> = node
+            .rrsets()
+            .filter(|r| r.rtype != rtype::CNAME)
+            .map(|r| rtype::name(r.rtype).into_owned())
+            .collect();
+        if let Some(m) = statics::cname_problem(&text, name == origin_wire, &others) {
+            problem(m);
         } else if cname.len() > 1 {
             problem(format!(
                 "name {text} has {} CNAME records (a name holds one)",

@@ -36,9 +36,9 @@ pub struct Local {
     pub signer: Signer,
 }
 
-/// Cache entries of a UDP worker: 4096 decisions.
+/// RRSIG cache entries of a UDP worker (DNSSEC).
 pub const UDP_CACHE_SLOTS: usize = 4096;
-/// Cache entries of one TCP connection: small, as there may be a thousand of them.
+/// RRSIG cache entries of one TCP connection: small, as there may be a thousand of them.
 pub const TCP_CACHE_SLOTS: usize = 16;
 
 impl Local {

@@ -12,7 +12,7 @@ mod trie;
 
 pub use countries::{CONTINENTS, Country, continent_coords, countries, country, is_continent};
 pub use mmdb::{CoordsSource, GeoDb, GeoError, GeoReport};
-pub use policies::{MAX_POLICY_TREE_BYTES, MAX_POLICY_TREES, PolicyTrees};
+pub use policies::PolicyTrees;
 pub use render::{render_geoip, render_geoip_json};
 pub use trie::TrieStats;
 

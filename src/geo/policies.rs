@@ -18,10 +18,10 @@ use crate::model::{GeoRules, PolicyId, PolicyKind, Snapshot};
 /// Distinct rule sets given their own tree; the geo policies beyond answer through the
 /// whole trie (the same answers, a slower lookup). Bounds the reload thread's work: one
 /// pass over the merged trie each, about 0.1 s for GeoLite2-City (README, GeoIP section).
-pub const MAX_POLICY_TREES: usize = 16;
+const MAX_POLICY_TREES: usize = 16;
 /// Heap bytes all policy trees may take together; a tree that would go past it is dropped
 /// and its policies answer through the whole trie.
-pub const MAX_POLICY_TREE_BYTES: usize = 256 << 20;
+const MAX_POLICY_TREE_BYTES: usize = 256 << 20;
 
 /// No tree for this policy.
 const NO_TREE: u32 = u32::MAX;

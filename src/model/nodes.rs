@@ -16,7 +16,7 @@ use super::{PolicyId, rtype};
 
 /// Offsets into the arenas are `u32`: a zone is refused when its names or RDATA would need
 /// more than this many bytes (4 GiB, far beyond any zone file a server reads into memory).
-pub const MAX_ARENA: usize = u32::MAX as usize;
+const MAX_ARENA: usize = u32::MAX as usize;
 
 /// Sentinel of "no policy" in a node entry.
 const NO_POLICY: u32 = u32::MAX;
@@ -342,18 +342,6 @@ impl NodesBuilder {
         self.nodes[node as usize].policy = policy.0;
     }
 
-    /// Whether a name has records.
-    pub fn has_records(&self, node: u32) -> bool {
-        // Only used for names met once (pools, policies): a linear scan would be too slow
-        // for a million, so the records are searched by node, which they are sorted by
-        // while `in_order` holds.
-        if self.in_order {
-            let i = self.records.partition_point(|r| r.node < node);
-            return self.records.get(i).is_some_and(|r| r.node == node);
-        }
-        self.records.iter().any(|r| r.node == node)
-    }
-
     /// Group the records into RRsets (file order of their first record, duplicates
     /// dropped), mark delegations (NS below `apex`), and freeze.
     pub fn finish(mut self, apex: &[u8]) -> Result<Nodes, TooBig> {
@@ -481,9 +469,8 @@ mod tests {
     fn names_without_records_are_empty_unless_a_policy_answers() {
         let mut b = NodesBuilder::default();
         let (p, _) = b.insert(&name("p.z.test.")).expect("fits");
-        let (e, _) = b.insert(&name("e.z.test.")).expect("fits");
+        b.insert(&name("e.z.test.")).expect("fits");
         b.set_policy(p, PolicyId(7));
-        assert!(!b.has_records(e));
         let nodes = b.finish(&name("z.test.")).expect("fits");
         assert_eq!(
             nodes.get(&name("p.z.test.")).expect("p").policy,
