@@ -51,6 +51,7 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::Ud
             s.set_only_v6(true)?;
         }
         s.set_reuse_port(true)?;
+        omit_path_mtu(&s, addr.is_ipv6())?;
         // Best effort: the kernel caps it at net.core.rmem_max.
         let _ = s.set_recv_buffer_size(UDP_RCVBUF);
         s.bind(&addr.into())?;
@@ -60,6 +61,19 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::Ud
         sockets.push(sock);
     }
     Ok(sockets)
+}
+
+/// Responses go out without DF and whatever path MTU ICMP has reported, as gdnsd, NSD and
+/// Knot send them: a spoofed "fragmentation needed" cannot shrink what we send, and the
+/// kernel keeps no per-destination MTU state for us (cheaper per datagram).
+fn omit_path_mtu(s: &Socket, v6: bool) -> io::Result<()> {
+    use rustix::net::sockopt;
+    if v6 {
+        sockopt::set_ipv6_mtu_discover(s, sockopt::Ipv6PathMtuDiscovery::OMIT)?;
+    } else {
+        sockopt::set_ip_mtu_discover(s, sockopt::Ipv4PathMtuDiscovery::OMIT)?;
+    }
+    Ok(())
 }
 
 /// A non-blocking TCP listener; IPv6 addresses listen on IPv6 only, so that `[::]:53` and
@@ -272,7 +286,7 @@ fn send<S: Peer>(fd: i32, headers: &mut MultiHeaders<S>, b: &Batch<S>) {
             slices[..pending.len()].iter(),
             &b.send_peers[from..],
             [],
-            MsgFlags::empty(),
+            MsgFlags::MSG_DONTWAIT,
         ) {
             Ok(sent) => {
                 let sent = sent.count();
@@ -295,4 +309,27 @@ fn xorshift(mut x: u64) -> u64 {
     x ^= x << 13;
     x ^= x >> 7;
     x ^ (x << 17)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::sockopt;
+
+    #[test]
+    fn udp_sockets_omit_path_mtu_discovery() {
+        for s in bind_udp("127.0.0.1:0".parse().expect("v4"), 2).expect("bind v4") {
+            assert_eq!(
+                sockopt::ip_mtu_discover(&s).expect("read back"),
+                sockopt::Ipv4PathMtuDiscovery::OMIT
+            );
+        }
+        // IPv6 may be off on a test machine: check it where ::1 binds.
+        if let Ok(v6) = bind_udp("[::1]:0".parse().expect("v6"), 1) {
+            assert_eq!(
+                sockopt::ipv6_mtu_discover(&v6[0]).expect("read back"),
+                sockopt::Ipv6PathMtuDiscovery::OMIT
+            );
+        }
+    }
 }

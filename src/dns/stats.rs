@@ -29,6 +29,17 @@ pub const RESPONSE_TIME_BUCKETS: [f64; 12] = [
     0.01,
 ];
 
+/// [`RESPONSE_TIME_BUCKETS`] in nanoseconds: a query is counted with integer compares.
+const RESPONSE_TIME_BUCKETS_NS: [u64; 12] = {
+    let mut ns = [0; 12];
+    let mut i = 0;
+    while i < ns.len() {
+        ns[i] = (RESPONSE_TIME_BUCKETS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    ns
+};
+
 /// A worker's counters since its last flush, keyed by ids of the snapshot it answered from.
 #[derive(Default)]
 pub struct LocalStats {
@@ -37,7 +48,8 @@ pub struct LocalStats {
     /// (packed policy/pool/fail-open, count).
     answers: Vec<(u64, u64)>,
     buckets: [u64; RESPONSE_TIME_BUCKETS.len() + 1],
-    time_sum: f64,
+    /// Nanoseconds, summed as integers on the hot path.
+    time_sum_ns: u64,
     pending: u64,
     rrl: RrlCounts,
     /// Queries whose answering panicked (answered SERVFAIL instead).
@@ -123,13 +135,13 @@ impl LocalStats {
 
     /// One query's response time, into a fixed bucket of this worker's own counters.
     pub fn response_time(&mut self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = RESPONSE_TIME_BUCKETS
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = RESPONSE_TIME_BUCKETS_NS
             .iter()
-            .position(|b| s <= *b)
+            .position(|b| ns <= *b)
             .unwrap_or(RESPONSE_TIME_BUCKETS.len());
         self.buckets[i] += 1;
-        self.time_sum += s;
+        self.time_sum_ns = self.time_sum_ns.saturating_add(ns);
     }
 
     /// Queries counted since the last flush.
@@ -168,7 +180,7 @@ impl LocalStats {
         for (d, s) in t.buckets.iter_mut().zip(self.buckets.iter_mut()) {
             *d += std::mem::take(s);
         }
-        t.time_sum += std::mem::take(&mut self.time_sum);
+        t.time_sum += std::mem::take(&mut self.time_sum_ns) as f64 / 1e9;
         let d = std::mem::take(&mut self.dnssec);
         t.dnssec.signatures += d.signatures;
         t.dnssec.cache_hits += d.cache_hits;
@@ -448,5 +460,28 @@ pub fn rcode_name(rcode: u16) -> &'static str {
         9 => "NOTAUTH",
         16 => "BADVERS",
         _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_time_falls_in_the_first_bucket_that_holds_it() {
+        assert_eq!(RESPONSE_TIME_BUCKETS_NS[0], 1_000);
+        assert_eq!(RESPONSE_TIME_BUCKETS_NS[1], 2_500);
+        assert_eq!(RESPONSE_TIME_BUCKETS_NS[11], 10_000_000);
+        let mut s = LocalStats::default();
+        for ns in [1_000, 1_001, 2_500, 10_000_000, 10_000_001] {
+            s.response_time(Duration::from_nanos(ns));
+        }
+        let mut want = [0; RESPONSE_TIME_BUCKETS.len() + 1];
+        (want[0], want[1], want[11], want[12]) = (1, 2, 1, 1);
+        assert_eq!(s.buckets, want);
+        assert_eq!(
+            s.time_sum_ns,
+            1_000 + 1_001 + 2_500 + 10_000_000 + 10_000_001
+        );
     }
 }

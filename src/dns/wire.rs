@@ -148,10 +148,12 @@ fn read_question_name(packet: &[u8], start: usize, out: &mut NameBuf) -> Option<
             break;
         }
     }
+    // Lowercased as it is copied: copying and then lowercasing in place reads back bytes
+    // just stored, which stalls on store forwarding.
     let name = packet.get(start..at)?;
-    let dst = &mut out[..name.len()];
-    dst.copy_from_slice(name);
-    dst.make_ascii_lowercase();
+    for (d, s) in out.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
     Some(at)
 }
 
@@ -269,18 +271,21 @@ fn read_ecs(body: &[u8]) -> Result<Ecs, Reject> {
     if source > max || scope != 0 || addr_bytes.len() != usize::from(source).div_ceil(8) {
         return Err(Reject::FormErr);
     }
-    let mut full = [0u8; 16];
-    full[..addr_bytes.len()].copy_from_slice(addr_bytes);
     if source % 8 != 0 {
         let last = addr_bytes[addr_bytes.len() - 1];
         if last & (0xffu8 >> (source % 8)) != 0 {
             return Err(Reject::FormErr);
         }
     }
+    // The address as an integer, octet by octet (no byte array read back as a word).
+    let bits = addr_bytes
+        .iter()
+        .zip((0..128).step_by(8).rev())
+        .fold(0u128, |a, (b, shift)| a | u128::from(*b) << shift);
     let addr = if family == 1 {
-        IpAddr::V4(Ipv4Addr::new(full[0], full[1], full[2], full[3]))
+        IpAddr::V4(Ipv4Addr::from((bits >> 96) as u32))
     } else {
-        IpAddr::V6(Ipv6Addr::from(full))
+        IpAddr::V6(Ipv6Addr::from(bits))
     };
     Ok(Ecs {
         addr,
