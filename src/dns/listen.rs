@@ -296,6 +296,9 @@ fn send<S: Peer>(fd: i32, headers: &mut MultiHeaders<S>, b: &Batch<S>) {
                 from += sent;
             }
             Err(nix::errno::Errno::EINTR) => {}
+            // The send buffer is full: the rest of the batch is dropped, as UDP may, rather
+            // than holding the worker (and every query queued behind it).
+            Err(nix::errno::Errno::EAGAIN) => return,
             Err(e) => {
                 // A bad peer address fails the first message: skip it and go on.
                 tracing::debug!(error = %e, "udp send failed");
