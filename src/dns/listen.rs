@@ -169,6 +169,8 @@ fn udp_worker<S: Peer>(
     let mut recv_headers = MultiHeaders::<S>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<S>::preallocate(BATCH, None);
     let mut local = Local::new(UDP_CACHE_SLOTS);
+    // The TSC where it is invariant, else the OS clock (quanta decides once per process).
+    let clock = quanta::Clock::new();
     let mut seed = rand::random::<u64>() | 1;
     let mut last_world: Option<Arc<World>> = None;
     let mut last_flush = Instant::now();
@@ -195,7 +197,7 @@ fn udp_worker<S: Peer>(
         }
         // Each query's response time runs from the previous one's end: one clock read per
         // query, and the batch's time is shared out exactly, never averaged.
-        let mut mark = started;
+        let mut mark = clock.raw();
         b.send_peers.clear();
         b.send_index.clear();
         for i in 0..n {
@@ -212,8 +214,8 @@ fn udp_worker<S: Peer>(
                 &mut b.out[i],
                 &mut local,
             );
-            let now = Instant::now();
-            local.stats.response_time(now - mark);
+            let now = clock.raw();
+            local.stats.response_time(clock.delta_as_nanos(mark, now));
             mark = now;
             let Some(reply) = reply else {
                 continue;
@@ -231,9 +233,10 @@ fn udp_worker<S: Peer>(
             b.send_index.push(i);
         }
         send(fd, &mut send_headers, &b);
-        if local.stats.pending() >= STATS_FLUSH_QUERIES || mark - last_flush >= STATS_FLUSH_EVERY {
+        if local.stats.pending() >= STATS_FLUSH_QUERIES || started - last_flush >= STATS_FLUSH_EVERY
+        {
             local.stats.flush(&world.snapshot, &totals);
-            last_flush = mark;
+            last_flush = started;
         }
     }
     if let Some(w) = last_world {

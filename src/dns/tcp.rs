@@ -272,7 +272,9 @@ impl Connection {
                 &mut b.local,
             )
             .is_some();
-            b.local.stats.response_time(started.elapsed());
+            b.local
+                .stats
+                .response_time(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
             if b.local.stats.pending() >= TCP_STATS_FLUSH_QUERIES {
                 b.local.stats.flush(&world.snapshot, &self.totals);
             }

@@ -73,7 +73,9 @@ done
 
 echo "ab: kind=$KIND rounds=$ROUNDS secs=$SECS A=$A B=$B"
 for r in $(seq 1 "$ROUNDS"); do
-    a=$(blast "${PORTS[0]}" "$SECS") b=$(blast "${PORTS[1]}" "$SECS")
+    # Alternate who goes first: the second blast of a round runs on a warmer machine.
+    if [ $((r % 2)) -eq 1 ]; then a=$(blast "${PORTS[0]}" "$SECS") b=$(blast "${PORTS[1]}" "$SECS")
+    else b=$(blast "${PORTS[1]}" "$SECS") a=$(blast "${PORTS[0]}" "$SECS"); fi
     echo "round $r: A qps=${a:-0} B qps=${b:-0}"
     echo "${a:-0} ${b:-0}" >>"$WORK/rounds"
 done
