@@ -47,6 +47,7 @@ pub fn install_panic_hook() {
 
 /// Run `answer` (which writes a reply to `packet` into `out`); if it panics, answer SERVFAIL
 /// instead. Returns what `out` holds, `None` when nothing is to be sent.
+#[inline]
 pub fn guarded(
     packet: &[u8],
     src: IpAddr,

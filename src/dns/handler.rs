@@ -88,6 +88,7 @@ impl Response {
 
 /// Answer `packet` from `src` into `out`; `None` when nothing is to be sent. A panic while
 /// answering becomes SERVFAIL for this query alone ([`super::guard`]).
+#[inline]
 pub fn handle(
     world: &World,
     packet: &[u8],
