@@ -2,7 +2,8 @@
 # ab.sh - two Meridian binaries side by side: is B faster than A?
 #
 # Starts both on CPU 0 (127.0.0.1, two ports, the example zone with every pool up, --admin off,
-# --rrl off) and blasts them in turn from CPU 1 with ../shared/bench/udp_blast.c, round after
+# --rrl off) and blasts them in turn from CPU 1 with ../shared/bench/udp_blast.c (A first in odd
+# rounds, B first in even ones), round after
 # round, so that drift in the machine's speed hits both alike. Prints each round's qps and,
 # last, the median of each and the median of the per-round ratios B/A (>1: B faster). Use it
 # before and after a change; side-by-side.sh compares with gdnsd.
