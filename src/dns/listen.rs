@@ -64,8 +64,8 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::Ud
 }
 
 /// Responses go out without DF and whatever path MTU ICMP has reported, as gdnsd, NSD and
-/// Knot send them: a spoofed "fragmentation needed" cannot shrink what we send, and the
-/// kernel keeps no per-destination MTU state for us (cheaper per datagram).
+/// Knot send them: a spoofed "fragmentation needed" cannot shrink what we send (answers stay
+/// within 1232 octets anyway).
 fn omit_path_mtu(s: &Socket, v6: bool) -> io::Result<()> {
     use rustix::net::sockopt;
     if v6 {

@@ -30,8 +30,8 @@ pub const RESPONSE_TIME_BUCKETS: [f64; 12] = [
 ];
 
 /// [`RESPONSE_TIME_BUCKETS`] in nanoseconds: a query is counted with integer compares.
-const RESPONSE_TIME_BUCKETS_NS: [u64; 12] = {
-    let mut ns = [0; 12];
+const RESPONSE_TIME_BUCKETS_NS: [u64; RESPONSE_TIME_BUCKETS.len()] = {
+    let mut ns = [0; RESPONSE_TIME_BUCKETS.len()];
     let mut i = 0;
     while i < ns.len() {
         ns[i] = (RESPONSE_TIME_BUCKETS[i] * 1e9 + 0.5) as u64;

@@ -2,11 +2,11 @@
 # ab.sh - two Meridian binaries side by side: is B faster than A?
 #
 # Starts both on CPU 0 (127.0.0.1, two ports, the example zone with every pool up, --admin off,
-# --rrl off) and blasts them in turn from CPU 1 with ../shared/bench/udp_blast.c (A first in odd
-# rounds, B first in even ones), round after
-# round, so that drift in the machine's speed hits both alike. Prints each round's qps and,
-# last, the median of each and the median of the per-round ratios B/A (>1: B faster). Use it
-# before and after a change; side-by-side.sh compares with gdnsd.
+# --rrl off) and blasts them in turn from CPU 1 with ../shared/bench/udp_blast.c, round after
+# round (A first in odd rounds, B first in even ones), so that drift in the machine's speed
+# hits both alike. Prints each round's qps and, last, the median of each and the median of
+# the per-round ratios B/A (>1: B faster). Use it before and after a change; side-by-side.sh
+# compares with gdnsd.
 #
 # usage: ab.sh [-r ROUNDS] [-s SECS] [-k KIND] [-d MMDB] BIN_A BIN_B
 #   ROUNDS=8, SECS=2; KIND: geo1 (one ECS /24), rand24 (a random /24 per query, the default)
