@@ -51,7 +51,7 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::Ud
             s.set_only_v6(true)?;
         }
         s.set_reuse_port(true)?;
-        omit_path_mtu(&s, addr.is_ipv6())?;
+        omit_path_mtu(&s, addr.is_ipv6());
         // Best effort: the kernel caps it at net.core.rmem_max.
         let _ = s.set_recv_buffer_size(UDP_RCVBUF);
         s.bind(&addr.into())?;
@@ -65,15 +65,20 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::Ud
 
 /// Responses go out without DF and whatever path MTU ICMP has reported, as gdnsd, NSD and
 /// Knot send them: a spoofed "fragmentation needed" cannot shrink what we send (answers stay
-/// within 1232 octets anyway).
-fn omit_path_mtu(s: &Socket, v6: bool) -> io::Result<()> {
-    use rustix::net::sockopt;
-    if v6 {
-        sockopt::set_ipv6_mtu_discover(s, sockopt::Ipv6PathMtuDiscovery::OMIT)?;
+/// within 1232 octets anyway). Best effort, as gdnsd does it: a kernel without OMIT (before
+/// Linux 3.13, some sandboxes) gets DONT, and one without either keeps its default.
+fn omit_path_mtu(s: &Socket, v6: bool) {
+    use rustix::net::sockopt::{self, Ipv4PathMtuDiscovery as V4, Ipv6PathMtuDiscovery as V6};
+    let set = if v6 {
+        sockopt::set_ipv6_mtu_discover(s, V6::OMIT)
+            .or_else(|_| sockopt::set_ipv6_mtu_discover(s, V6::DONT))
     } else {
-        sockopt::set_ip_mtu_discover(s, sockopt::Ipv4PathMtuDiscovery::OMIT)?;
+        sockopt::set_ip_mtu_discover(s, V4::OMIT)
+            .or_else(|_| sockopt::set_ip_mtu_discover(s, V4::DONT))
+    };
+    if let Err(e) = set {
+        tracing::warn!(error = %e, "udp replies keep the kernel's path MTU discovery");
     }
-    Ok(())
 }
 
 /// A non-blocking TCP listener; IPv6 addresses listen on IPv6 only, so that `[::]:53` and
