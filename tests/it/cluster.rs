@@ -135,7 +135,6 @@ impl Drop for Etcd {
     }
 }
 
-/// A port free on 127.0.0.1 right now.
 // ---------------------------------------------------------------------------------------
 // A backend that fails for chosen probe sources
 

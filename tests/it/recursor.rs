@@ -68,7 +68,6 @@ impl Drop for Recursor {
     }
 }
 
-/// A loopback port free for UDP and TCP right now.
 /// Start pdns_recursor with ECS towards Meridian. Every address it may query is loopback:
 /// the root hints name 127.0.0.1 and `dont-query` forbids everything else.
 async fn start_recursor(meridian: SocketAddr) -> Recursor {
