@@ -89,12 +89,11 @@ pub async fn start(settings: Settings) -> Result<Running> {
         World::new(snapshot.clone(), Arc::new(health), geo)
             .with_nsid(Some(Arc::from(settings.instance.as_str()))),
     ));
-    if world.load().geo.is_some() {
-        tracing::info!(
-            "geoip compiled per policy: {}",
-            world.load().geo_trees.summary()
-        );
+    let serving = world.load();
+    if serving.geo.is_some() {
+        tracing::info!("geoip compiled per policy: {}", serving.geo_trees.summary());
     }
+    drop(serving);
     let cluster = settings
         .cluster
         .clone()

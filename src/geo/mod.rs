@@ -64,6 +64,16 @@ impl Subdivision {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.bytes[..self.len as usize]).expect("built from ASCII")
     }
+
+    /// The `CC-XX` key of this subdivision of country `cc` (as geo rules name it), written
+    /// into `buf` without allocating.
+    pub fn key<'b>(&self, cc: [u8; 2], buf: &'b mut [u8; 6]) -> &'b str {
+        buf[..2].copy_from_slice(&cc);
+        buf[2] = b'-';
+        let s = self.as_str().as_bytes();
+        buf[3..3 + s.len()].copy_from_slice(s);
+        std::str::from_utf8(&buf[..3 + s.len()]).expect("ASCII codes")
+    }
 }
 
 /// One database lookup: the record, if any, and how far it reaches.

@@ -150,8 +150,10 @@ impl RuleCodes {
     fn keep(&self, l: &Location) -> Option<Location> {
         let subdivision = match (l.country, l.subdivision) {
             (Some(cc), Some(sub)) => {
-                let key = format!("{}-{}", super::code_str(&cc), sub.as_str());
-                self.subdivisions.binary_search(&key).is_ok().then_some(sub)
+                let mut buf = [0; 6];
+                let key = sub.key(cc, &mut buf);
+                let named = self.subdivisions.binary_search_by(|s| s.as_str().cmp(key));
+                named.is_ok().then_some(sub)
             }
             _ => None,
         };

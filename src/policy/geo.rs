@@ -114,7 +114,7 @@ fn matches<'r, L: Locate + ?Sized, T: Trace>(
 fn level_matches<'r>(rules: &'r GeoRules, loc: &Location, chain: &mut [Option<Matched<'r>>; 5]) {
     if let (Some(cc), Some(sub)) = (loc.country, loc.subdivision) {
         let mut buf = [0u8; 6];
-        let key = subdivision_key(&mut buf, cc, sub);
+        let key = sub.key(cc, &mut buf);
         if let Some(t) = rules.subdivision.get(key) {
             chain[1] = Some(Matched {
                 level: "subdivision",
@@ -141,15 +141,6 @@ fn level_matches<'r>(rules: &'r GeoRules, loc: &Location, chain: &mut [Option<Ma
             targets: t,
         });
     }
-}
-
-/// `CC-XX` without allocating.
-fn subdivision_key(buf: &mut [u8; 6], cc: [u8; 2], sub: crate::geo::Subdivision) -> &str {
-    buf[..2].copy_from_slice(&cc);
-    buf[2] = b'-';
-    let s = sub.as_str().as_bytes();
-    buf[3..3 + s.len()].copy_from_slice(s);
-    std::str::from_utf8(&buf[..3 + s.len()]).expect("ASCII codes")
 }
 
 fn key_text(key: MatchKey) -> String {
