@@ -623,7 +623,6 @@ impl Drop for Unbound {
     }
 }
 
-/// A port free on 127.0.0.1 for UDP and TCP right now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbound_validates_with_the_anchor_and_fails_with_a_wrong_one() {
     let (zones, state) = signed_setup("dnssec-unbound");
