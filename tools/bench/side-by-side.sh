@@ -12,8 +12,9 @@
 # and prints, per kind, Meridian's ratio divided by gdnsd's (>1: Meridian ahead) with its spread.
 # Beside it, each server's CPU time per answered query (user+system of the server process over
 # the capacity.sh run after its start-up and warm-up, divided by the answers of its measured
-# passes), and gdnsd's figure over Meridian's (>1: Meridian cheaper). On a machine whose cores other work shares, qps follows the CPU share
-# the server gets; the CPU per query does not, so it is the steadier of the two figures.
+# passes), and gdnsd's figure over Meridian's (>1: Meridian cheaper). On a machine whose
+# cores other work shares, qps follows the CPU share the server gets; the CPU per query does
+# not, so it is the steadier of the two figures.
 #
 # usage: side-by-side.sh [-r ROUNDS] [-s SECS] [-p PASSES] [-k KINDS] [-m MERIDIAN] [-d MMDB] [-P PORT]
 #   ROUNDS=3, SECS=3, PASSES=3, KINDS="static geo1 rand24 geolite2", MERIDIAN=the release binary
@@ -37,7 +38,7 @@ while getopts "r:s:p:k:m:d:P:" o; do
     case $o in
         r) ROUNDS=$OPTARG ;; s) SECS=$OPTARG ;; p) PASSES=$OPTARG ;; k) KINDS=$OPTARG ;;
         m) MERIDIAN=$OPTARG ;; d) MMDB=$OPTARG ;; P) PORT=$OPTARG ;;
-        *) sed -n '2,25p' "$0"; exit 2 ;;
+        *) sed -n '2,27p' "$0"; exit 2 ;;
     esac
 done
 [ "$ROUNDS" -ge 1 ] && [ "$ROUNDS" -le 20 ] || { echo "rounds: 1..20"; exit 2; }
