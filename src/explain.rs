@@ -162,7 +162,7 @@ pub fn explain(
     handle(
         world,
         &packet,
-        src,
+        &src,
         Transport::Tcp,
         seed,
         &mut out,

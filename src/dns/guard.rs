@@ -50,7 +50,7 @@ pub fn install_panic_hook() {
 #[inline]
 pub fn guarded(
     packet: &[u8],
-    src: IpAddr,
+    src: &IpAddr,
     out: &mut Vec<u8>,
     local: &mut Local,
     answer: impl FnOnce(&mut Vec<u8>, &mut Local) -> Option<Response>,
@@ -68,7 +68,7 @@ pub fn guarded(
 /// After a panic: count it, log it with the query, and SERVFAIL the query when it parses.
 fn servfail(
     packet: &[u8],
-    src: IpAddr,
+    src: &IpAddr,
     out: &mut Vec<u8>,
     local: &mut Local,
     payload: &(dyn Any + Send),

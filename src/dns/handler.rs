@@ -92,7 +92,7 @@ impl Response {
 pub fn handle(
     world: &World,
     packet: &[u8],
-    src: IpAddr,
+    src: &IpAddr,
     transport: Transport,
     seed: u64,
     out: &mut Vec<u8>,
@@ -106,7 +106,7 @@ pub fn handle(
 fn answer(
     world: &World,
     packet: &[u8],
-    src: IpAddr,
+    src: &IpAddr,
     transport: Transport,
     seed: u64,
     out: &mut Vec<u8>,
@@ -147,9 +147,9 @@ fn answer(
     if q.opcode() != 0 {
         return error(out, &q, stats, u16::from(rcode::NOTIMP), nsid);
     }
-    if let Some(e) = q.edns
-        && e.version > 0
-    {
+    // EDNS and ECS are read in place: copying them (odd-sized, unaligned) right after the
+    // parser wrote them stalled on store forwarding.
+    if q.edns.as_ref().is_some_and(|e| e.version > 0) {
         return error(out, &q, stats, rcode::BADVERS, nsid);
     }
     let snap = &world.snapshot;
@@ -175,9 +175,9 @@ fn answer(
     if key.is_some() && q.qtype == RRSIG {
         return error(out, &q, stats, u16::from(rcode::NOTIMP), nsid);
     }
-    let ecs = q.edns.and_then(|e| e.ecs);
+    let ecs = q.edns.as_ref().and_then(|e| e.ecs.as_ref());
     let client = Client {
-        addr: ecs.map_or(src, |e| e.addr),
+        addr: ecs.map_or(*src, |e| e.addr),
         source_prefix: ecs.map(|e| e.source_prefix),
     };
     let lookup = Lookup {
@@ -196,7 +196,7 @@ fn answer(
         _ => lookup.run(zone, q.qname, q.qtype, &mut w, scratch),
     };
     if let Some(k) = key
-        && q.edns.is_some_and(|e| e.dnssec_ok)
+        && q.edns.as_ref().is_some_and(|e| e.dnssec_ok)
     {
         signer.sign(z, k, &q, &mut w, &mut found, seed, stats);
     }

@@ -149,6 +149,10 @@ struct Batch<S> {
     recv: Vec<[u8; UDP_RECV_SIZE]>,
     lens: [usize; BATCH],
     peers: [Option<S>; BATCH],
+    /// Each peer's client address, worked out as the batch comes in: built just before
+    /// answering, the address was copied while its bytes were still being stored (a
+    /// store-forwarding stall on every query).
+    clients: [Option<IpAddr>; BATCH],
     out: Vec<Vec<u8>>,
     send_peers: Vec<Option<S>>,
     send_index: Vec<usize>,
@@ -167,6 +171,7 @@ fn udp_worker<S: Peer>(
         recv: vec![[0u8; UDP_RECV_SIZE]; BATCH],
         lens: [0; BATCH],
         peers: [None; BATCH],
+        clients: [None; BATCH],
         out: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
         send_peers: Vec::with_capacity(BATCH),
         send_index: Vec::with_capacity(BATCH),
@@ -206,8 +211,9 @@ fn udp_worker<S: Peer>(
         b.send_peers.clear();
         b.send_index.clear();
         for i in 0..n {
-            let Some(peer) = b.peers[i] else { continue };
-            let Some(src) = peer.client() else { continue };
+            let (Some(peer), Some(src)) = (b.peers[i], &b.clients[i]) else {
+                continue;
+            };
             seed = xorshift(seed);
             let packet = &b.recv[i][..b.lens[i]];
             let reply = handle(
@@ -226,7 +232,7 @@ fn udp_worker<S: Peer>(
                 continue;
             };
             if let Some(l) = &mut limiter {
-                let verdict = l.check(src, reply.class, reply.qname(&local), &world.snapshot);
+                let verdict = l.check(*src, reply.class, reply.qname(&local), &world.snapshot);
                 local.stats.rrl(verdict);
                 match verdict {
                     Verdict::Send | Verdict::Logged => {}
@@ -273,6 +279,7 @@ fn receive<S: Peer>(
     for (i, msg) in results.enumerate() {
         b.lens[i] = msg.bytes;
         b.peers[i] = msg.address;
+        b.clients[i] = msg.address.and_then(|p| p.client());
         n = i + 1;
     }
     Ok(n)

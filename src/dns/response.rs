@@ -153,7 +153,7 @@ impl<'b> Writer<'b> {
             counts = [0; 3];
             tc = true;
         }
-        if let Some(edns) = q.edns {
+        if let Some(edns) = &q.edns {
             write_opt(buf, meta, edns.dnssec_ok, edns.dnssec_ok && edns.compact_ok);
             counts[2] += 1;
         }
@@ -168,14 +168,14 @@ pub struct Meta<'a> {
     pub rcode: u16,
     pub authoritative: bool,
     /// ECS to echo, with its scope.
-    pub ecs: Option<(Ecs, u8)>,
+    pub ecs: Option<(&'a Ecs, u8)>,
     /// The NSID payload to send (RFC 5001), when the query asked for it.
     pub nsid: Option<&'a [u8]>,
 }
 
 /// The NSID payload for `q`: the instance name when the query asked (RFC 5001 §2.1).
 pub fn nsid_for<'a>(q: &Query<'_>, name: Option<&'a str>) -> Option<&'a [u8]> {
-    name.filter(|_| q.edns.is_some_and(|e| e.nsid))
+    name.filter(|_| q.edns.as_ref().is_some_and(|e| e.nsid))
         .map(str::as_bytes)
 }
 
@@ -283,7 +283,7 @@ fn write_opt(buf: &mut Vec<u8>, meta: Meta<'_>, dnssec_ok: bool, compact_ok: boo
 
 /// The UDP size limit for a query (RFC 6891 §6.2.5: at least 512, capped at ours).
 pub fn udp_limit(q: &Query<'_>) -> usize {
-    match q.edns {
+    match &q.edns {
         Some(e) => usize::from(e.payload.clamp(CLASSIC_UDP_PAYLOAD, MAX_UDP_PAYLOAD)),
         None => usize::from(CLASSIC_UDP_PAYLOAD),
     }

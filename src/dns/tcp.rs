@@ -265,7 +265,7 @@ impl Connection {
             let answered = handle(
                 &world,
                 msg,
-                self.peer,
+                &self.peer,
                 Transport::Tcp,
                 b.seed,
                 &mut b.reply,

@@ -162,7 +162,9 @@ fn read_question_name(packet: &[u8], start: usize, out: &mut NameBuf) -> Option<
 /// Walk the remaining records; return the OPT and the TSIG of the additional section.
 /// RFC 6891 §6.1.1: at most one OPT, in the additional section, owned by the root.
 /// RFC 8945 §5.2: the TSIG is the last record of the additional section. RFC 2930 §4: a
-/// query's TKEY sits in the additional section.
+/// query's TKEY sits in the additional section. Inlined into `parse` (so into the handler),
+/// as `parse` is: its result, written and read right back, stalled on store forwarding.
+#[inline(always)]
 fn read_records(
     packet: &[u8],
     mut at: usize,
@@ -236,6 +238,7 @@ fn skip_name(packet: &[u8], mut at: usize) -> Option<usize> {
 /// EDNS options: ECS is validated, an empty NSID noted (RFC 5001 §2.3: a requestor sends it
 /// empty; a non-empty one is not a request and is ignored), every other option ignored
 /// (RFC 6891 §6.1.2).
+#[inline]
 fn read_options(mut rdata: &[u8]) -> Result<(Option<Ecs>, bool), Reject> {
     let mut ecs = None;
     let mut nsid = false;
@@ -259,6 +262,7 @@ fn read_options(mut rdata: &[u8]) -> Result<(Option<Ecs>, bool), Reject> {
 
 /// RFC 7871 §6 and §7.1.2: family 1 or 2, SOURCE within the family, SCOPE 0 in queries,
 /// exactly ceil(SOURCE/8) address octets, and no bits set past SOURCE.
+#[inline]
 fn read_ecs(body: &[u8]) -> Result<Ecs, Reject> {
     let head = body.get(..4).ok_or(Reject::FormErr)?;
     let family = u16::from_be_bytes([head[0], head[1]]);

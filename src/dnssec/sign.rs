@@ -157,7 +157,7 @@ impl Signer {
                 ..
             })
         ) {
-            let co = q.edns.is_some_and(|e| e.compact_ok);
+            let co = q.edns.as_ref().is_some_and(|e| e.compact_ok);
             found.rcode = if co { rcode::NXDOMAIN } else { rcode::NOERROR };
         }
         let cx = Cx {

@@ -439,7 +439,7 @@ proptest::proptest! {
         let mut out = Vec::new();
         let mut local = Local::default();
         for transport in [Transport::Udp, Transport::Tcp] {
-            if handle(world, &packet, ip("192.0.2.1"), transport, 9, &mut out, &mut local).is_some() {
+            if handle(world, &packet, &ip("192.0.2.1"), transport, 9, &mut out, &mut local).is_some() {
                 let m = Message::from_vec(&out).map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}")))?;
                 proptest::prop_assert_eq!(m.metadata.id, u16::from_be_bytes([packet[0], packet[1]]));
             }
@@ -529,7 +529,7 @@ fn answering_a_query_allocates_nothing() {
             handle(
                 world,
                 q,
-                ip("192.0.2.1"),
+                &ip("192.0.2.1"),
                 Transport::Udp,
                 i as u64,
                 &mut out,
@@ -547,7 +547,7 @@ fn answering_a_query_allocates_nothing() {
         for round in 0..100u64 {
             limiter.tick(std::time::Instant::now());
             for q in &queries {
-                let reply = handle(world, q, src, Transport::Udp, round, &mut out, &mut local)
+                let reply = handle(world, q, &src, Transport::Udp, round, &mut out, &mut local)
                     .expect("a reply");
                 let from = std::net::IpAddr::from([10, 0, (round % 4) as u8, 1]);
                 let verdict =

@@ -908,13 +908,29 @@ mod property {
         // Warm up with every seed the measured rounds use: each weighted pool gets signed.
         for round in 0..100u64 {
             for q in &queries {
-                handle(world(), q, src, Transport::Udp, round, &mut out, &mut local);
+                handle(
+                    world(),
+                    q,
+                    &src,
+                    Transport::Udp,
+                    round,
+                    &mut out,
+                    &mut local,
+                );
             }
         }
         let ((), stats) = densa_alloc::measure(|| {
             for round in 0..100u64 {
                 for q in &queries {
-                    handle(world(), q, src, Transport::Udp, round, &mut out, &mut local);
+                    handle(
+                        world(),
+                        q,
+                        &src,
+                        Transport::Udp,
+                        round,
+                        &mut out,
+                        &mut local,
+                    );
                 }
             }
         });
@@ -934,7 +950,7 @@ mod property {
         let ask = |name: &str, local: &mut Local, out: &mut Vec<u8>| {
             let mut p = Query::new(name, 1).edns(1232).packet();
             p[12 + name.len() + 2 + 4 + 7] |= 0x80;
-            handle(world(), &p, src, Transport::Udp, 7, out, local);
+            handle(world(), &p, &src, Transport::Udp, 7, out, local);
         };
         ask("static.signed.test", &mut local, &mut out);
         let before = local.signer.cached();
@@ -981,7 +997,7 @@ mod property {
             let mut local = Local::new(UDP_CACHE_SLOTS);
             // Twice: signed fresh, then from the cache.
             for _ in 0..2 {
-                prop_assert!(handle(world(), &packet, IpAddr::from([192, 0, 2, 1]), Transport::Tcp, seed, &mut out, &mut local).is_some());
+                prop_assert!(handle(world(), &packet, &IpAddr::from([192, 0, 2, 1]), Transport::Tcp, seed, &mut out, &mut local).is_some());
                 check_response(&out, &dnskey())?;
             }
         }

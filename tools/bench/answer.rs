@@ -75,7 +75,7 @@ fn handler(c: &mut Criterion) {
                 black_box(handle(
                     &w,
                     &packet,
-                    src,
+                    &src,
                     Transport::Udp,
                     7,
                     &mut out,

@@ -31,7 +31,7 @@ pub fn answer_and_reparse(
     local: &mut Local,
 ) {
     let seed = packet.len() as u64 | 1;
-    if handle(world, packet, src, transport, seed, out, local).is_none() {
+    if handle(world, packet, &src, transport, seed, out, local).is_none() {
         return;
     }
     let reply = Message::from_vec(out).unwrap_or_else(|e| {
