@@ -238,7 +238,7 @@ fn skip_name(packet: &[u8], mut at: usize) -> Option<usize> {
 /// EDNS options: ECS is validated, an empty NSID noted (RFC 5001 §2.3: a requestor sends it
 /// empty; a non-empty one is not a request and is ignored), every other option ignored
 /// (RFC 6891 §6.1.2).
-#[inline]
+#[inline(always)]
 fn read_options(mut rdata: &[u8]) -> Result<(Option<Ecs>, bool), Reject> {
     let mut ecs = None;
     let mut nsid = false;
@@ -283,14 +283,20 @@ fn read_ecs(body: &[u8]) -> Result<Ecs, Reject> {
             return Err(Reject::FormErr);
         }
     }
-    // The address as an integer, octet by octet (no byte array read back as a word).
-    let bits = addr_bytes
-        .iter()
-        .zip((0..128).step_by(8).rev())
-        .fold(0u128, |a, (b, shift)| a | u128::from(*b) << shift);
+    // The address as an integer, octet by octet (no byte array read back as a word); an
+    // IPv4 one in 32 bits, as 128-bit shifts by a variable count cost several instructions
+    // an octet.
     let addr = if family == 1 {
-        IpAddr::V4(Ipv4Addr::from((bits >> 96) as u32))
+        let bits = addr_bytes
+            .iter()
+            .zip([24u32, 16, 8, 0])
+            .fold(0u32, |a, (b, shift)| a | u32::from(*b) << shift);
+        IpAddr::V4(Ipv4Addr::from(bits))
     } else {
+        let bits = addr_bytes
+            .iter()
+            .zip((0..128).step_by(8).rev())
+            .fold(0u128, |a, (b, shift)| a | u128::from(*b) << shift);
         IpAddr::V6(Ipv6Addr::from(bits))
     };
     Ok(Ecs {
@@ -350,6 +356,23 @@ mod tests {
             e.ecs.expect("ecs").addr,
             "203.0.113.0".parse::<IpAddr>().expect("ip")
         );
+        for (option, want) in [
+            (&[0, 1, 32, 0, 198, 51, 100, 7][..], "198.51.100.7"),
+            (&[0, 1, 8, 0, 10], "10.0.0.0"),
+            (&[0, 1, 0, 0], "0.0.0.0"),
+            (&[0, 2, 24, 0, 0x20, 0x01, 0x0d], "2001:d00::"),
+            (&[0, 2, 0, 0], "::"),
+        ] {
+            let mut o = vec![0, 8, 0, option.len() as u8];
+            o.extend_from_slice(option);
+            let q = query(b"\x01a\x00", Some(&o));
+            let e = parse(&q, &mut [0; MAX_NAME]).expect("valid").edns;
+            assert_eq!(
+                e.and_then(|e| e.ecs).map(|e| e.addr),
+                Some(want.parse::<IpAddr>().expect("ip")),
+                "{option:?}"
+            );
+        }
         for bad in [
             &[0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113, 1][..], // trailing byte in option
             &[0, 8, 0, 7, 0, 1, 24, 5, 203, 0, 113],        // scope set
