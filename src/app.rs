@@ -81,9 +81,11 @@ pub async fn start(settings: Settings) -> Result<Running> {
         tracing::info!(path = %path.display(), "geoip database loaded: {}", db.metadata_summary());
     }
     let overrides = OverrideStore::load(&settings.state).map_err(|e| anyhow!("{e}"))?;
-    let mut health = View::unknown(&snapshot);
-    health.overrides = overrides.resolve(&snapshot);
-    health.endpoint_overrides = overrides.resolve_endpoints(&snapshot);
+    let health = View::unknown(&snapshot).with_overrides(
+        &snapshot,
+        overrides.resolve(&snapshot),
+        overrides.resolve_endpoints(&snapshot),
+    );
     let snapshot = Arc::new(snapshot);
     let world = Arc::new(ArcSwap::from_pointee(
         World::new(snapshot.clone(), Arc::new(health), geo)

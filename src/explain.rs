@@ -79,7 +79,7 @@ pub enum Dnssec {
 
 /// A world for offline explain: health unknown (so up), `--down` pools overridden down.
 pub fn offline_world(snap: Snapshot, geo: Option<Arc<GeoDb>>, down: &[String]) -> Result<World> {
-    let mut health = View::unknown(&snap);
+    let mut overrides = vec![None; snap.pools.len()];
     for spec in down {
         let pools: Vec<_> = match spec.split_once('/') {
             Some((zone, pool)) => snap
@@ -95,9 +95,10 @@ pub fn offline_world(snap: Snapshot, geo: Option<Arc<GeoDb>>, down: &[String]) -
             bail!("--down {spec}: no such pool");
         }
         for p in pools {
-            health.overrides[p.0 as usize] = Some(Override::Down);
+            overrides[p.0 as usize] = Some(Override::Down);
         }
     }
+    let health = View::unknown(&snap).with_overrides(&snap, overrides, Default::default());
     Ok(World::new(Arc::new(snap), Arc::new(health), geo))
 }
 

@@ -110,7 +110,7 @@ type ReloadResult = Result<Vec<(String, u32)>, ReloadError>;
 impl Control {
     pub fn new(settings: Settings, world: SharedWorld, overrides: OverrideStore) -> Control {
         Control {
-            local: Mutex::new(world.load().health.probes.clone()),
+            local: Mutex::new(world.load().health.probes().to_vec()),
             world,
             dns_stats: Arc::new(DnsStats::default()),
             started: Instant::now(),
@@ -155,11 +155,12 @@ impl Control {
             Some(c) => c.effective(snap, local),
             None => local.to_vec(),
         };
-        View {
+        View::new(
+            snap,
             probes,
-            overrides: store.resolve(snap),
-            endpoint_overrides: store.resolve_endpoints(snap),
-        }
+            store.resolve(snap),
+            store.resolve_endpoints(snap),
+        )
     }
 
     /// This instance's own probe statuses (before any quorum), by `ProbeId`.
@@ -224,11 +225,11 @@ impl Control {
             return;
         }
         let view = self.build_view(&current.snapshot, &local, store);
-        let same = view.overrides == current.health.overrides
-            && view.endpoint_overrides == current.health.endpoint_overrides
-            && view.probes.iter().map(|p| p.health).eq(current
+        let same = view.overrides() == current.health.overrides()
+            && view.endpoint_overrides() == current.health.endpoint_overrides()
+            && view.probes().iter().map(|p| p.health).eq(current
                 .health
-                .probes
+                .probes()
                 .iter()
                 .map(|p| p.health));
         if !same {
@@ -406,11 +407,12 @@ impl Control {
             None => probes.clone(),
         };
         *self.local.lock().expect("local lock is never poisoned") = probes;
-        let view = View {
-            probes: probes_effective,
-            overrides: current.health.overrides.clone(),
-            endpoint_overrides: current.health.endpoint_overrides.clone(),
-        };
+        let view = View::new(
+            &current.snapshot,
+            probes_effective,
+            current.health.overrides().to_vec(),
+            current.health.endpoint_overrides().clone(),
+        );
         self.store_view(&current, view);
     }
 
@@ -494,7 +496,7 @@ impl Control {
         let local = if local.len() == current.snapshot.probes.len() {
             local
         } else {
-            current.health.probes.clone()
+            current.health.probes().to_vec()
         };
         let view = self.build_view(&current.snapshot, &local, &store);
         self.store_view(&current, view);

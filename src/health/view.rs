@@ -80,25 +80,90 @@ impl Override {
 pub type EndpointOverrides = BTreeMap<(PoolId, usize), Override>;
 
 /// Health of every probe and override of every pool, indexed like the snapshot it was built
-/// for.
+/// for. Built once per change and then only read: what the DNS path asks of it (is this pool
+/// up, may this endpoint be answered) is worked out when it is built.
 #[derive(Debug, Clone, Default)]
 pub struct View {
     /// By `ProbeId`.
-    pub probes: Vec<ProbeStatus>,
+    probes: Vec<ProbeStatus>,
     /// By `PoolId`.
-    pub overrides: Vec<Option<Override>>,
+    overrides: Vec<Option<Override>>,
     /// Usually empty; a pool's own override wins over its endpoints'.
-    pub endpoint_overrides: EndpointOverrides,
+    endpoint_overrides: EndpointOverrides,
+    /// By `PoolId`: [`View::pool_up`] as built.
+    pools_up: Box<[bool]>,
+    /// [`View::endpoint_up`] as built: pool `p`'s endpoints from `endpoint_base[p]` on.
+    endpoints_up: Box<[bool]>,
+    endpoint_base: Box<[usize]>,
 }
 
 impl View {
+    /// The view of `snap` with these probe results and overrides.
+    pub fn new(
+        snap: &Snapshot,
+        probes: Vec<ProbeStatus>,
+        overrides: Vec<Option<Override>>,
+        endpoint_overrides: EndpointOverrides,
+    ) -> View {
+        let mut v = View {
+            probes,
+            overrides,
+            endpoint_overrides,
+            ..View::default()
+        };
+        let mut base = Vec::with_capacity(snap.pools.len());
+        let mut endpoints = Vec::new();
+        for (i, p) in snap.pools.iter().enumerate() {
+            base.push(endpoints.len());
+            let id = PoolId(i as u32);
+            endpoints.extend(
+                p.endpoints
+                    .iter()
+                    .enumerate()
+                    .map(|(k, e)| v.endpoint_answerable(id, k, e)),
+            );
+        }
+        v.endpoint_base = base.into();
+        v.endpoints_up = endpoints.into();
+        v.pools_up = (0..snap.pools.len())
+            .map(|i| v.pool_answerable(snap, PoolId(i as u32)))
+            .collect();
+        v
+    }
+
     /// Every probe unknown (so up), no overrides: `explain` offline, and the first view.
     pub fn unknown(snap: &Snapshot) -> View {
-        View {
-            probes: vec![ProbeStatus::default(); snap.probes.len()],
-            overrides: vec![None; snap.pools.len()],
-            endpoint_overrides: EndpointOverrides::new(),
-        }
+        View::new(
+            snap,
+            vec![ProbeStatus::default(); snap.probes.len()],
+            vec![None; snap.pools.len()],
+            EndpointOverrides::new(),
+        )
+    }
+
+    /// The same probe results under other overrides.
+    pub fn with_overrides(
+        self,
+        snap: &Snapshot,
+        overrides: Vec<Option<Override>>,
+        endpoint_overrides: EndpointOverrides,
+    ) -> View {
+        View::new(snap, self.probes, overrides, endpoint_overrides)
+    }
+
+    /// Probe results by `ProbeId`.
+    pub fn probes(&self) -> &[ProbeStatus] {
+        &self.probes
+    }
+
+    /// Pool overrides by `PoolId`.
+    pub fn overrides(&self) -> &[Option<Override>] {
+        &self.overrides
+    }
+
+    /// Endpoint overrides.
+    pub fn endpoint_overrides(&self) -> &EndpointOverrides {
+        &self.endpoint_overrides
     }
 
     pub fn override_of(&self, pool: PoolId) -> Option<Override> {
@@ -126,7 +191,20 @@ impl View {
 
     /// Whether endpoint `index` of `pool` may be answered: the pool's override, else the
     /// endpoint's, else its probe.
+    #[inline]
     pub fn endpoint_up(&self, pool: PoolId, index: usize, endpoint: &Endpoint) -> bool {
+        match self
+            .endpoint_base
+            .get(pool.0 as usize)
+            .and_then(|b| self.endpoints_up.get(b + index))
+        {
+            Some(up) => *up,
+            // Not a pool of the snapshot this view was built for.
+            None => self.endpoint_answerable(pool, index, endpoint),
+        }
+    }
+
+    fn endpoint_answerable(&self, pool: PoolId, index: usize, endpoint: &Endpoint) -> bool {
         match self
             .override_of(pool)
             .or_else(|| self.endpoint_override(pool, index))
@@ -138,7 +216,15 @@ impl View {
     }
 
     /// SPEC §3: up when the overrides allow it and at least `min_healthy` endpoints are up.
+    #[inline]
     pub fn pool_up(&self, snap: &Snapshot, pool: PoolId) -> bool {
+        match self.pools_up.get(pool.0 as usize) {
+            Some(up) => *up,
+            None => self.pool_answerable(snap, pool),
+        }
+    }
+
+    fn pool_answerable(&self, snap: &Snapshot, pool: PoolId) -> bool {
         let p: &Pool = snap.pool(pool);
         match self.override_of(pool) {
             Some(Override::Up) => true,
@@ -148,7 +234,7 @@ impl View {
                     .endpoints
                     .iter()
                     .enumerate()
-                    .filter(|(i, e)| self.endpoint_up(pool, *i, e))
+                    .filter(|(i, e)| self.endpoint_answerable(pool, *i, e))
                     .count();
                 up as u64 >= u64::from(p.min_healthy.max(1)).min(p.endpoints.len() as u64)
                     && !p.endpoints.is_empty()
@@ -209,6 +295,79 @@ impl ProbeStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a view worked out when built is what its rules say, under every mix of probe
+    /// results and overrides tried (the DNS path reads only the built answers).
+    #[test]
+    fn built_answers_follow_probes_and_overrides() {
+        let snap = crate::config::load_dir(&crate::config::LoadOptions {
+            zones_dir: std::path::Path::new("zones"),
+            previous: None,
+        })
+        .expect("the example zone loads");
+        let states = [Health::Unknown, Health::Up, Health::Down];
+        let pool_overrides = [
+            None,
+            Some(Override::Up),
+            Some(Override::Down),
+            Some(Override::Drain),
+        ];
+        let mut checked = 0;
+        for round in 0..120usize {
+            let probes: Vec<ProbeStatus> = (0..snap.probes.len())
+                .map(|i| ProbeStatus {
+                    health: states[(round / 3usize.pow(i as u32 % 4)) % 3],
+                    ..ProbeStatus::default()
+                })
+                .collect();
+            let overrides: Vec<Option<Override>> = (0..snap.pools.len())
+                .map(|i| pool_overrides[(round + i) % 4].filter(|_| round % 5 == 0))
+                .collect();
+            let mut endpoint_overrides = EndpointOverrides::new();
+            if round % 7 == 0 {
+                endpoint_overrides.insert((PoolId(0), 1), Override::Down);
+                endpoint_overrides.insert((PoolId(1), 0), Override::Up);
+            }
+            let v = View::new(&snap, probes, overrides, endpoint_overrides);
+            for (i, p) in snap.pools.iter().enumerate() {
+                let id = PoolId(i as u32);
+                assert_eq!(v.pool_up(&snap, id), v.pool_answerable(&snap, id));
+                for (k, e) in p.endpoints.iter().enumerate() {
+                    assert_eq!(v.endpoint_up(id, k, e), v.endpoint_answerable(id, k, e));
+                    checked += 1;
+                }
+                match v.override_of(id) {
+                    Some(Override::Up) => assert!(v.pool_up(&snap, id)),
+                    Some(Override::Down | Override::Drain) => assert!(!v.pool_up(&snap, id)),
+                    None => {}
+                }
+            }
+        }
+        assert!(checked > 500, "{checked}");
+        // A probe going down takes its pool down (min_healthy 1, every endpoint on one probe).
+        let down = vec![
+            ProbeStatus {
+                health: Health::Down,
+                ..ProbeStatus::default()
+            };
+            snap.probes.len()
+        ];
+        let v = View::new(
+            &snap,
+            down,
+            vec![None; snap.pools.len()],
+            EndpointOverrides::new(),
+        );
+        let checked_pools = snap
+            .pools
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.endpoints.iter().all(|e| e.probe.is_some()));
+        for (i, _) in checked_pools {
+            assert!(!v.pool_up(&snap, PoolId(i as u32)));
+        }
+        assert!(View::unknown(&snap).pool_up(&snap, PoolId(0)));
+    }
 
     #[test]
     fn last_result_follows_the_streaks() {

@@ -272,7 +272,7 @@ fn pool_state<L: Locate + ?Sized>(
             n_unknown += 1;
         }
         if let Some(id) = e.probe {
-            let s = &ctx.health.probes[id.0 as usize];
+            let s = &ctx.health.probes()[id.0 as usize];
             if s.failures > 0 && worst.is_none_or(|(f, _)| s.failures > f) {
                 worst = Some((s.failures, s));
             }

@@ -129,12 +129,11 @@ fn snapshot() -> Snapshot {
 }
 
 fn health(snap: &Snapshot, down: &[&str]) -> View {
-    let mut v = View::unknown(snap);
+    let mut overrides = vec![None; snap.pools.len()];
     for name in down {
-        let p = pool(snap, name);
-        v.overrides[p.0 as usize] = Some(Override::Down);
+        overrides[pool(snap, name).0 as usize] = Some(Override::Down);
     }
-    v
+    View::unknown(snap).with_overrides(snap, overrides, Default::default())
 }
 
 fn pool(snap: &Snapshot, name: &str) -> PoolId {

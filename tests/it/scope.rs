@@ -216,14 +216,14 @@ failover = ["p2", "p1"]
 }
 
 fn view(snap: &Snapshot, down: [bool; 4]) -> View {
-    let mut v = View::unknown(snap);
+    let mut overrides = vec![None; snap.pools.len()];
     for (name, d) in POOLS.iter().zip(down) {
         if d {
             let p: PoolId = snap.find_pool(ZoneId(0), name).expect("pool");
-            v.overrides[p.0 as usize] = Some(Override::Down);
+            overrides[p.0 as usize] = Some(Override::Down);
         }
     }
-    v
+    View::unknown(snap).with_overrides(snap, overrides, Default::default())
 }
 
 /// The pool (and whether it failed open) one client gets, and the scope.
