@@ -5,6 +5,9 @@
 //! `check` rejects every shape the answer path relies on, so this should never fire; it is
 //! here because "should" is not enough for a server on the open Internet. On the normal path
 //! it costs two thread-local writes and no allocation (`catch_unwind` is free until a panic).
+//! A UDP worker guards a whole batch at once ([`batch`]) and, after a panic, answers the
+//! query in hand with [`servfail`] and guards the rest of the batch again: the same outcome
+//! per query, without a guard's call boundary on every query.
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -65,8 +68,18 @@ pub fn guarded(
     sent
 }
 
+/// Run `work` (the queries of a batch, one after the other) under the guard; on a panic, the
+/// payload, for the caller to answer the query in hand with [`servfail`].
+#[inline]
+pub fn batch(work: impl FnOnce()) -> Result<(), Box<dyn Any + Send>> {
+    GUARDED.with(|g| g.set(true));
+    let result = catch_unwind(AssertUnwindSafe(work));
+    GUARDED.with(|g| g.set(false));
+    result
+}
+
 /// After a panic: count it, log it with the query, and SERVFAIL the query when it parses.
-fn servfail(
+pub fn servfail(
     packet: &[u8],
     src: &IpAddr,
     out: &mut Vec<u8>,

@@ -103,7 +103,10 @@ pub fn handle(
     })
 }
 
-fn answer(
+/// [`handle`] without the guard: for a UDP worker, which guards its batches
+/// ([`super::guard::batch`]).
+#[inline]
+pub(super) fn answer(
     world: &World,
     packet: &[u8],
     src: &IpAddr,

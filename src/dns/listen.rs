@@ -20,7 +20,8 @@ use nix::sys::socket::{
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::handler::{Local, Transport, UDP_CACHE_SLOTS, handle};
+use super::guard;
+use super::handler::{Local, Response, Transport, UDP_CACHE_SLOTS, answer};
 use super::response;
 use super::rrl::{self, Limiter, Verdict};
 use super::stats::{DnsStats, WorkerTotals};
@@ -158,6 +159,34 @@ struct Batch<S> {
     send_index: Vec<usize>,
 }
 
+impl<S: Peer> Batch<S> {
+    /// Queue slot `i`'s reply for sending, unless the rate limiter drops it (or slips it).
+    #[inline]
+    fn pass_on(
+        &mut self,
+        i: usize,
+        reply: Option<Response>,
+        world: &World,
+        limiter: &mut Option<Limiter>,
+        local: &mut Local,
+    ) {
+        let (Some(reply), Some(peer), Some(src)) = (reply, self.peers[i], self.clients[i]) else {
+            return;
+        };
+        if let Some(l) = limiter {
+            let verdict = l.check(src, reply.class, reply.qname(local), &world.snapshot);
+            local.stats.rrl(verdict);
+            match verdict {
+                Verdict::Send | Verdict::Logged => {}
+                Verdict::Slip => response::slip(&mut self.out[i], reply.head_len),
+                Verdict::Drop => return,
+            }
+        }
+        self.send_peers.push(Some(peer));
+        self.send_index.push(i);
+    }
+}
+
 fn udp_worker<S: Peer>(
     sock: std::net::UdpSocket,
     world: SharedWorld,
@@ -210,38 +239,43 @@ fn udp_worker<S: Peer>(
         let mut mark = clock.raw();
         b.send_peers.clear();
         b.send_index.clear();
-        for i in 0..n {
-            let (Some(peer), Some(src)) = (b.peers[i], &b.clients[i]) else {
-                continue;
-            };
-            seed = xorshift(seed);
-            let packet = &b.recv[i][..b.lens[i]];
-            let reply = handle(
-                world,
-                packet,
-                src,
-                Transport::Udp,
-                seed,
-                &mut b.out[i],
-                &mut local,
-            );
+        // One guard for the batch; a panic answers the query in hand with SERVFAIL, as
+        // `handle` does, and the rest of the batch is guarded anew.
+        let mut next = 0;
+        while next < n {
+            let mut at = next;
+            let outcome = guard::batch(|| {
+                for i in next..n {
+                    at = i;
+                    let Some(src) = &b.clients[i] else { continue };
+                    seed = xorshift(seed);
+                    let packet = &b.recv[i][..b.lens[i]];
+                    let reply = answer(
+                        world,
+                        packet,
+                        src,
+                        Transport::Udp,
+                        seed,
+                        &mut b.out[i],
+                        &mut local,
+                    );
+                    let now = clock.raw();
+                    local.stats.response_time(clock.delta_as_nanos(mark, now));
+                    mark = now;
+                    b.pass_on(i, reply, world, &mut limiter, &mut local);
+                }
+            });
+            let Err(payload) = outcome else { break };
+            let i = at;
+            let reply = b.clients[i].and_then(|src| {
+                let packet = &b.recv[i][..b.lens[i]];
+                guard::servfail(packet, &src, &mut b.out[i], &mut local, payload.as_ref())
+            });
             let now = clock.raw();
             local.stats.response_time(clock.delta_as_nanos(mark, now));
             mark = now;
-            let Some(reply) = reply else {
-                continue;
-            };
-            if let Some(l) = &mut limiter {
-                let verdict = l.check(*src, reply.class, reply.qname(&local), &world.snapshot);
-                local.stats.rrl(verdict);
-                match verdict {
-                    Verdict::Send | Verdict::Logged => {}
-                    Verdict::Slip => response::slip(&mut b.out[i], reply.head_len),
-                    Verdict::Drop => continue,
-                }
-            }
-            b.send_peers.push(Some(peer));
-            b.send_index.push(i);
+            b.pass_on(i, reply, world, &mut limiter, &mut local);
+            next = i + 1;
         }
         send(fd, &mut send_headers, &b);
         if local.stats.pending() >= STATS_FLUSH_QUERIES || started - last_flush >= STATS_FLUSH_EVERY

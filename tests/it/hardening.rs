@@ -226,6 +226,54 @@ async fn a_panic_while_answering_is_one_servfail_and_counted() {
     s.stop().await;
 }
 
+/// A UDP worker guards a whole batch: a panic in the middle of one answers that query with
+/// SERVFAIL and every query after it in the batch as usual.
+#[tokio::test]
+async fn a_panic_amid_a_batch_spoils_only_its_own_query() {
+    let s = Server::start(settings(std::path::Path::new("zones"), None)).await;
+    let world = broken_world(|snap| {
+        let i = policy_index(snap, "www");
+        snap.policies[i].kind = PolicyKind::Failover(vec![Target::Pool(PoolId(u32::MAX))]);
+    });
+    s.running.control.world.store(world);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    // Sent back to back, so that the worker takes many of them in one batch.
+    const BURST: u16 = 48;
+    for id in 0..BURST {
+        let name = if id % 3 == 1 {
+            "www.gslb.example.test"
+        } else {
+            "static.gslb.example.test"
+        };
+        let q = Query {
+            id,
+            ..Query::new(name, A)
+        };
+        sock.send_to(&q.packet(), s.dns).await.expect("send");
+    }
+    let mut seen = vec![false; usize::from(BURST)];
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.iter().any(|s| !s) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (n, _) = tokio::time::timeout(left, sock.recv_from(&mut buf))
+            .await
+            .expect("every query answered within 5 s")
+            .expect("recv");
+        let m = Message::from_vec(&buf[..n]).expect("reply parses");
+        let id = m.metadata.id;
+        if id % 3 == 1 {
+            assert_eq!(m.metadata.response_code, ResponseCode::ServFail, "id {id}");
+        } else {
+            assert_eq!(answers(&m), ["192.0.2.1", "192.0.2.2"], "id {id}");
+        }
+        seen[usize::from(id)] = true;
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn healthz_is_503_once_a_dns_worker_has_died() {
     let s = Server::start(admin_settings(std::path::Path::new("zones"))).await;
