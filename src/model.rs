@@ -563,6 +563,50 @@ pub mod wire {
 mod tests {
     use super::*;
 
+    /// The most specific zone wins; a name is only in a zone at a label boundary.
+    #[test]
+    fn the_longest_origin_on_a_label_boundary_finds_the_zone() {
+        let dir = std::env::temp_dir().join(format!("meridian-find-zone-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for (file, origin) in [
+            ("a.toml", "example.test"),
+            ("b.toml", "sub.example.test"),
+            ("c.toml", "b.test"),
+            ("d.toml", "other.test"),
+        ] {
+            let text =
+                format!("origin = \"{origin}\"\n[soa]\nmname = \"ns1\"\nrname = \"h@{origin}\"\n");
+            std::fs::write(dir.join(file), text).expect("zone file");
+        }
+        let snap = crate::config::load_dir(&crate::config::LoadOptions {
+            zones_dir: &dir,
+            previous: None,
+        })
+        .expect("the zones load");
+        let _ = std::fs::remove_dir_all(&dir);
+        let find = |name: &str| {
+            snap.find_zone(&wire::from_text(name).expect("name"))
+                .map(|z| snap.zone(z).origin.trim_end_matches('.').to_string())
+        };
+        assert_eq!(find("example.test").as_deref(), Some("example.test"));
+        assert_eq!(find("www.example.test").as_deref(), Some("example.test"));
+        assert_eq!(
+            find("sub.example.test").as_deref(),
+            Some("sub.example.test")
+        );
+        assert_eq!(
+            find("a.b.sub.example.test").as_deref(),
+            Some("sub.example.test")
+        );
+        assert_eq!(find("xsub.example.test").as_deref(), Some("example.test"));
+        assert_eq!(find("b.test").as_deref(), Some("b.test"));
+        assert_eq!(find("ab.test"), None);
+        assert_eq!(find("x.other.test").as_deref(), Some("other.test"));
+        assert_eq!(find("test"), None);
+        assert_eq!(find("."), None);
+        assert_eq!(find("example.org"), None);
+    }
+
     #[test]
     fn wire_names_round_trip() {
         let w = wire::from_text("WWW.Gslb.example.test.").expect("valid name");
