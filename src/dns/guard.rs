@@ -58,18 +58,15 @@ pub fn guarded(
     local: &mut Local,
     answer: impl FnOnce(&mut Vec<u8>, &mut Local) -> Option<Response>,
 ) -> Option<Response> {
-    GUARDED.with(|g| g.set(true));
-    let result = catch_unwind(AssertUnwindSafe(|| answer(&mut *out, &mut *local)));
-    let sent = match result {
-        Ok(sent) => sent,
+    let mut sent = None;
+    match batch(|| sent = answer(&mut *out, &mut *local)) {
+        Ok(()) => sent,
         Err(payload) => servfail(packet, src, out, local, payload.as_ref()),
-    };
-    GUARDED.with(|g| g.set(false));
-    sent
+    }
 }
 
-/// Run `work` (the queries of a batch, one after the other) under the guard; on a panic, the
-/// payload, for the caller to answer the query in hand with [`servfail`].
+/// Run `work` (one query, or a batch's queries one after the other) under the guard; on a
+/// panic, the payload, for the caller to answer the query in hand with [`servfail`].
 #[inline]
 pub fn batch(work: impl FnOnce()) -> Result<(), Box<dyn Any + Send>> {
     GUARDED.with(|g| g.set(true));
