@@ -125,6 +125,7 @@ impl View {
         }
         v.endpoint_base = base.into();
         v.endpoints_up = endpoints.into();
+        // Each pool from its endpoints' answers, just worked out.
         v.pools_up = (0..snap.pools.len())
             .map(|i| v.pool_answerable(snap, PoolId(i as u32)))
             .collect();
@@ -234,7 +235,7 @@ impl View {
                     .endpoints
                     .iter()
                     .enumerate()
-                    .filter(|(i, e)| self.endpoint_answerable(pool, *i, e))
+                    .filter(|(i, e)| self.endpoint_up(pool, *i, e))
                     .count();
                 up as u64 >= u64::from(p.min_healthy.max(1)).min(p.endpoints.len() as u64)
                     && !p.endpoints.is_empty()
