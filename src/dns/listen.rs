@@ -259,9 +259,7 @@ fn udp_worker<S: Peer>(
                         &mut b.out[i],
                         &mut local,
                     );
-                    let now = clock.raw();
-                    local.stats.response_time(clock.delta_as_nanos(mark, now));
-                    mark = now;
+                    lap(&clock, &mut mark, &mut local);
                     b.pass_on(i, reply, world, &mut limiter, &mut local);
                 }
             });
@@ -271,9 +269,7 @@ fn udp_worker<S: Peer>(
                 let packet = &b.recv[i][..b.lens[i]];
                 guard::servfail(packet, &src, &mut b.out[i], &mut local, payload.as_ref())
             });
-            let now = clock.raw();
-            local.stats.response_time(clock.delta_as_nanos(mark, now));
-            mark = now;
+            lap(&clock, &mut mark, &mut local);
             b.pass_on(i, reply, world, &mut limiter, &mut local);
             next = i + 1;
         }
@@ -355,6 +351,15 @@ fn send<S: Peer>(fd: i32, headers: &mut MultiHeaders<S>, b: &Batch<S>) {
             }
         }
     }
+}
+
+/// Count one query's response time, from `mark` (the previous query's end) to now, and move
+/// `mark` on.
+#[inline]
+fn lap(clock: &quanta::Clock, mark: &mut u64, local: &mut Local) {
+    let now = clock.raw();
+    local.stats.response_time(clock.delta_as_nanos(*mark, now));
+    *mark = now;
 }
 
 fn xorshift(mut x: u64) -> u64 {
