@@ -1,11 +1,12 @@
-//! Each geo policy's own decision tree: the compiled trie projected onto the codes its rules
-//! name (gdnsd compiles one tree per map the same way). A policy that asks only which
-//! continent, country or subdivision rule matches walks a tree of a few thousand lines
-//! instead of the whole database's, and the depth of its leaf is the widest prefix over
-//! which that match holds: the ECS scope of the answer (issue 9).
+//! Each geo policy's own decision tree: the compiled trie projected onto what the policy
+//! does with each place (gdnsd compiles one tree per map the same way). Places whose matched
+//! rules make the walk try the same targets in the same order are one class, so their
+//! neighbourhoods merge: the tree is a few MiB where the whole trie is tens, and the depth
+//! of its leaf is the widest prefix over which the answer is the same in every health
+//! state: the ECS scope of the answer (issue 9).
 //!
 //! Built with the world (at start and on the reload thread, never on a DNS worker) for
-//! each distinct set of rule codes; policies with the same codes share one tree.
+//! each distinct set of rules; policies with the same rules share one tree.
 
 use std::net::IpAddr;
 
@@ -13,7 +14,7 @@ use rustc_hash::FxHashMap;
 
 use super::trie::GeoTrie;
 use super::{GeoDb, Located, Location};
-use crate::model::{GeoRules, PolicyId, PolicyKind, Snapshot};
+use crate::model::{Fallback, GeoRules, PolicyId, PolicyKind, Snapshot, Target};
 
 /// Distinct rule sets given their own tree; the geo policies beyond answer through the
 /// whole trie (the same answers, a slower lookup). Bounds the reload thread's work: one
@@ -58,14 +59,14 @@ impl PolicyTrees {
         let started = std::time::Instant::now();
         let mut of_policy = vec![NO_TREE; snap.policies.len()];
         let mut trees = Vec::new();
-        let mut by_codes: FxHashMap<RuleCodes, u32> = FxHashMap::default();
+        let mut by_key: FxHashMap<RuleKey, u32> = FxHashMap::default();
         let (mut bytes, mut skipped) = (0, 0);
         for (slot, policy) in of_policy.iter_mut().zip(&snap.policies) {
             let PolicyKind::Geo(rules) = &policy.kind else {
                 continue;
             };
-            let codes = RuleCodes::of(rules);
-            if let Some(&tree) = by_codes.get(&codes) {
+            let key = RuleKey::of(rules, policy.fallback);
+            if let Some(&tree) = by_key.get(&key) {
                 *slot = tree;
                 continue;
             }
@@ -73,7 +74,7 @@ impl PolicyTrees {
                 skipped += 1;
                 continue;
             }
-            let tree = whole.project(|l| codes.keep(l));
+            let tree = whole.project(key.projection());
             if bytes + tree.bytes() > max_bytes {
                 skipped += 1;
                 continue;
@@ -81,7 +82,7 @@ impl PolicyTrees {
             bytes += tree.bytes();
             let index = trees.len() as u32;
             trees.push(tree);
-            by_codes.insert(codes, index);
+            by_key.insert(key, index);
             *slot = index;
         }
         PolicyTrees {
@@ -121,48 +122,77 @@ impl PolicyTrees {
     }
 }
 
-/// The codes one geo policy's rules name at each level, sorted: what its tree keeps.
+/// One geo policy's rules by level, sorted by code, with what its walk does after a matched
+/// level fails: policies with equal keys share a tree.
 #[derive(PartialEq, Eq, Hash)]
-struct RuleCodes {
+struct RuleKey {
+    /// `fallback = "next"`: the walk goes on down the matched levels and the default.
+    next: bool,
     /// `CC-XX` keys.
-    subdivisions: Vec<String>,
-    countries: Vec<[u8; 2]>,
-    continents: Vec<[u8; 2]>,
+    subdivisions: Vec<(String, Vec<Target>)>,
+    countries: Vec<([u8; 2], Vec<Target>)>,
+    continents: Vec<([u8; 2], Vec<Target>)>,
+    default: Option<Vec<Target>>,
 }
 
-impl RuleCodes {
-    fn of(rules: &GeoRules) -> RuleCodes {
-        fn sorted<T: Ord + Clone>(keys: impl Iterator<Item = T>) -> Vec<T> {
-            let mut v: Vec<T> = keys.collect();
-            v.sort_unstable();
+/// What a policy's walk does for the places of one location, whatever is up: the targets
+/// it tries in order, and the first target of the most specific matched level (the all-down
+/// rule fails open through it). Places with equal signatures get the same answer in every
+/// health state.
+#[derive(PartialEq, Eq, Hash)]
+struct Signature {
+    tried: Vec<Target>,
+    first: Option<Target>,
+}
+
+impl RuleKey {
+    fn of(rules: &GeoRules, fallback: Fallback) -> RuleKey {
+        fn sorted<K: Ord + Clone>(map: &FxHashMap<K, Vec<Target>>) -> Vec<(K, Vec<Target>)> {
+            let mut v: Vec<(K, Vec<Target>)> =
+                map.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+            v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             v
         }
-        RuleCodes {
-            subdivisions: sorted(rules.subdivision.keys().cloned()),
-            countries: sorted(rules.country.keys().copied()),
-            continents: sorted(rules.continent.keys().copied()),
+        RuleKey {
+            next: fallback == Fallback::Next,
+            subdivisions: sorted(&rules.subdivision),
+            countries: sorted(&rules.country),
+            continents: sorted(&rules.continent),
+            default: rules.default.clone(),
         }
     }
 
-    /// `l` with only the codes a rule names (the country kept for a named subdivision,
-    /// whose key includes it), without coordinates; `None` when no rule applies, so that
-    /// such places merge with the database's gaps (neither matches a level).
-    fn keep(&self, l: &Location) -> Option<Location> {
+    /// The targets of the subdivision, country and continent rules `l` matches, as the
+    /// walk's `level_matches` finds them.
+    fn matched(&self, l: &Location) -> [Option<&[Target]>; 3] {
+        fn find<'k, K: Ord + ?Sized, Q: std::borrow::Borrow<K>>(
+            rules: &'k [(Q, Vec<Target>)],
+            key: &K,
+        ) -> Option<&'k [Target]> {
+            let i = rules.binary_search_by(|r| r.0.borrow().cmp(key)).ok()?;
+            Some(&rules[i].1)
+        }
         let subdivision = match (l.country, l.subdivision) {
             (Some(cc), Some(sub)) => {
                 let mut buf = [0; 6];
-                let key = sub.key(cc, &mut buf);
-                let named = self.subdivisions.binary_search_by(|s| s.as_str().cmp(key));
-                named.is_ok().then_some(sub)
+                find::<str, String>(&self.subdivisions, sub.key(cc, &mut buf))
             }
             _ => None,
         };
+        let country = l.country.and_then(|cc| find(&self.countries, &cc));
+        let continent = l.continent.and_then(|c| find(&self.continents, &c));
+        [subdivision, country, continent]
+    }
+
+    /// `l` with only the codes a rule names (the country kept for a named subdivision,
+    /// whose key includes it), without coordinates; `None` when no rule applies.
+    fn keep(&self, l: &Location) -> Option<Location> {
+        let [subdivision, country, continent] = self.matched(l);
+        let subdivision = subdivision.and(l.subdivision);
         let country = l
             .country
-            .filter(|cc| subdivision.is_some() || self.countries.binary_search(cc).is_ok());
-        let continent = l
-            .continent
-            .filter(|c| self.continents.binary_search(c).is_ok());
+            .filter(|_| subdivision.is_some() || country.is_some());
+        let continent = continent.and(l.continent);
         (country.is_some() || continent.is_some()).then_some(Location {
             country,
             subdivision,
@@ -171,6 +201,43 @@ impl RuleCodes {
             prefix_len: 0,
             asn: None,
         })
+    }
+
+    /// What the walk (`policy::geo::choose` and `first_matched_target`) does with `l`'s
+    /// matches, `None` being no location.
+    fn signature(&self, l: Option<&Location>) -> Signature {
+        let [a, b, c] = l.map_or([None; 3], |l| self.matched(l));
+        let levels = [a, b, c, self.default.as_deref()];
+        let mut matched = levels.into_iter().flatten();
+        let first = matched.clone().find_map(|t| t.first().copied());
+        let tried = if self.next {
+            let mut tried: Vec<Target> = Vec::new();
+            for t in matched.flatten() {
+                if !tried.contains(t) {
+                    tried.push(*t);
+                }
+            }
+            tried
+        } else {
+            matched.next().map(<[Target]>::to_vec).unwrap_or_default()
+        };
+        Signature { tried, first }
+    }
+
+    /// The tree's view of a location: one representative location per signature (the
+    /// first met), `None` for the signature of no location, so that places the rules treat
+    /// alike merge, with the database's gaps too.
+    fn projection(&self) -> impl FnMut(&Location) -> Option<Location> + '_ {
+        let none = self.signature(None);
+        let mut representative: FxHashMap<Signature, Location> = FxHashMap::default();
+        move |l| {
+            let kept = self.keep(l)?;
+            let signature = self.signature(Some(&kept));
+            if signature == none {
+                return None;
+            }
+            Some(*representative.entry(signature).or_insert(kept))
+        }
     }
 }
 
@@ -196,19 +263,18 @@ mod tests {
     }
 
     #[test]
-    fn policies_with_the_same_codes_share_a_tree_and_the_bounds_hold() {
+    fn policies_with_the_same_rules_share_a_tree_and_the_bounds_hold() {
         const COUNTRIES: [&str; 20] = [
             "GB", "SE", "US", "IN", "JP", "DE", "FR", "ES", "IT", "NL", "BE", "CH", "AT", "PL",
             "PT", "IE", "DK", "NO", "FI", "CZ",
         ];
         assert!(COUNTRIES.len() >= MAX_POLICY_TREES + 2);
-        // p0 and p1 name the same country with other targets; each later one another.
+        // p0 and p1 have the same rules; each later one names another country.
         let mut policies = String::new();
         let codes = std::iter::once("GB").chain(COUNTRIES.iter().copied());
         for (i, code) in codes.take(MAX_POLICY_TREES + 3).enumerate() {
-            let target = if i == 1 { "b" } else { "a" };
             policies.push_str(&format!(
-                "[policies.p{i:02}]\ngeo.country = {{ {code} = \"{target}\" }}\ngeo.default = \"b\"\n"
+                "[policies.p{i:02}]\ngeo.country = {{ {code} = \"a\" }}\ngeo.default = \"b\"\n"
             ));
         }
         let snap = snapshot(&policies);
@@ -284,5 +350,47 @@ mod tests {
         };
         assert!(named(0, "81.2.69.1") && !named(1, "81.2.69.1"));
         assert!(!named(0, "198.51.100.1") && !named(1, "198.51.100.1"));
+    }
+    #[test]
+    fn places_the_rules_treat_alike_share_a_leaf() {
+        let snap = snapshot(
+            "[policies.eu]\ngeo.continent = { EU = \"a\" }\ngeo.default = \"b\"\n\
+             [policies.eugb]\ngeo.continent = { EU = \"a\" }\ngeo.country = { GB = \"a\" }\n\
+             geo.default = \"b\"\n\
+             [policies.cab]\ngeo.subdivision = { \"US-CA\" = \"b\" }\ngeo.default = \"b\"\n\
+             [policies.cab_next]\ngeo.subdivision = { \"US-CA\" = \"b\" }\n\
+             geo.country = { US = \"a\" }\ngeo.default = \"b\"\nfallback = \"next\"\n\
+             [policies.ca_next]\ngeo.subdivision = { \"US-CA\" = \"a\" }\n\
+             geo.country = { US = \"b\" }\ngeo.default = \"a\"\nfallback = \"next\"\n",
+        );
+        let db = db();
+        let trees = PolicyTrees::build(&snap, Some(&db));
+        let id = |name: &str| {
+            snap.find_policy(crate::model::ZoneId(0), name)
+                .expect("policy")
+        };
+        let at = |policy: &str, ip: &str| {
+            trees
+                .locate(id(policy), ip.parse().expect("ip"))
+                .expect("tree")
+        };
+        // GB is in Europe and goes where Europe goes: naming it changes nothing, so the two
+        // policies get trees of the same shape, and a GB client the same scope.
+        let tree = |policy: &str| &trees.trees[trees.of_policy[id(policy).0 as usize] as usize];
+        assert_eq!(tree("eu").bytes(), tree("eugb").bytes());
+        for ip in ["203.0.113.1", "81.2.69.1", "198.51.100.1", "192.0.2.250"] {
+            assert_eq!(at("eu", ip).prefix_len, at("eugb", ip).prefix_len, "{ip}");
+        }
+        // California goes where the default goes: one leaf over the whole address space.
+        let ca = at("cab", "198.51.100.1");
+        assert_eq!((ca.location, ca.prefix_len), (None, 0));
+        // With fallback next, California tries b then a, the rest of the US a then b, and
+        // elsewhere b: three outcomes.
+        let ca = at("cab_next", "198.51.100.1").location.expect("matched");
+        assert!(ca.subdivision.is_some());
+        assert!(at("cab_next", "198.51.100.200").location.is_some());
+        // Here California tries a then b, the US b then a, elsewhere a: none alike either.
+        assert!(at("ca_next", "198.51.100.1").location.is_some());
+        assert!(at("ca_next", "81.2.69.1").location.is_none());
     }
 }

@@ -134,17 +134,18 @@ impl GeoTrie {
         Ok((trie, stats))
     }
 
-    /// The trie of what `keep` leaves of each location (`None`: nothing of interest, as
-    /// no record), its equal neighbours merged again: the decision tree of one policy's
-    /// rules, as gdnsd compiles one per map. A few cache lines where the whole trie is tens
-    /// of MiB, and each leaf's depth is the widest prefix over which the kept fields hold.
-    pub(super) fn project(&self, keep: impl Fn(&Location) -> Option<Location>) -> GeoTrie {
+    /// The trie of what `keep` makes of each location (`None`: nothing of interest, as no
+    /// record), its equal neighbours merged again: the decision tree of one policy's rules,
+    /// as gdnsd compiles one per map. `keep` is called once per class, in class order.
+    /// Smaller than the whole trie, and each leaf's depth is the widest prefix over which
+    /// `keep`'s result holds.
+    pub(super) fn project(&self, mut keep: impl FnMut(&Location) -> Option<Location>) -> GeoTrie {
         let mut classes = vec![None];
         let mut class_of = FxHashMap::default();
         let leaf_of: Vec<u32> = self
             .classes
             .iter()
-            .map(|c| match c.as_ref().and_then(&keep) {
+            .map(|c| match c.as_ref().and_then(&mut keep) {
                 None => MISS,
                 Some(l) => intern(&mut classes, &mut class_of, l),
             })

@@ -189,21 +189,22 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
     /// depend on the database network around the client (for a miss, the empty region
     /// around it), so the scope takes that network's prefix.
     pub(super) fn location(&mut self) -> Option<Location> {
-        let located = match self.located {
-            Some(l) => l,
-            None => {
-                let l = locate(self.ctx.geo, self.client.addr);
-                self.located = Some(l);
-                l
-            }
-        };
+        let located = self.located();
         self.scope.widen(located.prefix_len);
         located.location
     }
 
+    fn located(&mut self) -> Located {
+        *self
+            .located
+            .get_or_insert_with(|| locate(self.ctx.geo, self.client.addr))
+    }
+
     /// What geo policy `policy`'s rules see of the client: through the policy's own tree
-    /// when it has one (the codes its rules name, over the widest prefix where they hold),
-    /// else the whole record. The scope takes the prefix read.
+    /// when it has one (a location its rules treat as they treat the client's, over the
+    /// widest prefix where they do), else the whole record. The scope takes the prefix
+    /// read. A traced walk (explain) matches the rules against the client's own record,
+    /// which gives the same answer, so that it names the client's own codes.
     pub(super) fn rule_location(&mut self, policy: PolicyId) -> Option<Location> {
         match self
             .ctx
@@ -212,6 +213,9 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
         {
             Some(seen) => {
                 self.scope.widen(seen.prefix_len);
+                if T::ON {
+                    return self.located().location;
+                }
                 seen.location
             }
             None => self.location(),

@@ -354,7 +354,9 @@ async fn the_example_zone_answers_ecs_clients_by_location() {
         ("203.0.113.7", 24, &["203.0.113.10", "203.0.113.11"], 24),
         ("203.0.113.7", 32, &["203.0.113.10", "203.0.113.11"], 25),
         ("203.0.113.200", 32, &["192.0.2.100"], 25),
-        ("198.51.100.7", 32, &["198.51.100.10", "198.51.100.11"], 25),
+        // California (198.51.100.0/25) goes to us-east as the default does: the scope is
+        // the widest network where every address gets us-east, 196.0.0.0/6 in this database.
+        ("198.51.100.7", 32, &["198.51.100.10", "198.51.100.11"], 6),
         ("203.0.113.7", 0, &["198.51.100.10", "198.51.100.11"], 0),
     ];
     for (client, prefix, want, scope) in rows {
