@@ -12,7 +12,7 @@ use super::tsig;
 use super::wire::{self, Reject};
 use crate::dnssec::Signer;
 use crate::dnssec::sign::{DNSKEY, NXNAME, RRSIG};
-use crate::model::rtype;
+use crate::model::{ZoneId, rtype};
 use crate::policy::Client;
 use crate::world::World;
 
@@ -69,6 +69,18 @@ pub struct Response {
     pub head_len: usize,
     /// Length of the lowercased question name in [`Local::qname`] (0 without a question).
     pub qname_len: usize,
+    /// Set when the response depends on nothing but the query's octets and the world, so
+    /// that it may be replayed for the same octets ([`super::packet_cache`]): what to
+    /// count for it.
+    pub(super) reuse: Option<Reuse>,
+}
+
+/// What a replayed response counts (as [`LocalStats::query`] does for the original).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Reuse {
+    pub zone: ZoneId,
+    pub qtype: u16,
+    pub rcode: u16,
 }
 
 impl Response {
@@ -82,6 +94,7 @@ impl Response {
             class,
             head_len: wire::HEADER_LEN + q.question.len(),
             qname_len: q.qname.len(),
+            reuse: None,
         }
     }
 }
@@ -137,6 +150,7 @@ pub(super) fn answer(
                 class: Class::Error(None),
                 head_len: wire::HEADER_LEN,
                 qname_len: 0,
+                reuse: None,
             });
         }
     };
@@ -226,7 +240,19 @@ pub(super) fn answer(
         Kind::Wildcard { encloser_len } => Class::Wildcard { zone, encloser_len },
         Kind::Error => Class::Error(Some(zone)),
     };
-    Some(Response::to(&q, class))
+    // Static data of an unsigned zone over UDP, asked without ECS: the same octets get the
+    // same response until the world changes. (Queries with ECS are left out: each subnet
+    // would take a cache slot of its own for an answer that is the same for all.)
+    let reuse = (transport == Transport::Udp && key.is_none() && !found.decided && ecs.is_none())
+        .then_some(Reuse {
+            zone,
+            qtype: q.qtype,
+            rcode: u16::from(found.rcode),
+        });
+    Some(Response {
+        reuse,
+        ..Response::to(&q, class)
+    })
 }
 
 /// An answer that is only an rcode (with the question and OPT), counted under no zone.

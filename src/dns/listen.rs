@@ -21,7 +21,8 @@ use nix::sys::socket::{
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::guard;
-use super::handler::{Local, Response, Transport, UDP_CACHE_SLOTS, answer};
+use super::handler::{Local, Response, UDP_CACHE_SLOTS};
+use super::packet_cache::PacketCache;
 use super::response;
 use super::rrl::{self, Limiter, Verdict};
 use super::stats::{DnsStats, WorkerTotals};
@@ -213,6 +214,7 @@ fn udp_worker<S: Peer>(
     let mut recv_headers = MultiHeaders::<S>::preallocate(BATCH, None);
     let mut send_headers = MultiHeaders::<S>::preallocate(BATCH, None);
     let mut local = Local::new(UDP_CACHE_SLOTS);
+    let mut packet_cache = PacketCache::new();
     // The TSC where it is invariant, else the OS clock (quanta decides once per process).
     let clock = quanta::Clock::new();
     let mut seed = rand::random::<u64>() | 1;
@@ -255,15 +257,8 @@ fn udp_worker<S: Peer>(
                     let Some(src) = &b.clients[i] else { continue };
                     seed = xorshift(seed);
                     let packet = &b.recv[i][..b.lens[i]];
-                    let reply = answer(
-                        world,
-                        packet,
-                        src,
-                        Transport::Udp,
-                        seed,
-                        &mut b.out[i],
-                        &mut local,
-                    );
+                    let reply =
+                        packet_cache.answer(world, packet, src, seed, &mut b.out[i], &mut local);
                     lap(&clock, &mut mark, &mut local);
                     b.pass_on(i, reply, world, &mut limiter, &mut local);
                 }

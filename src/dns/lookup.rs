@@ -24,6 +24,9 @@ pub struct Found {
     pub policy: Option<(PolicyId, PoolId, bool)>,
     /// What kind of response this is, for response rate limiting (SPEC §9).
     pub kind: Kind,
+    /// A policy decided part of the answer: it may depend on the client and the per-query
+    /// seed, not only on the question.
+    pub decided: bool,
 }
 
 /// The kinds of response that RRL counts apart (the BIND/NSD classes, SPEC §9).
@@ -183,6 +186,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
             rtype::AAAA => true,
             _ => return false,
         };
+        found.decided = true;
         let decision = self.decide(policy);
         found.scope = found.scope.max(decision.scope);
         let Outcome::Pool { pool, fail_open } = decision.outcome else {

@@ -2,7 +2,8 @@
 //! (handler.rs) under a panic guard (guard.rs), TSIG without keys (tsig.rs), the
 //! authoritative lookup (lookup.rs), response writing with EDNS, ECS and truncation
 //! (response.rs), per-worker counters (stats.rs), the rate-limited fail-open log line
-//! (fail_open.rs), response rate limiting of UDP (rrl.rs), the
+//! (fail_open.rs), response rate limiting of UDP (rrl.rs), replayed static responses
+//! (packet_cache.rs), the
 //! sockets (listen.rs) and DNS over TCP (tcp.rs).
 
 pub mod fail_open;
@@ -10,6 +11,7 @@ pub mod guard;
 pub mod handler;
 pub mod listen;
 pub mod lookup;
+mod packet_cache;
 pub mod response;
 pub mod rrl;
 pub mod stats;

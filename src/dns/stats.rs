@@ -54,6 +54,8 @@ pub struct LocalStats {
     rrl: RrlCounts,
     /// Queries whose answering panicked (answered SERVFAIL instead).
     panics: u64,
+    /// Responses replayed from the packet cache.
+    replayed: u64,
     dnssec: Dnssec,
     /// Signatures in this worker's cache, when it reports them.
     dnssec_cache: Option<u64>,
@@ -99,6 +101,11 @@ impl LocalStats {
             &mut self.answers,
             u64::from(policy.0) << 32 | u64::from(pool.0) << 1 | u64::from(fail_open),
         );
+    }
+
+    /// A response replayed from the packet cache (the query itself is counted by `query`).
+    pub fn replayed(&mut self) {
+        self.replayed += 1;
     }
 
     /// A query whose answering panicked.
@@ -149,6 +156,12 @@ impl LocalStats {
         self.pending
     }
 
+    /// The (zone, qtype, rcode) counts not yet folded in, most recent first.
+    #[cfg(test)]
+    pub(super) fn counted_queries(&self) -> &[(u64, u64)] {
+        &self.queries
+    }
+
     /// Fold into `totals`, naming ids with the snapshot they came from.
     pub fn flush(&mut self, snap: &Snapshot, totals: &WorkerTotals) {
         let mut t = totals.0.lock().expect("stats lock is never poisoned");
@@ -189,6 +202,7 @@ impl LocalStats {
             t.dnssec.cache_entries = n;
         }
         t.panics += std::mem::take(&mut self.panics);
+        t.replayed += std::mem::take(&mut self.replayed);
         t.rrl.add(std::mem::take(&mut self.rrl));
         self.pending = 0;
     }
@@ -221,6 +235,8 @@ pub struct Totals {
     pub dnssec: Dnssec,
     /// Queries whose answering panicked and got SERVFAIL.
     pub panics: u64,
+    /// UDP responses replayed from the workers' packet caches.
+    pub replayed: u64,
     pub rrl: RrlCounts,
 }
 
@@ -252,6 +268,7 @@ impl Totals {
         self.dnssec.negative_signatures += other.dnssec.negative_signatures;
         self.dnssec.cache_entries += other.dnssec.cache_entries;
         self.panics += other.panics;
+        self.replayed += other.replayed;
         self.rrl.add(other.rrl);
     }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::Message;
+use hickory_proto::op::{Message, ResponseCode};
 use meridian::app::{Running, start};
 use meridian::settings::{LogFormat, Settings};
 use serde_json::{Value, json};
@@ -566,6 +566,28 @@ async fn healthz_metrics_and_status_describe_the_running_server() {
             env!("CARGO_PKG_VERSION")
         )],
         1.0
+    );
+
+    // Static data asked again is replayed from a worker's packet cache, answered as in
+    // full and counted both as a query and as a hit.
+    let hits = poll("the packet cache hits", || async {
+        for _ in 0..3 {
+            let m = udp_query(server.dns, &format!("nothing.{ZONE}"), 1).await;
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+            assert_eq!(m.metadata.id & 0xff00, 0x4d00, "the query's own ID");
+        }
+        let m = server.metrics().await;
+        m.get("meridian_dns_packet_cache_hits_total")
+            .copied()
+            .filter(|h| *h >= 1.0)
+            .map(|h| (h, m))
+    })
+    .await;
+    let nxdomain = hits.1[&queries_series("A", "NXDOMAIN")];
+    assert!(
+        nxdomain >= hits.0 + 1.0,
+        "{nxdomain} NXDOMAIN, {} hits",
+        hits.0
     );
 
     // The closed port fails its probe: the pool, its endpoint and the probe counters show it.

@@ -1,0 +1,227 @@
+//! A UDP worker's cache of whole responses, as PowerDNS's packet cache: a query whose
+//! response depends on nothing but its own octets and the world (static data of an unsigned
+//! zone, asked without ECS: no policy decided, no client address or per-query seed read)
+//! is answered again by copying the response and writing the new query's ID into it.
+//!
+//! Keyed by the query's octets after its ID and by the world's generation, so a new world
+//! (a reload, a health change) empties it at once. Direct-mapped, allocated once per
+//! worker; a query or response too large for a slot is answered in full and not kept. A
+//! hit counts the query as answering it in full would (the same zone, type and rcode) and
+//! leaves the question name for the rate limiter, so nothing downstream can tell a
+//! replayed response from a fresh one; `meridian_dns_packet_cache_hits_total` counts hits.
+
+use std::hash::Hasher;
+use std::net::IpAddr;
+
+use rustc_hash::FxHasher;
+
+use super::handler::{Local, Response, Transport, answer};
+use crate::world::World;
+
+/// Slots of one worker's cache: hot static names times their types and flag variants fit
+/// many times over; a collision only costs the evicted query a full answer.
+const SLOTS: usize = 256;
+/// Largest query kept, after its ID: a question and an OPT record come to about 50 octets.
+const KEY_MAX: usize = 128;
+/// Largest response kept: a static answer of a few records and its OPT record.
+const RESPONSE_MAX: usize = 512;
+/// Longest question name kept (wire form), for the rate limiter's bucket.
+const QNAME_MAX: usize = 128;
+/// Octets of the DNS message ID at the start of a query and its response.
+const ID_LEN: usize = 2;
+
+struct Slot {
+    /// Generation of the world answered from; 0: empty (world generations start at 1).
+    generation: u64,
+    key_len: usize,
+    key: [u8; KEY_MAX],
+    response_len: usize,
+    response: [u8; RESPONSE_MAX],
+    qname: [u8; QNAME_MAX],
+    reply: Response,
+}
+
+pub(super) struct PacketCache {
+    slots: Box<[Slot]>,
+}
+
+impl PacketCache {
+    pub(super) fn new() -> PacketCache {
+        let empty = || Slot {
+            generation: 0,
+            key_len: 0,
+            key: [0; KEY_MAX],
+            response_len: 0,
+            response: [0; RESPONSE_MAX],
+            qname: [0; QNAME_MAX],
+            reply: Response {
+                class: super::rrl::Class::Error(None),
+                head_len: 0,
+                qname_len: 0,
+                reuse: None,
+            },
+        };
+        PacketCache {
+            slots: (0..SLOTS).map(|_| empty()).collect(),
+        }
+    }
+
+    /// [`answer`] over UDP, through the cache.
+    #[inline]
+    pub(super) fn answer(
+        &mut self,
+        world: &World,
+        packet: &[u8],
+        src: &IpAddr,
+        seed: u64,
+        out: &mut Vec<u8>,
+        local: &mut Local,
+    ) -> Option<Response> {
+        let Some(key) = packet.get(ID_LEN..).filter(|k| k.len() <= KEY_MAX) else {
+            return answer(world, packet, src, Transport::Udp, seed, out, local);
+        };
+        let slot = &mut self.slots[slot_of(key)];
+        if let Some(reuse) = slot.reply.reuse
+            && slot.generation == world.generation
+            && slot.key[..slot.key_len] == *key
+        {
+            let reply = slot.reply;
+            out.clear();
+            out.extend_from_slice(&packet[..ID_LEN]);
+            out.extend_from_slice(&slot.response[ID_LEN..slot.response_len]);
+            local.qname[..reply.qname_len].copy_from_slice(&slot.qname[..reply.qname_len]);
+            local
+                .stats
+                .query(Some(reuse.zone), reuse.qtype, reuse.rcode);
+            local.stats.replayed();
+            return Some(reply);
+        }
+        let reply = answer(world, packet, src, Transport::Udp, seed, out, local)?;
+        if reply.reuse.is_some() && out.len() <= RESPONSE_MAX && reply.qname_len <= QNAME_MAX {
+            slot.generation = world.generation;
+            slot.key_len = key.len();
+            slot.key[..key.len()].copy_from_slice(key);
+            slot.response_len = out.len();
+            slot.response[..out.len()].copy_from_slice(out);
+            slot.qname[..reply.qname_len].copy_from_slice(&local.qname[..reply.qname_len]);
+            slot.reply = reply;
+        }
+        Some(reply)
+    }
+}
+
+/// The slot of a query's octets after its ID.
+#[inline]
+fn slot_of(key: &[u8]) -> usize {
+    let mut h = FxHasher::default();
+    h.write(key);
+    (h.finish() >> 32) as usize % SLOTS
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::health::View;
+
+    fn world() -> World {
+        let snap = crate::config::load_str(
+            "example.toml".as_ref(),
+            &std::fs::read_to_string("zones/example.toml").expect("example zone"),
+        )
+        .expect("example zone loads");
+        let health = View::unknown(&snap);
+        World::new(Arc::new(snap), Arc::new(health), None)
+    }
+
+    /// An OPT record's DO bit and options.
+    type Opt<'a> = Option<(bool, &'a [u8])>;
+
+    /// A query with ID `id` for `name` (dotted), with an OPT record (payload 1232, DO as
+    /// given, then `options`) when `opt` is set.
+    fn query(id: u16, name: &str, qtype: u16, opt: Opt<'_>) -> Vec<u8> {
+        let mut p = id.to_be_bytes().to_vec();
+        p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+        for label in name.split('.').filter(|l| !l.is_empty()) {
+            p.push(label.len() as u8);
+            p.extend_from_slice(label.as_bytes());
+        }
+        p.push(0);
+        p.extend_from_slice(&qtype.to_be_bytes());
+        p.extend_from_slice(&[0, 1]);
+        if let Some((dnssec_ok, options)) = opt {
+            p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, u8::from(dnssec_ok) << 7, 0]);
+            p.extend_from_slice(&(options.len() as u16).to_be_bytes());
+            p.extend_from_slice(options);
+        }
+        p
+    }
+
+    /// What answering in full gives: the response, the reply and the counters.
+    fn fresh(world: &World, packet: &[u8]) -> (Vec<u8>, Option<Response>, Local) {
+        let mut local = Local::default();
+        let mut out = Vec::new();
+        let src: IpAddr = "127.0.0.1".parse().expect("ip");
+        let reply = answer(world, packet, &src, Transport::Udp, 7, &mut out, &mut local);
+        (out, reply, local)
+    }
+
+    #[test]
+    fn a_replayed_response_is_the_response_in_full() {
+        let world = world();
+        let src: IpAddr = "127.0.0.1".parse().expect("ip");
+        let ecs: &[u8] = &[0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113];
+        let nsid: &[u8] = &[0, 3, 0, 0];
+        let asks: Vec<(&str, u16, Opt<'_>, bool)> = vec![
+            // (name, type, OPT, replayed)
+            ("static.gslb.example.test", 1, None, true),
+            ("STATIC.gslb.Example.test", 1, None, true),
+            ("static.gslb.example.test", 28, Some((false, &[][..])), true),
+            ("static.gslb.example.test", 1, Some((false, nsid)), true),
+            ("gslb.example.test", 6, None, true),
+            ("gslb.example.test", 2, None, true),
+            ("docs.gslb.example.test", 5, None, true),
+            ("x.wild.gslb.example.test", 1, None, true),
+            ("nothing.gslb.example.test", 1, None, true),
+            ("static.gslb.example.test", 16, None, true),
+            // A policy decides: never replayed, nor is anything asked with ECS.
+            ("www.gslb.example.test", 1, None, false),
+            ("docs.gslb.example.test", 1, None, false),
+            ("static.gslb.example.test", 1, Some((false, ecs)), false),
+            // Outside every zone: REFUSED, answered in full each time.
+            ("example.org", 1, None, false),
+        ];
+        let mut cache = PacketCache::new();
+        for (name, qtype, opt, replayed) in asks {
+            for (round, id) in [0x1111u16, 0x2222, 0x3333].into_iter().enumerate() {
+                let packet = query(id, name, qtype, opt);
+                let (want, want_reply, want_local) = fresh(&world, &packet);
+                let mut local = Local::default();
+                let mut out = vec![0xee; 3];
+                let reply = cache.answer(&world, &packet, &src, 7, &mut out, &mut local);
+                assert_eq!(out, want, "{name} {qtype} round {round}");
+                assert_eq!(reply, want_reply, "{name} {qtype}");
+                let len = reply.map_or(0, |r| r.qname_len);
+                assert_eq!(local.qname[..len], want_local.qname[..len]);
+                assert_eq!(local.stats.pending(), want_local.stats.pending());
+                assert_eq!(
+                    local.stats.counted_queries(),
+                    want_local.stats.counted_queries(),
+                    "{name} {qtype}"
+                );
+                assert_eq!(reply.and_then(|r| r.reuse).is_some(), replayed, "{name}");
+            }
+        }
+        // A new world (same zone): nothing is replayed from the old one.
+        let next = world.with_health(Arc::new(View::unknown(&world.snapshot)));
+        assert_ne!(next.generation, world.generation);
+        let packet = query(9, "static.gslb.example.test", 1, None);
+        let key = &packet[ID_LEN..];
+        assert_eq!(cache.slots[slot_of(key)].generation, world.generation);
+        let mut out = Vec::new();
+        cache.answer(&next, &packet, &src, 7, &mut out, &mut Local::default());
+        assert_eq!(cache.slots[slot_of(key)].generation, next.generation);
+        assert_eq!(out, fresh(&next, &packet).0);
+    }
+}
