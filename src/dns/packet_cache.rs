@@ -1,7 +1,7 @@
 //! A UDP worker's cache of whole responses, as PowerDNS's packet cache: a query whose
 //! response depends on nothing but its own octets and the world (static data of an unsigned
-//! zone, asked without ECS: no policy decided, no client address or per-query seed read)
-//! is answered again by copying the response and writing the new query's ID into it.
+//! zone, asked without EDNS options: no policy decided, no client address or per-query seed
+//! read) is answered again by copying the response and writing the new query's ID into it.
 //!
 //! Keyed by the query's octets after its ID and by the world's generation, so a new world
 //! (a reload, a health change) empties it at once. Direct-mapped, allocated once per
@@ -42,6 +42,9 @@ struct Slot {
 }
 
 pub(super) struct PacketCache {
+    /// Each slot's hash tag (0: empty), apart from the slots so that a miss (every query
+    /// with ECS) reads one octet range in L1 instead of a slot of its own.
+    tags: [u32; SLOTS],
     slots: Box<[Slot]>,
 }
 
@@ -62,12 +65,12 @@ impl PacketCache {
             },
         };
         PacketCache {
+            tags: [0; SLOTS],
             slots: (0..SLOTS).map(|_| empty()).collect(),
         }
     }
 
-    /// [`answer`] over UDP, through the cache.
-    #[inline]
+    /// [`answer`] over UDP, through the cache for a query without EDNS options.
     pub(super) fn answer(
         &mut self,
         world: &World,
@@ -77,11 +80,16 @@ impl PacketCache {
         out: &mut Vec<u8>,
         local: &mut Local,
     ) -> Option<Response> {
-        let Some(key) = packet.get(ID_LEN..).filter(|k| k.len() <= KEY_MAX) else {
+        let Some(key) = packet
+            .get(ID_LEN..)
+            .filter(|k| k.len() <= KEY_MAX && without_options(packet))
+        else {
             return answer(world, packet, src, Transport::Udp, seed, out, local);
         };
-        let slot = &mut self.slots[slot_of(key)];
-        if let Some(reuse) = slot.reply.reuse
+        let (index, tag) = slot_of(key);
+        let slot = &mut self.slots[index];
+        if self.tags[index] == tag
+            && let Some(reuse) = slot.reply.reuse
             && slot.generation == world.generation
             && slot.key[..slot.key_len] == *key
         {
@@ -105,17 +113,37 @@ impl PacketCache {
             slot.response[..out.len()].copy_from_slice(out);
             slot.qname[..reply.qname_len].copy_from_slice(&local.qname[..reply.qname_len]);
             slot.reply = reply;
+            self.tags[index] = tag;
         }
         Some(reply)
     }
 }
 
-/// The slot of a query's octets after its ID.
+/// No additional record, or only an OPT record without options, at the end of the query:
+/// nothing asked with ECS (every subnet would take a slot of its own for an answer that is
+/// the same for all of them), NSID or a cookie. Checked in a few octets, so that a query
+/// with ECS (a geo answer) pays nothing for the cache.
 #[inline]
-fn slot_of(key: &[u8]) -> usize {
+fn without_options(packet: &[u8]) -> bool {
+    /// Root owner, TYPE 41 ... RDLENGTH 0 (RFC 6891 §6.1.2): 11 octets.
+    const EMPTY_OPT: usize = 11;
+    let n = packet.len();
+    match packet.get(10..12) {
+        Some([0, 0]) => true,
+        Some([0, 1]) if n >= super::wire::HEADER_LEN + EMPTY_OPT => {
+            packet[n - EMPTY_OPT..n - EMPTY_OPT + 3] == [0, 0, 41] && packet[n - 2..] == [0, 0]
+        }
+        _ => false,
+    }
+}
+
+/// The slot of a query's octets after its ID, and their tag there (never 0).
+#[inline]
+fn slot_of(key: &[u8]) -> (usize, u32) {
     let mut h = FxHasher::default();
     h.write(key);
-    (h.finish() >> 32) as usize % SLOTS
+    let h = h.finish();
+    ((h >> 56) as usize % SLOTS, h as u32 | 1)
 }
 
 #[cfg(test)]
@@ -158,6 +186,30 @@ mod tests {
         p
     }
 
+    #[test]
+    fn only_queries_without_edns_options_are_looked_up() {
+        let nsid: &[u8] = &[0, 3, 0, 0];
+        assert!(without_options(&query(1, "a.test", 1, None)));
+        assert!(without_options(&query(
+            1,
+            "a.test",
+            1,
+            Some((true, &[][..]))
+        )));
+        assert!(!without_options(&query(
+            1,
+            "a.test",
+            1,
+            Some((false, nsid))
+        )));
+        let ecs: &[u8] = &[0, 8, 0, 7, 0, 1, 24, 0, 203, 0, 113];
+        assert!(!without_options(&query(1, "a.test", 1, Some((false, ecs)))));
+        assert!(!without_options(&[0; 11]));
+        assert!(!without_options(&[
+            0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0
+        ]));
+    }
+
     /// What answering in full gives: the response, the reply and the counters.
     fn fresh(world: &World, packet: &[u8]) -> (Vec<u8>, Option<Response>, Local) {
         let mut local = Local::default();
@@ -178,7 +230,8 @@ mod tests {
             ("static.gslb.example.test", 1, None, true),
             ("STATIC.gslb.Example.test", 1, None, true),
             ("static.gslb.example.test", 28, Some((false, &[][..])), true),
-            ("static.gslb.example.test", 1, Some((false, nsid)), true),
+            // NSID: answered in full (any EDNS option keeps a query out of the cache).
+            ("static.gslb.example.test", 1, Some((false, nsid)), false),
             ("gslb.example.test", 6, None, true),
             ("gslb.example.test", 2, None, true),
             ("docs.gslb.example.test", 5, None, true),
@@ -210,18 +263,23 @@ mod tests {
                     want_local.stats.counted_queries(),
                     "{name} {qtype}"
                 );
-                assert_eq!(reply.and_then(|r| r.reuse).is_some(), replayed, "{name}");
+                let hit = replayed && round > 0;
+                assert_eq!(
+                    local.stats.replayed_count(),
+                    u64::from(hit),
+                    "{name} {round}"
+                );
             }
         }
         // A new world (same zone): nothing is replayed from the old one.
         let next = world.with_health(Arc::new(View::unknown(&world.snapshot)));
         assert_ne!(next.generation, world.generation);
         let packet = query(9, "static.gslb.example.test", 1, None);
-        let key = &packet[ID_LEN..];
-        assert_eq!(cache.slots[slot_of(key)].generation, world.generation);
+        let index = slot_of(&packet[ID_LEN..]).0;
+        assert_eq!(cache.slots[index].generation, world.generation);
         let mut out = Vec::new();
         cache.answer(&next, &packet, &src, 7, &mut out, &mut Local::default());
-        assert_eq!(cache.slots[slot_of(key)].generation, next.generation);
+        assert_eq!(cache.slots[index].generation, next.generation);
         assert_eq!(out, fresh(&next, &packet).0);
     }
 }

@@ -156,6 +156,12 @@ impl LocalStats {
         self.pending
     }
 
+    /// Responses replayed from the packet cache, not yet folded in.
+    #[cfg(test)]
+    pub(super) fn replayed_count(&self) -> u64 {
+        self.replayed
+    }
+
     /// The (zone, qtype, rcode) counts not yet folded in, most recent first.
     #[cfg(test)]
     pub(super) fn counted_queries(&self) -> &[(u64, u64)] {
