@@ -4,7 +4,7 @@
 # Runs ../shared/bench/capacity.sh (server on CPU 0, generator on CPU 1, each figure a ratio to
 # a loopback echo measured in the same run) for gdnsd and Meridian interleaved, round after
 # round, on four kinds of traffic:
-#   static    one static A record (gdnsd www.example.test, Meridian one.gslb.example.test,
+#   static    one static A record (gdnsd www.example.test, Meridian one.example.test,
 #             added to its copy of the example zone)
 #   geo1      a geo answer, every query from one ECS subnet (BLAST_ECS=203.0.113.7/24)
 #   rand24    a geo answer, a random /24 per query (BLAST_ECS_RANDOM=1)
@@ -24,7 +24,9 @@
 #   (UDP, 127.0.0.1; give each of two runs at once its own).
 # Servers: gdnsd (Debian, /usr/sbin/gdnsd) configured from ../shared/bench/gdnsd/ with one UDP
 # thread; Meridian with the example zone with its checks removed (every pool up, as gdnsd's
-# maps have no monitoring), `--admin off`, and `--rrl off` when the binary has that flag.
+# maps have no monitoring), moved to gdnsd's origin example.test and with one address per
+# `www` answer (questions and answers of the same size for both), `--admin off`, and
+# `--rrl off` when the binary has that flag.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -79,9 +81,14 @@ if [[ " $KINDS " == *" geolite2 "* ]] && [ -z "$MMDB" ]; then
     MMDB=$WORK/package/GeoLite2-City.mmdb
 fi
 
-# Meridian: the example zone, every pool up.
+# Meridian: the example zone, every pool up, moved to gdnsd's origin (example.test), so that
+# both servers get questions and give answers of the same size: the same name lengths, and
+# one address per answer (gdnsd's maps give one per datacenter; the example's pools have
+# two, which would make Meridian's answers 16 octets longer, its datagrams 20% larger).
 mkdir -p "$WORK/m/zones" "$WORK/m/state"
-sed '/^check = /d' "$REPO/zones/example.toml" >"$WORK/m/zones/example.toml"
+sed -e '/^check = /d' -e 's/gslb\.example\.test/example.test/g' \
+    -e 's/^\[policies\.www\]$/&\nmax_answers = 1/' \
+    "$REPO/zones/example.toml" >"$WORK/m/zones/example.toml"
 # The static kind asks a name with one A record, as gdnsd's www.example.test (the example
 # zone's own static name has two, 24 octets more per answer).
 printf '\n[records.one]\nA = ["192.0.2.10"]\n' >>"$WORK/m/zones/example.toml"
@@ -102,9 +109,9 @@ G_NETS=$(gdnsd_dir nets nets.config.in nets.zone)
 
 # KIND -> env, gdnsd dir and qname, Meridian qname and --geoip.
 setup() {
-    ENVV=() G_Q=www.example.test M_Q=www.gslb.example.test G_DIR=$G_NETS M_GEO=""
+    ENVV=() G_Q=www.example.test M_Q=www.example.test G_DIR=$G_NETS M_GEO=""
     case $1 in
-        static) G_Q=www.example.test M_Q=one.gslb.example.test ;;
+        static) G_Q=www.example.test M_Q=one.example.test ;;
         geo1) ENVV=(BLAST_ECS=203.0.113.7/24) G_Q=geo.example.test ;;
         rand24) ENVV=(BLAST_ECS=203.0.113.7/24 BLAST_ECS_RANDOM=1) G_Q=geo.example.test ;;
         geolite2) ENVV=(BLAST_ECS=203.0.113.7/24 BLAST_ECS_RANDOM=1) G_DIR=$G_REAL M_GEO="--geoip $MMDB" ;;
