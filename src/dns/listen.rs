@@ -67,12 +67,12 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::Ud
 
 /// Replies are never fragmented and ignore path MTU reports. IPv4: DF set and path MTU
 /// ignored (`IP_PMTUDISC_PROBE`; RFC 9715 recommends DF on IPv4 responses, and BIND sets it
-/// since DNS Flag Day 2020); IPv6: OMIT, as gdnsd, NSD and Knot. A spoofed ICMP "fragmentation needed" cannot shrink what we
-/// send, no reply is ever split (answers stay within 1232 octets), and a DF datagram from an
-/// unconnected socket gets IP ID 0 instead of one drawn from the kernel's shared, hashed ID
-/// table (`__ip_select_ident`, about 70 ns of each reply). Best effort: a kernel without
-/// PROBE or OMIT (before Linux 3.13, some sandboxes) gets OMIT or DONT, and one without any
-/// keeps its default.
+/// since DNS Flag Day 2020); IPv6: OMIT, as gdnsd, NSD and Knot. A spoofed ICMP
+/// "fragmentation needed" cannot shrink what we send, no reply is ever split (answers stay
+/// within 1232 octets), and a DF datagram from an unconnected socket gets IP ID 0 instead
+/// of one drawn from the kernel's shared, hashed ID table (`__ip_select_ident`, about 60 ns
+/// of each reply). Best effort: a kernel without PROBE or OMIT (before Linux 3.13, some
+/// sandboxes) gets OMIT or DONT, and one without any keeps its default.
 fn never_fragment(s: &Socket, v6: bool) {
     use rustix::net::sockopt::{self, Ipv4PathMtuDiscovery as V4, Ipv6PathMtuDiscovery as V6};
     let set = if v6 {
