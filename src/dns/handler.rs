@@ -240,15 +240,14 @@ pub(super) fn answer(
         Kind::Wildcard { encloser_len } => Class::Wildcard { zone, encloser_len },
         Kind::Error => Class::Error(Some(zone)),
     };
-    // Static data of an unsigned zone over UDP, asked without ECS: the same octets get the
-    // same response until the world changes. (Queries with ECS are left out: each subnet
-    // would take a cache slot of its own for an answer that is the same for all.)
-    let reuse = (transport == Transport::Udp && key.is_none() && !found.decided && ecs.is_none())
-        .then_some(Reuse {
-            zone,
-            qtype: q.qtype,
-            rcode: u16::from(found.rcode),
-        });
+    // Static data of an unsigned zone over UDP: the same octets get the same response until
+    // the world changes. Which of these the packet cache keeps is its own choice (none asked
+    // with an EDNS option).
+    let reuse = (transport == Transport::Udp && key.is_none() && !found.decided).then_some(Reuse {
+        zone,
+        qtype: q.qtype,
+        rcode: u16::from(found.rcode),
+    });
     Some(Response {
         reuse,
         ..Response::to(&q, class)
