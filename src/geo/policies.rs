@@ -135,6 +135,9 @@ struct RuleKey {
     default: Option<Vec<Target>>,
 }
 
+/// The targets of the subdivision, country and continent rules a place matches.
+type Matched<'k> = [Option<&'k [Target]>; 3];
+
 /// What a policy's walk does for the places of one location, whatever is up: the targets
 /// it tries in order, and the first target of the most specific matched level (the all-down
 /// rule fails open through it). Places with equal signatures get the same answer in every
@@ -164,7 +167,7 @@ impl RuleKey {
 
     /// The targets of the subdivision, country and continent rules `l` matches, as the
     /// walk's `level_matches` finds them.
-    fn matched(&self, l: &Location) -> [Option<&[Target]>; 3] {
+    fn matched(&self, l: &Location) -> Matched<'_> {
         fn find<'k, K: Ord + ?Sized, Q: std::borrow::Borrow<K>>(
             rules: &'k [(Q, Vec<Target>)],
             key: &K,
@@ -184,10 +187,10 @@ impl RuleKey {
         [subdivision, country, continent]
     }
 
-    /// `l` with only the codes a rule names (the country kept for a named subdivision,
-    /// whose key includes it), without coordinates; `None` when no rule applies.
-    fn keep(&self, l: &Location) -> Option<Location> {
-        let [subdivision, country, continent] = self.matched(l);
+    /// `l` with only the codes its `matched` rules name (the country kept for a named
+    /// subdivision, whose key includes it), without coordinates; `None` when no rule applies.
+    /// Matching the result finds the same rules as matching `l`.
+    fn keep(l: &Location, [subdivision, country, continent]: Matched<'_>) -> Option<Location> {
         let subdivision = subdivision.and(l.subdivision);
         let country = l
             .country
@@ -203,10 +206,9 @@ impl RuleKey {
         })
     }
 
-    /// What the walk (`policy::geo::choose` and `first_matched_target`) does with `l`'s
-    /// matches, `None` being no location.
-    fn signature(&self, l: Option<&Location>) -> Signature {
-        let [a, b, c] = l.map_or([None; 3], |l| self.matched(l));
+    /// What the walk (`policy::geo::choose` and `first_matched_target`) does with a place
+    /// whose subdivision, country and continent rules are `matched`.
+    fn signature(&self, [a, b, c]: Matched<'_>) -> Signature {
         let levels = [a, b, c, self.default.as_deref()];
         let mut matched = levels.into_iter().flatten();
         let first = matched.clone().find_map(|t| t.first().copied());
@@ -228,14 +230,15 @@ impl RuleKey {
     /// first met), `None` for the signature of no location, so that places the rules treat
     /// alike merge, with the database's gaps too.
     fn projection(&self) -> impl FnMut(&Location) -> Option<Location> + '_ {
-        let none = self.signature(None);
+        let none = self.signature([None; 3]);
         let mut representative: FxHashMap<Signature, Location> = FxHashMap::default();
         move |l| {
-            let kept = self.keep(l)?;
-            let signature = self.signature(Some(&kept));
+            let matched = self.matched(l);
+            let signature = self.signature(matched);
             if signature == none {
                 return None;
             }
+            let kept = RuleKey::keep(l, matched)?;
             Some(*representative.entry(signature).or_insert(kept))
         }
     }
