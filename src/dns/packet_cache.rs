@@ -25,8 +25,9 @@ const SLOTS: usize = 256;
 const KEY_MAX: usize = 128;
 /// Largest response kept: a static answer of a few records and its OPT record.
 const RESPONSE_MAX: usize = 512;
-/// Longest question name kept (wire form), for the rate limiter's bucket.
-const QNAME_MAX: usize = 128;
+/// Longest question name kept (wire form), for the rate limiter's bucket: the name is part
+/// of the key, so no kept query has a longer one.
+const QNAME_MAX: usize = KEY_MAX;
 /// Octets of the DNS message ID at the start of a query and its response.
 const ID_LEN: usize = 2;
 
@@ -278,5 +279,60 @@ mod tests {
         cache.answer(&next, &packet, &src, 7, &mut out, &mut Local::default());
         assert_eq!(cache.slots[index].generation, next.generation);
         assert_eq!(out, fresh(&next, &packet).0);
+    }
+    /// Ask `packet` with a fresh `Local`: the response, and whether it was replayed.
+    fn ask(cache: &mut PacketCache, world: &World, packet: &[u8]) -> (Vec<u8>, bool) {
+        let src: IpAddr = "127.0.0.1".parse().expect("ip");
+        let mut local = Local::default();
+        let mut out = Vec::new();
+        cache.answer(world, packet, &src, 7, &mut out, &mut local);
+        (out, local.stats.replayed_count() == 1)
+    }
+
+    #[test]
+    fn queries_and_responses_up_to_a_slot_are_kept_and_one_slot_holds_one() {
+        // TXT strings of 459 and 460 octets make responses of exactly 512 and 513.
+        let zone = format!(
+            "origin = \"t.test.\"\n[soa]\nmname = \"ns1.t.test.\"\nrname = \"h.t.test.\"\n\
+             [records.\"@\"]\nNS = [\"ns1.t.test.\"]\n[records.ns1]\nA = [\"192.0.2.53\"]\n\
+             [records.\"*.w\"]\nA = [\"192.0.2.9\"]\n\
+             [records.bia]\nTXT = [\"{}\"]\n[records.bib]\nTXT = [\"{}\"]\n",
+            "x".repeat(459),
+            "x".repeat(460)
+        );
+        let snap = crate::config::load_str("t.toml".as_ref(), &zone).expect("zone loads");
+        let health = View::unknown(&snap);
+        let world = World::new(Arc::new(snap), Arc::new(health), None);
+        let mut cache = PacketCache::new();
+        let edns = Some((false, &[][..]));
+        for (name, len, kept) in [
+            ("bia.t.test", RESPONSE_MAX, true),
+            ("bib.t.test", RESPONSE_MAX + 1, false),
+        ] {
+            let packet = query(1, name, 16, edns);
+            let want = fresh(&world, &packet).0;
+            assert_eq!(want.len(), len, "{name}");
+            assert_eq!(ask(&mut cache, &world, &packet), (want.clone(), false));
+            assert_eq!(ask(&mut cache, &world, &packet), (want, kept), "{name}");
+        }
+        // Questions of KEY_MAX octets after the ID are kept; one more and they are not.
+        for (extra, kept) in [(0, true), (1, false)] {
+            let name = format!("{}.{}.w.t.test", "a".repeat(51), "b".repeat(51 + extra));
+            let packet = query(1, &name, 1, None);
+            assert_eq!(packet.len() - ID_LEN, KEY_MAX + extra);
+            let want = fresh(&world, &packet).0;
+            assert_eq!(ask(&mut cache, &world, &packet), (want.clone(), false));
+            assert_eq!(ask(&mut cache, &world, &packet), (want, kept), "+{extra}");
+        }
+        // Two questions of one slot: each evicts the other.
+        let packet = |i: usize| query(1, &format!("n{i}.w.t.test"), 1, None);
+        let slot = |i: usize| slot_of(&packet(i)[ID_LEN..]).0;
+        let other = (1..10 * SLOTS)
+            .find(|&i| slot(i) == slot(0))
+            .expect("a second question of slot 0's");
+        for (i, replayed) in [(0, false), (0, true), (other, false), (0, false), (0, true)] {
+            let (out, hit) = ask(&mut cache, &world, &packet(i));
+            assert_eq!((out, hit), (fresh(&world, &packet(i)).0, replayed), "n{i}");
+        }
     }
 }
