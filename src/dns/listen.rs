@@ -230,6 +230,9 @@ fn udp_worker<S: Peer>(
                 0
             }
         };
+        // Each query's response time runs from its batch's arrival to its reply's send: the
+        // replies of a batch leave together, so two clock reads time them all exactly.
+        let arrived = clock.raw();
         let world = cache.load();
         // Counters hold ids of the snapshot they came from: fold them in before it changes.
         if last_world.as_ref().is_none_or(|p| !Arc::ptr_eq(p, world))
@@ -241,9 +244,7 @@ fn udp_worker<S: Peer>(
         if let Some(l) = &mut limiter {
             l.tick(started);
         }
-        // Each query's response time runs from the previous one's end: one clock read per
-        // query, and the batch's time is shared out exactly, never averaged.
-        let mut mark = clock.raw();
+        let mut timed = 0;
         b.send_peers.clear();
         b.send_index.clear();
         // One guard for the batch; a panic answers the query in hand with SERVFAIL, as
@@ -259,7 +260,7 @@ fn udp_worker<S: Peer>(
                     let packet = &b.recv[i][..b.lens[i]];
                     let reply =
                         packet_cache.answer(world, packet, src, seed, &mut b.out[i], &mut local);
-                    lap(&clock, &mut mark, &mut local);
+                    timed += 1;
                     b.pass_on(i, reply, world, &mut limiter, &mut local);
                 }
             });
@@ -269,11 +270,17 @@ fn udp_worker<S: Peer>(
                 let packet = &b.recv[i][..b.lens[i]];
                 guard::servfail(packet, &src, &mut b.out[i], &mut local, payload.as_ref())
             });
-            lap(&clock, &mut mark, &mut local);
+            timed += 1;
             b.pass_on(i, reply, world, &mut limiter, &mut local);
             next = i + 1;
         }
         send(fd, &mut send_headers, &b);
+        if timed > 0 {
+            let sent = clock.raw();
+            local
+                .stats
+                .response_times(clock.delta_as_nanos(arrived, sent), timed);
+        }
         if local.stats.pending() >= STATS_FLUSH_QUERIES || started - last_flush >= STATS_FLUSH_EVERY
         {
             local.stats.flush(&world.snapshot, &totals);
@@ -351,15 +358,6 @@ fn send<S: Peer>(fd: i32, headers: &mut MultiHeaders<S>, b: &Batch<S>) {
             }
         }
     }
-}
-
-/// Count one query's response time, from `mark` (the previous query's end) to now, and move
-/// `mark` on.
-#[inline]
-fn lap(clock: &quanta::Clock, mark: &mut u64, local: &mut Local) {
-    let now = clock.raw();
-    local.stats.response_time(clock.delta_as_nanos(*mark, now));
-    *mark = now;
 }
 
 fn xorshift(mut x: u64) -> u64 {

@@ -143,12 +143,18 @@ impl LocalStats {
     /// One query's response time in nanoseconds, into a fixed bucket of this worker's own
     /// counters.
     pub fn response_time(&mut self, ns: u64) {
+        self.response_times(ns, 1);
+    }
+
+    /// The response times of `count` queries that took `ns` nanoseconds each (the queries of
+    /// one UDP batch, whose replies leave together).
+    pub fn response_times(&mut self, ns: u64, count: u64) {
         let i = RESPONSE_TIME_BUCKETS_NS
             .iter()
             .position(|b| ns <= *b)
             .unwrap_or(RESPONSE_TIME_BUCKETS.len());
-        self.buckets[i] += 1;
-        self.time_sum_ns = self.time_sum_ns.saturating_add(ns);
+        self.buckets[i] += count;
+        self.time_sum_ns = self.time_sum_ns.saturating_add(ns.saturating_mul(count));
     }
 
     /// Queries counted since the last flush.
@@ -499,12 +505,14 @@ mod tests {
         for ns in [1_000, 1_001, 2_500, 10_000_000, 10_000_001] {
             s.response_time(ns);
         }
+        // A batch of 16 whose replies left 2 µs after it arrived.
+        s.response_times(2_000, 16);
         let mut want = [0; RESPONSE_TIME_BUCKETS.len() + 1];
-        (want[0], want[1], want[11], want[12]) = (1, 2, 1, 1);
+        (want[0], want[1], want[11], want[12]) = (1, 2 + 16, 1, 1);
         assert_eq!(s.buckets, want);
         assert_eq!(
             s.time_sum_ns,
-            1_000 + 1_001 + 2_500 + 10_000_000 + 10_000_001
+            1_000 + 1_001 + 2_500 + 10_000_000 + 10_000_001 + 16 * 2_000
         );
     }
 }

@@ -261,8 +261,10 @@ fn read_options(mut rdata: &[u8]) -> Result<(Option<Ecs>, bool), Reject> {
 }
 
 /// RFC 7871 §6 and §7.1.2: family 1 or 2, SOURCE within the family, SCOPE 0 in queries,
-/// exactly ceil(SOURCE/8) address octets, and no bits set past SOURCE.
-#[inline]
+/// exactly ceil(SOURCE/8) address octets, and no bits set past SOURCE. Inlined, as
+/// `read_records` is: its result, returned through memory and copied at once, stalled on
+/// store forwarding.
+#[inline(always)]
 fn read_ecs(body: &[u8]) -> Result<Ecs, Reject> {
     let head = body.get(..4).ok_or(Reject::FormErr)?;
     let family = u16::from_be_bytes([head[0], head[1]]);

