@@ -287,18 +287,22 @@ fn read_ecs(body: &[u8]) -> Result<Ecs, Reject> {
     }
     // The address as an integer, octet by octet (no byte array read back as a word); an
     // IPv4 one in 32 bits, as 128-bit shifts by a variable count cost several instructions
-    // an octet.
+    // an octet. Spelled out per length: an iterator chain here was left as a call.
     let addr = if family == 1 {
-        let bits = addr_bytes
-            .iter()
-            .zip([24u32, 16, 8, 0])
-            .fold(0u32, |a, (b, shift)| a | u32::from(*b) << shift);
+        let octet = |i: usize, shift: u32| u32::from(addr_bytes[i]) << shift;
+        let bits = match addr_bytes.len() {
+            0 => 0,
+            1 => octet(0, 24),
+            2 => octet(0, 24) | octet(1, 16),
+            3 => octet(0, 24) | octet(1, 16) | octet(2, 8),
+            _ => octet(0, 24) | octet(1, 16) | octet(2, 8) | octet(3, 0),
+        };
         IpAddr::V4(Ipv4Addr::from(bits))
     } else {
-        let bits = addr_bytes
-            .iter()
-            .zip((0..128).step_by(8).rev())
-            .fold(0u128, |a, (b, shift)| a | u128::from(*b) << shift);
+        let mut bits = 0u128;
+        for (i, b) in addr_bytes.iter().enumerate() {
+            bits |= u128::from(*b) << (120 - 8 * i);
+        }
         IpAddr::V6(Ipv6Addr::from(bits))
     };
     Ok(Ecs {
