@@ -60,6 +60,10 @@ pub struct PolicyId(pub u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProbeId(pub u32);
 
+/// Up to this many zones, `find_zone` compares each origin with the question's tail; beyond,
+/// it hashes the tails (one per origin length), which costs more for a few zones.
+const LINEAR_ZONES: usize = 8;
+
 /// Everything Meridian serves, compiled from one load of the zone directory.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -368,8 +372,36 @@ impl Snapshot {
         &self.probes[id.0 as usize]
     }
 
-    /// The zone whose origin is the longest suffix of `qname` (lowercase wire).
+    /// The zone whose origin is the longest suffix of `qname` (lowercase wire). A few zones
+    /// are compared with the question's tail one by one; more are looked up by hash, one
+    /// tail per origin length.
     pub fn find_zone(&self, qname: &[u8]) -> Option<ZoneId> {
+        if self.zones.len() <= LINEAR_ZONES {
+            self.find_zone_linear(qname)
+        } else {
+            self.find_zone_hashed(qname)
+        }
+    }
+
+    /// [`Snapshot::find_zone`] by comparing each origin with the tail of `qname`: no hash
+    /// and one compare for a single zone, where the hash path walked the labels twice,
+    /// hashed the tail and then compared it.
+    fn find_zone_linear(&self, qname: &[u8]) -> Option<ZoneId> {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, z) in self.zones.iter().enumerate() {
+            let origin = &*z.origin_wire;
+            if origin.len() > qname.len() || best.is_some_and(|(len, _)| len >= origin.len()) {
+                continue;
+            }
+            let at = qname.len() - origin.len();
+            if &qname[at..] == origin && wire::starts_label(qname, at) {
+                best = Some((origin.len(), i));
+            }
+        }
+        best.map(|(_, i)| ZoneId(i as u32))
+    }
+
+    fn find_zone_hashed(&self, qname: &[u8]) -> Option<ZoneId> {
         let labels = wire::label_count(qname);
         for &want in &self.origin_labels {
             if want > labels {
@@ -547,6 +579,18 @@ pub mod wire {
         }
     }
 
+    /// True when a label of `name` starts at octet `at` (the root label included).
+    pub fn starts_label(name: &[u8], at: usize) -> bool {
+        let mut p = 0;
+        while p < at {
+            match name.get(p) {
+                Some(&len) if len != 0 => p += 1 + usize::from(len),
+                _ => return false,
+            }
+        }
+        p == at
+    }
+
     /// Number of labels, root excluded.
     pub fn label_count(wire: &[u8]) -> usize {
         let mut n = 0;
@@ -584,10 +628,17 @@ mod tests {
         })
         .expect("the zones load");
         let _ = std::fs::remove_dir_all(&dir);
-        let find = |name: &str| {
-            snap.find_zone(&wire::from_text(name).expect("name"))
-                .map(|z| snap.zone(z).origin.trim_end_matches('.').to_string())
+        // Both ways of finding a zone, which must agree (four zones take the linear one).
+        let find_wire = |name: &[u8]| {
+            let found = snap.find_zone_linear(name);
+            assert_eq!(found, snap.find_zone_hashed(name), "{name:?}");
+            assert_eq!(found, snap.find_zone(name), "{name:?}");
+            found.map(|z| snap.zone(z).origin.trim_end_matches('.').to_string())
         };
+        let find = |name: &str| find_wire(&wire::from_text(name).expect("name"));
+        // The tail is `b.test`'s origin octet for octet, inside one label `x\001b\004test`.
+        assert_eq!(find_wire(b"\x08x\x01b\x04test\x00"), None);
+        assert_eq!(find_wire(b"\x01y\x08x\x01b\x04test\x00"), None);
         assert_eq!(find("example.test").as_deref(), Some("example.test"));
         assert_eq!(find("www.example.test").as_deref(), Some("example.test"));
         assert_eq!(
