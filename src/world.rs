@@ -97,4 +97,12 @@ impl Locate for World {
     fn locate_for(&self, policy: PolicyId, ip: std::net::IpAddr) -> Option<Located> {
         self.geo_trees.locate(policy, ip)
     }
+
+    fn rule_targets(
+        &self,
+        policy: PolicyId,
+        ip: std::net::IpAddr,
+    ) -> Option<(crate::geo::RuleTargets<'_>, u8)> {
+        self.geo_trees.rule_targets(policy, ip)
+    }
 }

@@ -96,7 +96,22 @@ pub trait Locate {
     fn locate_for(&self, _policy: crate::model::PolicyId, _ip: IpAddr) -> Option<Located> {
         None
     }
+
+    /// What geo policy `policy`'s subdivision, country and continent rules match at `ip`,
+    /// and the prefix over which they match the same ([`PolicyTrees::rule_targets`]); `None`
+    /// (the default) when it has no tree.
+    fn rule_targets(
+        &self,
+        _policy: crate::model::PolicyId,
+        _ip: IpAddr,
+    ) -> Option<(RuleTargets<'_>, u8)> {
+        None
+    }
 }
+
+/// The targets of the subdivision, country and continent rules a place matches, in that
+/// order (`None`: no rule of that level matches).
+pub type RuleTargets<'a> = [Option<&'a [crate::model::Target]>; 3];
 
 /// No database: every client is unlocated and matches only `cidr` and `default`.
 pub struct NoGeo;

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use rustc_hash::FxHashMap;
 
 use super::trie::GeoTrie;
-use super::{GeoDb, Located, Location};
+use super::{GeoDb, Located, Location, RuleTargets};
 use crate::model::{Fallback, GeoRules, PolicyId, PolicyKind, Snapshot, Target};
 
 /// Distinct rule sets given their own tree; the geo policies beyond answer through the
@@ -33,6 +33,9 @@ pub struct PolicyTrees {
     /// Policy → index in `trees`, or [`NO_TREE`].
     of_policy: Box<[u32]>,
     trees: Box<[GeoTrie]>,
+    /// Per tree, per class: the targets of the subdivision, country and continent rules the
+    /// class matches, found once here instead of in three maps per query.
+    levels: Box<[Box<[OwnedTargets]>]>,
     /// Heap bytes of `trees`.
     bytes: usize,
     /// Geo policies left without a tree by the bounds.
@@ -59,6 +62,7 @@ impl PolicyTrees {
         let started = std::time::Instant::now();
         let mut of_policy = vec![NO_TREE; snap.policies.len()];
         let mut trees = Vec::new();
+        let mut levels = Vec::new();
         let mut by_key: FxHashMap<RuleKey, u32> = FxHashMap::default();
         let (mut bytes, mut skipped) = (0, 0);
         for (slot, policy) in of_policy.iter_mut().zip(&snap.policies) {
@@ -81,6 +85,7 @@ impl PolicyTrees {
             }
             bytes += tree.bytes();
             let index = trees.len() as u32;
+            levels.push(key.levels_of(&tree));
             trees.push(tree);
             by_key.insert(key, index);
             *slot = index;
@@ -88,6 +93,7 @@ impl PolicyTrees {
         PolicyTrees {
             of_policy: of_policy.into_boxed_slice(),
             trees: trees.into_boxed_slice(),
+            levels: levels.into_boxed_slice(),
             bytes,
             skipped,
             took: started.elapsed(),
@@ -101,6 +107,18 @@ impl PolicyTrees {
     pub fn locate(&self, policy: PolicyId, ip: IpAddr) -> Option<Located> {
         let tree = *self.of_policy.get(policy.0 as usize)?;
         self.trees.get(tree as usize).map(|t| t.locate(ip))
+    }
+
+    /// What geo policy `policy`'s rules match at `ip`: the targets of its subdivision,
+    /// country and continent rules, as [`RuleKey::matched`] finds them for the location of
+    /// [`PolicyTrees::locate`], with the same prefix. `None` when the policy has no tree.
+    /// Allocation-free.
+    #[inline]
+    pub fn rule_targets(&self, policy: PolicyId, ip: IpAddr) -> Option<(RuleTargets<'_>, u8)> {
+        let tree = *self.of_policy.get(policy.0 as usize)? as usize;
+        let (class, prefix_len) = self.trees.get(tree)?.classify(ip);
+        let levels = self.levels.get(tree)?.get(class as usize)?;
+        Some((levels.each_ref().map(|t| t.as_deref()), prefix_len))
     }
 
     /// `3 geo policy trees, 120 KiB, built in 40 ms` for the load log line, with the
@@ -137,6 +155,9 @@ struct RuleKey {
 
 /// The targets of the subdivision, country and continent rules a place matches.
 type Matched<'k> = [Option<&'k [Target]>; 3];
+
+/// [`Matched`] kept with a tree, one per class.
+type OwnedTargets = [Option<Box<[Target]>>; 3];
 
 /// What a policy's walk does for the places of one location, whatever is up: the targets
 /// it tries in order, and the first target of the most specific matched level (the all-down
@@ -185,6 +206,17 @@ impl RuleKey {
         let country = l.country.and_then(|cc| find(&self.countries, &cc));
         let continent = l.continent.and_then(|c| find(&self.continents, &c));
         [subdivision, country, continent]
+    }
+
+    /// The rules each class of `tree` (built from this key's projection) matches.
+    fn levels_of(&self, tree: &GeoTrie) -> Box<[OwnedTargets]> {
+        tree.classes()
+            .iter()
+            .map(|class| match class {
+                Some(l) => self.matched(l).map(|t| t.map(Box::from)),
+                None => [None, None, None],
+            })
+            .collect()
     }
 
     /// `l` with only the codes its `matched` rules name (the country kept for a named
@@ -395,5 +427,53 @@ mod tests {
         // Here California tries a then b, the US b then a, elsewhere a: none alike either.
         assert!(at("ca_next", "198.51.100.1").location.is_some());
         assert!(at("ca_next", "81.2.69.1").location.is_none());
+    }
+
+    /// The rules a class's targets come from are the rules its location matches, at the
+    /// same prefix, for every kind of place the test database holds and for misses.
+    #[test]
+    fn a_class_gives_the_targets_of_the_rules_its_location_matches() {
+        let snap = snapshot(
+            "[policies.www]\ngeo.continent = { EU = [\"a\", \"b\"], AS = \"b\" }\n\
+             geo.country = { IN = \"b\" }\ngeo.subdivision = { \"US-CA\" = \"a\" }\n\
+             geo.default = \"a\"\n\
+             [policies.next]\ngeo.subdivision = { \"GB-ENG\" = \"b\" }\n\
+             geo.country = { GB = \"a\", US = \"b\" }\ngeo.continent = { EU = \"b\" }\n\
+             fallback = \"next\"\n",
+        );
+        let db = db();
+        let trees = PolicyTrees::build(&snap, Some(&db));
+        let mut ips: Vec<IpAddr> = (0..=255u8)
+            .flat_map(|a| [[a, 0, 0, 1], [a, 128, 7, 200]])
+            .map(IpAddr::from)
+            .collect();
+        for ip in [
+            "203.0.113.1",
+            "203.0.113.200",
+            "81.2.69.1",
+            "198.51.100.1",
+            "198.51.100.200",
+            "192.0.2.250",
+            "2001:db8::1",
+            "::1",
+        ] {
+            ips.push(ip.parse().expect("ip"));
+        }
+        let mut matched = 0;
+        for (i, policy) in snap.policies.iter().enumerate() {
+            let PolicyKind::Geo(rules) = &policy.kind else {
+                continue;
+            };
+            let key = RuleKey::of(rules, policy.fallback);
+            let id = PolicyId(i as u32);
+            for &ip in &ips {
+                let seen = trees.locate(id, ip).expect("tree");
+                let (targets, prefix_len) = trees.rule_targets(id, ip).expect("tree");
+                let want = seen.location.map_or([None; 3], |l| key.matched(&l));
+                assert_eq!((targets, prefix_len), (want, seen.prefix_len), "{ip}");
+                matched += usize::from(targets.iter().any(Option::is_some));
+            }
+        }
+        assert!(matched >= 4, "the addresses reach some rules: {matched}");
     }
 }

@@ -248,16 +248,7 @@ impl GeoTrie {
     /// What the reader would say about `ip`, with the prefix widened to the whole region of
     /// the same class. Allocation-free.
     pub(super) fn locate(&self, ip: IpAddr) -> Located {
-        let (class, prefix_len) = match ip.to_canonical() {
-            IpAddr::V4(v4) => {
-                let key = u128::from(u32::from(v4)) << (V4_DEPTH - self.v4_base);
-                let (start, depth) = self.v4_start;
-                let (class, depth) = self.walk(start, depth, key);
-                (class, depth.saturating_sub(self.v4_base))
-            }
-            IpAddr::V6(_) if self.v4_only => return Located::default(),
-            IpAddr::V6(v6) => self.walk(self.root, 0, u128::from(v6)),
-        };
+        let (class, prefix_len) = self.classify(ip);
         let location = self
             .classes
             .get(class as usize)
@@ -268,6 +259,26 @@ impl GeoTrie {
             location,
             prefix_len,
         }
+    }
+
+    /// The class of `ip` (0: no record) and the prefix length of its leaf.
+    #[inline]
+    pub(super) fn classify(&self, ip: IpAddr) -> (u32, u8) {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let key = u128::from(u32::from(v4)) << (V4_DEPTH - self.v4_base);
+                let (start, depth) = self.v4_start;
+                let (class, depth) = self.walk(start, depth, key);
+                (class, depth.saturating_sub(self.v4_base))
+            }
+            IpAddr::V6(_) if self.v4_only => (0, 0),
+            IpAddr::V6(v6) => self.walk(self.root, 0, u128::from(v6)),
+        }
+    }
+
+    /// Each class's location, by class id (class 0, no record, is `None`).
+    pub(super) fn classes(&self) -> &[Option<Location>] {
+        &self.classes
     }
 }
 

@@ -20,6 +20,9 @@ enum MatchKey {
     None,
 }
 
+/// The levels a policy tree's class gives targets for, in [`crate::geo::RuleTargets`] order.
+const LEVELS: [&str; 3] = ["subdivision", "country", "continent"];
+
 /// Walk the matched levels; with `fallback = "next"` go on down the chain.
 pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
     w: &mut Walker<'_, '_, L, T>,
@@ -74,8 +77,8 @@ pub(super) fn first_matched_target<L: Locate + ?Sized, T: Trace>(
 /// The chain of matches: [cidr, subdivision, country, continent, default], written into the
 /// caller's all-`None` array: returned by value, its 280 octets were copied once per query
 /// (a `memcpy` that was 4% of a worker's time with a random /24 per query).
-fn matches<'r, L: Locate + ?Sized, T: Trace>(
-    w: &mut Walker<'_, '_, L, T>,
+fn matches<'a: 'r, 'r, L: Locate + ?Sized, T: Trace>(
+    w: &mut Walker<'_, 'a, L, T>,
     id: PolicyId,
     rules: &'r GeoRules,
     go_on: bool,
@@ -94,13 +97,18 @@ fn matches<'r, L: Locate + ?Sized, T: Trace>(
         });
     }
     // A matched cidr rule decides alone unless the walk may go on down the chain.
-    let loc = if cidr.entry.is_none() || go_on {
-        w.rule_location(id)
-    } else {
-        None
-    };
-    if let Some(loc) = loc {
-        level_matches(rules, &loc, chain);
+    if cidr.entry.is_none() || go_on {
+        if let Some(targets) = w.rule_targets(id) {
+            for ((slot, level), targets) in chain[1..4].iter_mut().zip(LEVELS).zip(targets) {
+                *slot = targets.map(|targets| Matched {
+                    level,
+                    key: MatchKey::None,
+                    targets,
+                });
+            }
+        } else if let Some(loc) = w.rule_location(id) {
+            level_matches(rules, &loc, chain);
+        }
     }
     if let Some(d) = &rules.default {
         chain[4] = Some(Matched {

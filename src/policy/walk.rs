@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::scope::Scope;
 use super::{Client, Ctx, Outcome, Trace, geo, latency, locate, weighted};
-use crate::geo::{Locate, Located, Location};
+use crate::geo::{Locate, Located, Location, RuleTargets};
 use crate::health::Health;
 use crate::model::{
     Coords, Fallback, MAX_POLICY_DEPTH, PolicyId, PolicyKind, PoolId, Target, ZoneId,
@@ -220,6 +220,20 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             }
             None => self.location(),
         }
+    }
+
+    /// What geo policy `policy`'s subdivision, country and continent rules match for the
+    /// client, found with its tree's class (the scope takes the class's prefix); `None`
+    /// without a tree, and in a traced walk, which matches the rules against
+    /// [`Walker::rule_location`] to name the client's own codes.
+    pub(super) fn rule_targets(&mut self, policy: PolicyId) -> Option<RuleTargets<'a>> {
+        if T::ON {
+            return None;
+        }
+        let geo: &'a L = self.ctx.geo;
+        let (targets, prefix_len) = geo.rule_targets(policy, self.client.addr.to_canonical())?;
+        self.scope.widen(prefix_len);
+        Some(targets)
     }
 
     /// The client's coordinates, from its GeoIP record.

@@ -7,6 +7,7 @@
 #   static    one static A record (gdnsd www.example.test, Meridian one.example.test,
 #             added to its copy of the example zone)
 #   geo1      a geo answer, every query from one ECS subnet (BLAST_ECS=203.0.113.7/24)
+#             (Meridian over its test database, geoip/test-city.mmdb; gdnsd's map has nets only)
 #   rand24    a geo answer, a random /24 per query (BLAST_ECS_RANDOM=1)
 #   geolite2  rand24 with the real GeoLite2-City database in both servers
 # and prints, per kind, Meridian's ratio divided by gdnsd's (>1: Meridian ahead) with its spread.
@@ -109,7 +110,7 @@ G_NETS=$(gdnsd_dir nets nets.config.in nets.zone)
 
 # KIND -> env, gdnsd dir and qname, Meridian qname and --geoip.
 setup() {
-    ENVV=() G_Q=www.example.test M_Q=www.example.test G_DIR=$G_NETS M_GEO=""
+    ENVV=() G_Q=www.example.test M_Q=www.example.test G_DIR=$G_NETS M_GEO="--geoip $REPO/geoip/test-city.mmdb"
     case $1 in
         static) G_Q=www.example.test M_Q=one.example.test ;;
         geo1) ENVV=(BLAST_ECS=203.0.113.7/24) G_Q=geo.example.test ;;
