@@ -11,7 +11,7 @@
 //! | `meridian_dns_queries_total` | counter | `zone`, `qtype`, `rcode` | DNS queries answered, by zone origin (`""` when the query matched no zone: REFUSED, FORMERR), query type (`A`, `AAAA`, `TYPE65`...) and response code (`NOERROR`, `NXDOMAIN`, `REFUSED`, `SERVFAIL`, `FORMERR`, `NOTIMP`, `NOTAUTH` (a TSIG-signed query), `BADVERS`, `OTHER`) |
 //! | `meridian_policy_answers_total` | counter | `zone`, `policy`, `pool` | answers given by a policy, by the pool it chose (fail-open answers included) |
 //! | `meridian_policy_fail_open_total` | counter | `zone`, `policy`, `pool` | answers given while no target of the policy was up, so it answered its first target as if every endpoint were up (SPEC §3 "all down") |
-//! | `meridian_dns_response_seconds` | histogram | | time to answer one query, from its arrival (UDP: its batch's) to its reply's send, buckets 1 µs to 10 ms |
+//! | `meridian_dns_response_seconds` | histogram | | time to answer one query, from its arrival (UDP: its batch's) to its reply being ready to send (UDP: its batch's replies, sent together), buckets 1 µs to 10 ms |
 //! | `meridian_tcp_connections` | gauge | | DNS-over-TCP connections open |
 //! | `meridian_tcp_evicted_total` | counter | | idle TCP connections closed to make room for a new one under a full cap (global, or the client's /24 or /56) |
 //! | `meridian_tcp_refused_total` | counter | | new TCP connections refused because the cap was full of busy connections |

@@ -230,8 +230,10 @@ fn udp_worker<S: Peer>(
                 0
             }
         };
-        // Each query's response time runs from its batch's arrival to its reply's send: the
-        // replies of a batch leave together, so two clock reads time them all exactly.
+        // Each query's response time runs from its batch's arrival to its batch's replies
+        // being ready: they are sent together, so two clock reads time them all exactly. (The
+        // send is left out, as TCP leaves out its write: on loopback it includes delivering
+        // the reply to the client's socket.)
         let arrived = clock.raw();
         let world = cache.load();
         // Counters hold ids of the snapshot they came from: fold them in before it changes.
@@ -274,13 +276,13 @@ fn udp_worker<S: Peer>(
             b.pass_on(i, reply, world, &mut limiter, &mut local);
             next = i + 1;
         }
-        send(fd, &mut send_headers, &b);
         if timed > 0 {
-            let sent = clock.raw();
+            let ready = clock.raw();
             local
                 .stats
-                .response_times(clock.delta_as_nanos(arrived, sent), timed);
+                .response_times(clock.delta_as_nanos(arrived, ready), timed);
         }
+        send(fd, &mut send_headers, &b);
         if local.stats.pending() >= STATS_FLUSH_QUERIES || started - last_flush >= STATS_FLUSH_EVERY
         {
             local.stats.flush(&world.snapshot, &totals);

@@ -147,7 +147,7 @@ impl LocalStats {
     }
 
     /// The response times of `count` queries that took `ns` nanoseconds each (the queries of
-    /// one UDP batch, whose replies leave together).
+    /// one UDP batch, whose replies are sent together).
     pub fn response_times(&mut self, ns: u64, count: u64) {
         let i = RESPONSE_TIME_BUCKETS_NS
             .iter()
@@ -505,7 +505,7 @@ mod tests {
         for ns in [1_000, 1_001, 2_500, 10_000_000, 10_000_001] {
             s.response_time(ns);
         }
-        // A batch of 16 whose replies left 2 µs after it arrived.
+        // A batch of 16 whose replies were ready 2 µs after it arrived.
         s.response_times(2_000, 16);
         let mut want = [0; RESPONSE_TIME_BUCKETS.len() + 1];
         (want[0], want[1], want[11], want[12]) = (1, 2 + 16, 1, 1);

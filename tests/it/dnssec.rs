@@ -998,7 +998,7 @@ mod property {
 /// at a time of one UDP worker. Each query is counted once, in its own bucket: the plain
 /// answers stay several buckets below the signed ones, where one figure for every query
 /// would have put them all together. (Queries that arrive together are timed until their
-/// replies leave together, so a burst would share its slowest answer's time.)
+/// replies are ready to be sent together, so a burst would share its slowest answer's time.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_times_are_counted_per_query() {
     const QUERIES: usize = 60;
