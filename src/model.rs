@@ -383,9 +383,10 @@ impl Snapshot {
         }
     }
 
-    /// [`Snapshot::find_zone`] by comparing each origin with the tail of `qname`: no hash
-    /// and one compare for a single zone, where the hash path walked the labels twice,
-    /// hashed the tail and then compared it.
+    /// [`Snapshot::find_zone`] by comparing each origin with the tails of `qname` at its
+    /// label boundaries (only the tail of the origin's length compares octets): no hash for
+    /// a single zone, where the hash path walked the labels twice, hashed the tail and then
+    /// compared it.
     fn find_zone_linear(&self, qname: &[u8]) -> Option<ZoneId> {
         let mut best: Option<(usize, usize)> = None;
         for (i, z) in self.zones.iter().enumerate() {
@@ -393,8 +394,7 @@ impl Snapshot {
             if origin.len() > qname.len() || best.is_some_and(|(len, _)| len >= origin.len()) {
                 continue;
             }
-            let at = qname.len() - origin.len();
-            if &qname[at..] == origin && wire::starts_label(qname, at) {
+            if wire::is_within(qname, origin) {
                 best = Some((origin.len(), i));
             }
         }
@@ -577,18 +577,6 @@ pub mod wire {
                 None => return false,
             }
         }
-    }
-
-    /// True when a label of `name` starts at octet `at` (the root label included).
-    pub fn starts_label(name: &[u8], at: usize) -> bool {
-        let mut p = 0;
-        while p < at {
-            match name.get(p) {
-                Some(&len) if len != 0 => p += 1 + usize::from(len),
-                _ => return false,
-            }
-        }
-        p == at
     }
 
     /// Number of labels, root excluded.

@@ -153,10 +153,7 @@ struct RuleKey {
     default: Option<Vec<Target>>,
 }
 
-/// The targets of the subdivision, country and continent rules a place matches.
-type Matched<'k> = [Option<&'k [Target]>; 3];
-
-/// [`Matched`] kept with a tree, one per class.
+/// [`RuleTargets`] kept with a tree, one per class.
 type OwnedTargets = [Option<Box<[Target]>>; 3];
 
 /// What a policy's walk does for the places of one location, whatever is up: the targets
@@ -188,7 +185,7 @@ impl RuleKey {
 
     /// The targets of the subdivision, country and continent rules `l` matches, as the
     /// walk's `level_matches` finds them.
-    fn matched(&self, l: &Location) -> Matched<'_> {
+    fn matched(&self, l: &Location) -> RuleTargets<'_> {
         fn find<'k, K: Ord + ?Sized, Q: std::borrow::Borrow<K>>(
             rules: &'k [(Q, Vec<Target>)],
             key: &K,
@@ -222,7 +219,7 @@ impl RuleKey {
     /// `l` with only the codes its `matched` rules name (the country kept for a named
     /// subdivision, whose key includes it), without coordinates; `None` when no rule applies.
     /// Matching the result finds the same rules as matching `l`.
-    fn keep(l: &Location, [subdivision, country, continent]: Matched<'_>) -> Option<Location> {
+    fn keep(l: &Location, [subdivision, country, continent]: RuleTargets<'_>) -> Option<Location> {
         let subdivision = subdivision.and(l.subdivision);
         let country = l
             .country
@@ -240,7 +237,7 @@ impl RuleKey {
 
     /// What the walk (`policy::geo::choose` and `first_matched_target`) does with a place
     /// whose subdivision, country and continent rules are `matched`.
-    fn signature(&self, [a, b, c]: Matched<'_>) -> Signature {
+    fn signature(&self, [a, b, c]: RuleTargets<'_>) -> Signature {
         let levels = [a, b, c, self.default.as_deref()];
         let mut matched = levels.into_iter().flatten();
         let first = matched.clone().find_map(|t| t.first().copied());
