@@ -103,6 +103,18 @@ impl<V> PrefixMap<V> {
     /// The longest network containing `ip` and the scope of that answer. `ip` is taken as
     /// it is: callers canonicalize `::ffff:a.b.c.d` first if they want IPv4 rules to match.
     pub fn lookup(&self, ip: IpAddr) -> Match<'_, V> {
+        let (best, scope) = self.lookup_index(ip);
+        Match {
+            entry: best.map(|i| {
+                let (net, v) = &self.entries[i as usize];
+                (net, v)
+            }),
+            scope,
+        }
+    }
+
+    /// [`PrefixMap::lookup`] as the index of the network in [`PrefixMap::entries`].
+    pub fn lookup_index(&self, ip: IpAddr) -> (Option<u32>, u8) {
         let (bits, max, mut node) = match ip {
             IpAddr::V4(a) => (u128::from(a.to_bits()) << 96, 32u8, 0usize),
             IpAddr::V6(a) => (a.to_bits(), 128u8, 1usize),
@@ -129,13 +141,7 @@ impl<V> PrefixMap<V> {
             node = n.child[b] as usize;
             depth += 1;
         }
-        Match {
-            entry: (best != NONE).then(|| {
-                let (net, v) = &self.entries[best as usize];
-                (net, v)
-            }),
-            scope: depth,
-        }
+        ((best != NONE).then_some(best), depth)
     }
 
     /// Every network with its value, longest prefix first.

@@ -102,7 +102,7 @@ impl Locate for World {
         &self,
         policy: PolicyId,
         ip: std::net::IpAddr,
-    ) -> Option<(crate::geo::RuleTargets<'_>, u8)> {
+    ) -> Option<crate::geo::RuleClass<'_>> {
         self.geo_trees.rule_targets(policy, ip)
     }
 }

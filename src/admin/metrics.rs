@@ -16,7 +16,7 @@
 //! | `meridian_tcp_evicted_total` | counter | | idle TCP connections closed to make room for a new one under a full cap (global, or the client's /24 or /56) |
 //! | `meridian_tcp_refused_total` | counter | | new TCP connections refused because the cap was full of busy connections |
 //! | `meridian_tcp_closed_total` | counter | `reason` | TCP connections closed: `eof`, `error`, `shutdown`, `idle` (idle timeout), `read_timeout` (a started message not complete in time), `write_timeout` (replies not taken in time), `evicted`, `bad_frame` (a frame shorter than a DNS header) |
-//! | `meridian_dns_packet_cache_hits_total` | counter | | UDP responses replayed from a worker's packet cache (static data of an unsigned zone, asked without EDNS options); they are counted in `meridian_dns_queries_total` too |
+//! | `meridian_dns_packet_cache_hits_total` | counter | | UDP responses replayed from a worker's packet cache (static data of an unsigned zone, asked without EDNS options) or ECS answer cache (answers asked with ECS alone, for clients whose reads match); they are counted in `meridian_dns_queries_total` too |
 //! | `meridian_rrl_limited_total` | counter | | UDP responses over the response rate limit (SPEC §9), whatever was done with them (in `--rrl log-only` they were sent) |
 //! | `meridian_rrl_slipped_total` | counter | | limited responses sent as TC=1 replies with no records (the client may retry over TCP) |
 //! | `meridian_rrl_dropped_total` | counter | | limited responses not sent |
@@ -127,7 +127,7 @@ pub const TCP_CLOSED: Metric = Metric {
 pub const PACKET_CACHE_HITS: Metric = Metric {
     name: "meridian_dns_packet_cache_hits_total",
     kind: Kind::Counter,
-    help: "UDP responses replayed from a worker's packet cache (also counted in meridian_dns_queries_total).",
+    help: "UDP responses replayed from a worker's packet or ECS answer cache (also counted in meridian_dns_queries_total).",
 };
 pub const RRL_LIMITED: Metric = Metric {
     name: "meridian_rrl_limited_total",

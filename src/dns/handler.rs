@@ -69,9 +69,9 @@ pub struct Response {
     pub head_len: usize,
     /// Length of the lowercased question name in [`Local::qname`] (0 without a question).
     pub qname_len: usize,
-    /// Set when the response depends on nothing but the query's octets and the world, so
-    /// that it may be replayed for the same octets ([`super::packet_cache`]): what to
-    /// count for it.
+    /// Set when the response depends on nothing but the query's octets, the world and, for
+    /// a policy answer, what the client's reads return, so that it may be replayed
+    /// ([`super::packet_cache`], [`super::ecs_cache`]): what to count for it.
     pub(super) reuse: Option<Reuse>,
 }
 
@@ -81,6 +81,9 @@ pub(super) struct Reuse {
     pub zone: ZoneId,
     pub qtype: u16,
     pub rcode: u16,
+    /// A policy decided the answer: the same for another client only if its reads return
+    /// the same ([`super::ecs_cache`]).
+    pub decided: bool,
 }
 
 impl Response {
@@ -208,6 +211,7 @@ pub(super) fn answer(
     let mut w = Writer::new(out, &q);
     let z = snap.zone(zone);
     let apex_dnskey = q.qtype == DNSKEY && q.qname == &*z.origin_wire;
+    scratch.replay = None;
     let mut found = match key {
         Some(k) if apex_dnskey => crate::dnssec::sign::write_dnskey(z, k, &mut w),
         _ => lookup.run(zone, q.qname, q.qtype, &mut w, scratch),
@@ -240,13 +244,15 @@ pub(super) fn answer(
         Kind::Wildcard { encloser_len } => Class::Wildcard { zone, encloser_len },
         Kind::Error => Class::Error(Some(zone)),
     };
-    // Static data of an unsigned zone over UDP: the same octets get the same response until
-    // the world changes. Which of these the packet cache keeps is its own choice (none asked
-    // with an EDNS option).
-    let reuse = (transport == Transport::Udp && key.is_none() && !found.decided).then_some(Reuse {
+    // An unsigned zone over UDP: static data gets the same response for the same octets
+    // until the world changes, and a replayable policy answer the same for clients whose
+    // reads return the same. Which of these the caches keep is their own choice.
+    let replayable = !found.decided || scratch.replay.is_some();
+    let reuse = (transport == Transport::Udp && key.is_none() && replayable).then_some(Reuse {
         zone,
         qtype: q.qtype,
         rcode: u16::from(found.rcode),
+        decided: found.decided,
     });
     Some(Response {
         reuse,

@@ -53,6 +53,22 @@ pub enum Kind {
 #[derive(Default)]
 pub struct Scratch {
     pub addrs: Vec<IpAddr>,
+    /// Set by a policy answer that may be replayed for another client (cleared by the
+    /// caller before the lookup).
+    pub replay: Option<Replay>,
+}
+
+/// A policy answer as written, to answer another client whose reads of its address return
+/// the same ([`policy::Replayer`]): the decision, and the address records it wrote.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Replay {
+    pub decision: Decision,
+    pub want_v6: bool,
+    /// Offset in the response of the first address record.
+    pub records_at: usize,
+    /// Octets of each address record (they share owner, type and TTL).
+    pub record_len: usize,
+    pub count: usize,
 }
 
 /// Everything a lookup reads.
@@ -202,6 +218,7 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
             want_v6,
             &mut scratch.addrs,
         );
+        let records_at = w.written();
         for addr in &scratch.addrs {
             match addr {
                 IpAddr::V4(a) => {
@@ -216,7 +233,23 @@ impl<L: Locate + ?Sized> Lookup<'_, L> {
                 ),
             }
         }
-        !scratch.addrs.is_empty()
+        let count = scratch.addrs.len();
+        // Replayed with another seed, the same addresses come in another order: only a
+        // seed-free choice of a pool that is up (failing open is logged per answer).
+        let replayable = decision.reads.replayable()
+            && !decision.uses_seed
+            && !decision.sticky_order
+            && !fail_open;
+        if replayable && count > 0 {
+            scratch.replay = Some(Replay {
+                decision,
+                want_v6,
+                records_at,
+                record_len: (w.written() - records_at) / count,
+                count,
+            });
+        }
+        count > 0
     }
 
     fn decide(&self, policy: PolicyId) -> Decision {

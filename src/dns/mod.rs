@@ -3,9 +3,10 @@
 //! authoritative lookup (lookup.rs), response writing with EDNS, ECS and truncation
 //! (response.rs), per-worker counters (stats.rs), the rate-limited fail-open log line
 //! (fail_open.rs), response rate limiting of UDP (rrl.rs), replayed static responses
-//! (packet_cache.rs), the
-//! sockets (listen.rs) and DNS over TCP (tcp.rs).
+//! (packet_cache.rs) and ECS answers (ecs_cache.rs), the sockets (listen.rs) and DNS over
+//! TCP (tcp.rs).
 
+mod ecs_cache;
 pub mod fail_open;
 pub mod guard;
 pub mod handler;

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 
 use rustc_hash::FxHasher;
 
+use super::ecs_cache::{EcsCache, ecs_tail};
 use super::handler::{Local, Response, Transport, answer};
 use crate::world::World;
 
@@ -47,6 +48,8 @@ pub(super) struct PacketCache {
     /// octets in L1 instead of a slot's cache line.
     tags: [u32; SLOTS],
     slots: Box<[Slot]>,
+    /// Queries whose only option is ECS.
+    ecs: EcsCache,
 }
 
 impl PacketCache {
@@ -68,6 +71,7 @@ impl PacketCache {
         PacketCache {
             tags: [0; SLOTS],
             slots: (0..SLOTS).map(|_| empty()).collect(),
+            ecs: EcsCache::new(),
         }
     }
 
@@ -85,6 +89,11 @@ impl PacketCache {
             .get(ID_LEN..)
             .filter(|k| k.len() <= KEY_MAX && without_options(packet))
         else {
+            if let Some(addr_len) = ecs_tail(packet) {
+                return self
+                    .ecs
+                    .answer(world, packet, addr_len, src, seed, out, local);
+            }
             return answer(world, packet, src, Transport::Udp, seed, out, local);
         };
         let (index, tag) = slot_of(key);
@@ -106,7 +115,10 @@ impl PacketCache {
             return Some(reply);
         }
         let reply = answer(world, packet, src, Transport::Udp, seed, out, local)?;
-        if reply.reuse.is_some() && out.len() <= RESPONSE_MAX && reply.qname_len <= QNAME_MAX {
+        if reply.reuse.is_some_and(|r| !r.decided)
+            && out.len() <= RESPONSE_MAX
+            && reply.qname_len <= QNAME_MAX
+        {
             slot.generation = world.generation;
             slot.key_len = key.len();
             slot.key[..key.len()].copy_from_slice(key);
@@ -140,7 +152,7 @@ fn without_options(packet: &[u8]) -> bool {
 
 /// The slot of a query's octets after its ID, and their tag there (never 0).
 #[inline]
-fn slot_of(key: &[u8]) -> (usize, u32) {
+pub(super) fn slot_of(key: &[u8]) -> (usize, u32) {
     let mut h = FxHasher::default();
     h.write(key);
     let h = h.finish();
@@ -236,10 +248,12 @@ mod tests {
             ("x.wild.gslb.example.test", 1, None, true),
             ("nothing.gslb.example.test", 1, None, true),
             ("static.gslb.example.test", 16, None, true),
-            // A policy decides: never replayed, nor is anything asked with ECS.
+            // A policy decides: never replayed without ECS (the ECS answer cache keeps
+            // answers by what they read of the client, which is then the packet's source).
             ("www.gslb.example.test", 1, None, false),
             ("docs.gslb.example.test", 1, None, false),
-            ("static.gslb.example.test", 1, Some((false, ecs)), false),
+            // Static data asked with ECS: replayed by the ECS answer cache.
+            ("static.gslb.example.test", 1, Some((false, ecs)), true),
             // Outside every zone: REFUSED, answered in full each time.
             ("example.org", 1, None, false),
         ];

@@ -82,6 +82,11 @@ impl<'b> Writer<'b> {
         std::mem::take(&mut self.counts)
     }
 
+    /// Octets of the response so far.
+    pub fn written(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Add one record.
     pub fn record(
         &mut self,

@@ -174,6 +174,12 @@ impl LocalStats {
         &self.queries
     }
 
+    /// The (policy, pool, fail-open) counts not yet folded in.
+    #[cfg(test)]
+    pub(super) fn counted_answers(&self) -> &[(u64, u64)] {
+        &self.answers
+    }
+
     /// Fold into `totals`, naming ids with the snapshot they came from.
     pub fn flush(&mut self, snap: &Snapshot, totals: &WorkerTotals) {
         let mut t = totals.0.lock().expect("stats lock is never poisoned");

@@ -279,36 +279,55 @@ fn read_ecs(body: &[u8]) -> Result<Ecs, Reject> {
     if source > max || scope != 0 || addr_bytes.len() != usize::from(source).div_ceil(8) {
         return Err(Reject::FormErr);
     }
-    if source % 8 != 0 {
-        let last = addr_bytes[addr_bytes.len() - 1];
-        if last & (0xffu8 >> (source % 8)) != 0 {
-            return Err(Reject::FormErr);
-        }
+    if !ecs_bits_clear(source, addr_bytes) {
+        return Err(Reject::FormErr);
     }
-    // The address as an integer, octet by octet (no byte array read back as a word); an
-    // IPv4 one in 32 bits, as 128-bit shifts by a variable count cost several instructions
-    // an octet. Spelled out per length: an iterator chain here was left as a call.
-    let addr = if family == 1 {
-        let octet = |i: usize, shift: u32| u32::from(addr_bytes[i]) << shift;
-        let bits = match addr_bytes.len() {
-            0 => 0,
-            1 => octet(0, 24),
-            2 => octet(0, 24) | octet(1, 16),
-            3 => octet(0, 24) | octet(1, 16) | octet(2, 8),
-            _ => octet(0, 24) | octet(1, 16) | octet(2, 8) | octet(3, 0),
-        };
-        IpAddr::V4(Ipv4Addr::from(bits))
-    } else {
-        let mut bits = 0u128;
-        for (i, b) in addr_bytes.iter().enumerate() {
-            bits |= u128::from(*b) << (120 - 8 * i);
-        }
-        IpAddr::V6(Ipv6Addr::from(bits))
-    };
+    let addr = ecs_address(family, addr_bytes).ok_or(Reject::FormErr)?;
     Ok(Ecs {
         addr,
         source_prefix: source,
     })
+}
+
+/// RFC 7871 §6: the address bits past the source prefix are zero.
+#[inline(always)]
+pub(crate) fn ecs_bits_clear(source: u8, octets: &[u8]) -> bool {
+    source.is_multiple_of(8)
+        || octets
+            .last()
+            .is_none_or(|b| b & (0xff >> (source % 8)) == 0)
+}
+
+/// The client address of an ECS option of `family` (1: IPv4, 2: IPv6) from its address
+/// octets, the rest zero; `None` for another family or more octets than it has.
+#[inline(always)]
+pub(crate) fn ecs_address(family: u16, octets: &[u8]) -> Option<IpAddr> {
+    // The address as an integer, octet by octet (no byte array read back as a word, which
+    // stalls on store forwarding); an IPv4 one in 32 bits, as 128-bit shifts by a variable
+    // count cost several instructions an octet. Spelled out per length: an iterator chain
+    // here was left as a call.
+    match family {
+        1 => {
+            let octet = |i: usize, shift: u32| u32::from(octets[i]) << shift;
+            let bits = match octets.len() {
+                0 => 0,
+                1 => octet(0, 24),
+                2 => octet(0, 24) | octet(1, 16),
+                3 => octet(0, 24) | octet(1, 16) | octet(2, 8),
+                4 => octet(0, 24) | octet(1, 16) | octet(2, 8) | octet(3, 0),
+                _ => return None,
+            };
+            Some(IpAddr::V4(Ipv4Addr::from(bits)))
+        }
+        2 if octets.len() <= 16 => {
+            let mut bits = 0u128;
+            for (i, b) in octets.iter().enumerate() {
+                bits |= u128::from(*b) << (120 - 8 * i);
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(bits)))
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -98,15 +98,22 @@ pub trait Locate {
     }
 
     /// What geo policy `policy`'s subdivision, country and continent rules match at `ip`,
-    /// and the prefix over which they match the same ([`PolicyTrees::rule_targets`]); `None`
-    /// (the default) when it has no tree.
-    fn rule_targets(
-        &self,
-        _policy: crate::model::PolicyId,
-        _ip: IpAddr,
-    ) -> Option<(RuleTargets<'_>, u8)> {
+    /// with its tree's class there ([`PolicyTrees::rule_targets`]); `None` (the default)
+    /// when it has no tree.
+    fn rule_targets(&self, _policy: crate::model::PolicyId, _ip: IpAddr) -> Option<RuleClass<'_>> {
         None
     }
+}
+
+/// What a geo policy's tree says of one address.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleClass<'a> {
+    /// The targets of the rules the address's class matches.
+    pub targets: RuleTargets<'a>,
+    /// The widest prefix around the address that has the same class.
+    pub prefix_len: u8,
+    /// The class: addresses of one class get the same targets.
+    pub class: u32,
 }
 
 /// The targets of the subdivision, country and continent rules a place matches, in that

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use rustc_hash::FxHashMap;
 
 use super::trie::GeoTrie;
-use super::{GeoDb, Located, Location, RuleTargets};
+use super::{GeoDb, Located, Location, RuleClass, RuleTargets};
 use crate::model::{Fallback, GeoRules, PolicyId, PolicyKind, Snapshot, Target};
 
 /// Distinct rule sets given their own tree; the geo policies beyond answer through the
@@ -111,14 +111,18 @@ impl PolicyTrees {
 
     /// What geo policy `policy`'s rules match at `ip`: the targets of its subdivision,
     /// country and continent rules, as [`RuleKey::matched`] finds them for the location of
-    /// [`PolicyTrees::locate`], with the same prefix. `None` when the policy has no tree.
-    /// Allocation-free.
+    /// [`PolicyTrees::locate`], with the same prefix, and the tree's class there. `None`
+    /// when the policy has no tree. Allocation-free.
     #[inline]
-    pub fn rule_targets(&self, policy: PolicyId, ip: IpAddr) -> Option<(RuleTargets<'_>, u8)> {
+    pub fn rule_targets(&self, policy: PolicyId, ip: IpAddr) -> Option<RuleClass<'_>> {
         let tree = *self.of_policy.get(policy.0 as usize)? as usize;
         let (class, prefix_len) = self.trees.get(tree)?.classify(ip);
         let levels = self.levels.get(tree)?.get(class as usize)?;
-        Some((levels.each_ref().map(|t| t.as_deref()), prefix_len))
+        Some(RuleClass {
+            targets: levels.each_ref().map(|t| t.as_deref()),
+            prefix_len,
+            class,
+        })
     }
 
     /// `3 geo policy trees, 120 KiB, built in 40 ms` for the load log line, with the
@@ -465,7 +469,11 @@ mod tests {
             let id = PolicyId(i as u32);
             for &ip in &ips {
                 let seen = trees.locate(id, ip).expect("tree");
-                let (targets, prefix_len) = trees.rule_targets(id, ip).expect("tree");
+                let RuleClass {
+                    targets,
+                    prefix_len,
+                    ..
+                } = trees.rule_targets(id, ip).expect("tree");
                 let want = seen.location.map_or([None; 3], |l| key.matched(&l));
                 assert_eq!((targets, prefix_len), (want, seen.prefix_len), "{ip}");
                 matched += usize::from(targets.iter().any(Option::is_some));

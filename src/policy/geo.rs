@@ -84,12 +84,8 @@ fn matches<'a: 'r, 'r, L: Locate + ?Sized, T: Trace>(
     go_on: bool,
     chain: &mut [Option<Matched<'r>>; 5],
 ) {
-    let addr = w.client.addr.to_canonical();
-    // The trie's scope covers the rules around the client, matched or not: inside it every
-    // address has this same match (an outer rule is cut by the more specific rules in it).
-    let cidr = rules.cidr.lookup(addr);
-    w.scope.widen(cidr.scope);
-    if let Some((net, targets)) = cidr.entry {
+    let cidr = w.cidr_rule(id, rules);
+    if let Some((net, targets)) = cidr {
         chain[0] = Some(Matched {
             level: "cidr",
             key: MatchKey::Cidr(*net),
@@ -97,7 +93,7 @@ fn matches<'a: 'r, 'r, L: Locate + ?Sized, T: Trace>(
         });
     }
     // A matched cidr rule decides alone unless the walk may go on down the chain.
-    if cidr.entry.is_none() || go_on {
+    if cidr.is_none() || go_on {
         if let Some(targets) = w.rule_targets(id) {
             for ((slot, level), targets) in chain[1..4].iter_mut().zip(LEVELS).zip(targets) {
                 *slot = targets.map(|targets| Matched {

@@ -34,7 +34,7 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
     let found = table.map(|t| t.lookup(addr));
     if let Some(m) = found {
         // Inside this scope every client has the same row (or the same lack of one).
-        w.scope.widen(m.scope);
+        w.read_client(m.scope);
     }
     let rows = found.and_then(|m| m.entry);
     if let Some((net, _)) = rows {

@@ -7,6 +7,7 @@
 
 mod geo;
 mod latency;
+mod replay;
 mod scope;
 mod select;
 mod trace;
@@ -15,6 +16,7 @@ mod weighted;
 
 use std::net::IpAddr;
 
+pub use replay::{Reads, Replayer};
 pub use scope::client_prefix;
 pub use select::select_addresses;
 pub use trace::{NoTrace, Recorder, Step, Trace};
@@ -55,6 +57,8 @@ pub struct Decision {
     /// same client may get another pool. Otherwise the decision is a function of the world
     /// and the client alone, and may be reused for them.
     pub uses_seed: bool,
+    /// What the walk read of the client, to replay the decision for another client.
+    pub reads: Reads,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +90,7 @@ pub fn answer<L: Locate + ?Sized, T: Trace>(
         order_seed: walker.order_seed,
         sticky_order: walker.sticky_order,
         uses_seed: walker.uses_seed,
+        reads: walker.reads,
     }
 }
 

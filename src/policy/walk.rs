@@ -3,6 +3,7 @@
 
 use std::time::SystemTime;
 
+use super::replay::{Read, Reads};
 use super::scope::Scope;
 use super::{Client, Ctx, Outcome, Trace, geo, latency, locate, weighted};
 use crate::geo::{Locate, Located, Location, RuleTargets};
@@ -28,6 +29,8 @@ pub(super) struct Walker<'c, 'a, L: Locate + ?Sized, T: Trace> {
     pub(super) order_seed: u64,
     pub(super) sticky_order: bool,
     pub(super) uses_seed: bool,
+    /// The reads of the client that can be replayed for another client.
+    pub(super) reads: Reads,
     pub(super) depth: usize,
 }
 
@@ -43,6 +46,7 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             order_seed: seed,
             sticky_order: false,
             uses_seed: false,
+            reads: Reads::default(),
             depth: 0,
         }
     }
@@ -190,8 +194,30 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
     /// around it), so the scope takes that network's prefix.
     pub(super) fn location(&mut self) -> Option<Location> {
         let located = self.located();
-        self.scope.widen(located.prefix_len);
+        self.read_client(located.prefix_len);
         located.location
+    }
+
+    /// A read of the client that is not replayed: constant over `prefix`.
+    pub(super) fn read_client(&mut self, prefix: u8) {
+        self.scope.widen(prefix);
+        self.reads.opaque();
+    }
+
+    /// Geo policy `policy`'s cidr rule that matches the client, if any.
+    pub(super) fn cidr_rule<'r>(
+        &mut self,
+        policy: PolicyId,
+        rules: &'r crate::model::GeoRules,
+    ) -> Option<(&'r ipnet::IpNet, &'r Vec<Target>)> {
+        let (entry, scope) = rules.cidr.lookup_index(self.client.addr.to_canonical());
+        // The trie's scope covers the rules around the client, matched or not: inside it
+        // every address has this same match (an outer rule is cut by the more specific
+        // rules in it).
+        self.scope.widen(scope);
+        self.reads.note(Read::Cidr { policy, entry });
+        let (net, targets) = rules.cidr.entries().get(entry? as usize)?;
+        Some((net, targets))
     }
 
     fn located(&mut self) -> Located {
@@ -212,7 +238,7 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             .locate_for(policy, self.client.addr.to_canonical())
         {
             Some(seen) => {
-                self.scope.widen(seen.prefix_len);
+                self.read_client(seen.prefix_len);
                 if T::ON {
                     return self.located().location;
                 }
@@ -231,9 +257,13 @@ impl<'c, 'a, L: Locate + ?Sized, T: Trace> Walker<'c, 'a, L, T> {
             return None;
         }
         let geo: &'a L = self.ctx.geo;
-        let (targets, prefix_len) = geo.rule_targets(policy, self.client.addr.to_canonical())?;
-        self.scope.widen(prefix_len);
-        Some(targets)
+        let c = geo.rule_targets(policy, self.client.addr.to_canonical())?;
+        self.scope.widen(c.prefix_len);
+        self.reads.note(Read::Tree {
+            policy,
+            class: c.class,
+        });
+        Some(c.targets)
     }
 
     /// The client's coordinates, from its GeoIP record.

@@ -51,7 +51,7 @@ pub(super) fn choose<L: Locate + ?Sized, T: Trace>(
     let weight_of = |weight: u32| if positive { u64::from(weight) } else { 1 };
     let index = if sticky {
         let key = sticky_key(w.client.addr, policy_name);
-        w.scope.widen(client_prefix(w.client.addr));
+        w.read_client(client_prefix(w.client.addr));
         w.order_seed = key;
         w.sticky_order = true;
         rendezvous(w, key, targets, evals, weight_of)
