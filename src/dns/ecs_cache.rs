@@ -562,6 +562,78 @@ mod tests {
     }
 
     #[test]
+    fn questions_answers_and_responses_up_to_the_bounds_are_kept() {
+        // Ten cidr rules: ten distinct reads of one question, for a set of WAYS answers.
+        let mut zone = String::from(
+            "origin = \"t.test.\"\n[soa]\nmname = \"ns1.t.test.\"\nrname = \"h.t.test.\"\n\
+             [records.\"@\"]\nNS = [\"ns1.t.test.\"]\n[records.ns1]\nA = [\"192.0.2.53\"]\n\
+             [records.\"*.w\"]\nA = [\"192.0.2.9\"]\n[pools.a]\nA = [\"192.0.2.1\"]\n\
+             [pools.b]\nA = [\"192.0.2.2\"]\n[policies.many]\ngeo.default = \"a\"\ngeo.cidr = { ",
+        );
+        let rules: Vec<String> = (0..10)
+            .map(|i| format!("\"10.{i}.0.0/16\" = \"b\""))
+            .collect();
+        zone.push_str(&rules.join(", "));
+        zone.push_str(" }\n");
+        // A TXT record whose response with an ECS /24 is RESPONSE_MAX octets, and one more:
+        // header, question, the record (its text in two strings, each with a length octet)
+        // and the OPT record with ECS.
+        let txt_len = |name_len: usize| RESPONSE_MAX - 12 - (name_len + 4) - (2 + 10 + 2) - 22;
+        let (bia, bib) = (txt_len(12), txt_len(12) + 1);
+        zone.push_str(&format!(
+            "[records.bia]\nTXT = [\"{}\"]\n[records.bib]\nTXT = [\"{}\"]\n",
+            "x".repeat(bia),
+            "x".repeat(bib)
+        ));
+        let snap = crate::config::load_str("t.toml".as_ref(), &zone).expect("zone loads");
+        let health = View::unknown(&snap);
+        let world = World::new(Arc::new(snap), Arc::new(health), None);
+        let mut cache = super::super::packet_cache::PacketCache::new();
+        let set_of = |cache: &super::super::packet_cache::PacketCache, packet: &[u8]| {
+            let key = &packet[ID_LEN..packet.len() - 3];
+            let set = &cache.ecs().sets[super::super::packet_cache::slot_of(key).0 % SETS];
+            (set.key[..set.key_len] == *key).then_some(set.filled)
+        };
+        let many = |i: u16, net: u8| query(i, "many.t.test", 1, 1, 24, &[10, net, 7]);
+        // More classes than ways: the set stays full, the answers are replaced in turn, and
+        // every answer is still the full one; a class asked twice in a row is then kept.
+        for round in 0..3 {
+            for net in 0..10 {
+                same(
+                    &mut cache,
+                    &world,
+                    &many(net.into(), net),
+                    u64::from(round * 10 + net),
+                );
+            }
+            assert_eq!(set_of(&cache, &many(0, 0)), Some(WAYS));
+        }
+        for net in 0..10 {
+            same(&mut cache, &world, &many(1, net), 1);
+            assert!(same(&mut cache, &world, &many(2, net), 2), "{net}");
+        }
+        // Responses of RESPONSE_MAX octets are kept; one more and they are not.
+        for (name, len, kept) in [
+            ("bia.t.test", RESPONSE_MAX, true),
+            ("bib.t.test", RESPONSE_MAX + 1, false),
+        ] {
+            let packet = query(1, name, 16, 1, 24, &[192, 0, 2]);
+            assert_eq!(fresh(&world, &packet, 1).0.len(), len, "{name}");
+            assert!(!same(&mut cache, &world, &packet, 1));
+            assert_eq!(same(&mut cache, &world, &packet, 2), kept, "{name}");
+        }
+        // Keys of KEY_MAX octets (after the ID, before the address) are kept; one more and
+        // they are not.
+        for (extra, kept) in [(0, true), (1, false)] {
+            let name = format!("{}.{}.w.t.test", "a".repeat(41), "b".repeat(42 + extra));
+            let packet = query(1, &name, 1, 1, 24, &[192, 0, 2]);
+            assert_eq!(packet.len() - ID_LEN - 3, KEY_MAX + extra);
+            assert!(!same(&mut cache, &world, &packet, 1));
+            assert_eq!(same(&mut cache, &world, &packet, 2), kept, "{extra}");
+        }
+    }
+
+    #[test]
     fn only_an_ecs_option_ending_the_query_is_found() {
         let q = query(1, "a.test", 1, 1, 24, &[192, 0, 2]);
         assert_eq!(ecs_tail(&q), Some(3));

@@ -12,7 +12,7 @@ pub mod guard;
 pub mod handler;
 pub mod listen;
 pub mod lookup;
-mod packet_cache;
+pub mod packet_cache;
 pub mod response;
 pub mod rrl;
 pub mod stats;

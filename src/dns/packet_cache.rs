@@ -43,7 +43,7 @@ struct Slot {
     reply: Response,
 }
 
-pub(super) struct PacketCache {
+pub struct PacketCache {
     /// Each slot's hash tag (0: empty), kept apart from the slots so that a miss reads four
     /// octets in L1 instead of a slot's cache line.
     tags: [u32; SLOTS],
@@ -52,8 +52,14 @@ pub(super) struct PacketCache {
     ecs: EcsCache,
 }
 
+impl Default for PacketCache {
+    fn default() -> Self {
+        PacketCache::new()
+    }
+}
+
 impl PacketCache {
-    pub(super) fn new() -> PacketCache {
+    pub fn new() -> PacketCache {
         let empty = || Slot {
             generation: 0,
             key_len: 0,
@@ -75,8 +81,15 @@ impl PacketCache {
         }
     }
 
-    /// [`answer`] over UDP, through the cache for a query without EDNS options.
-    pub(super) fn answer(
+    /// The cache of queries whose only option is ECS.
+    #[cfg(test)]
+    pub(super) fn ecs(&self) -> &EcsCache {
+        &self.ecs
+    }
+
+    /// [`answer`] over UDP, through the cache for a query without EDNS options, and through
+    /// the ECS answer cache for one whose only option is ECS.
+    pub fn answer(
         &mut self,
         world: &World,
         packet: &[u8],
