@@ -15,7 +15,8 @@ use std::net::IpAddr;
 
 use super::handler::{Local, Response, Transport, answer};
 use super::lookup::Replay;
-use super::wire;
+use super::packet_cache::ID_LEN;
+use super::wire::{self, ECS_OPTION, OPT_FIXED};
 use crate::policy::{self, Client, Ctx, Decision, Replayer};
 use crate::world::World;
 
@@ -29,14 +30,8 @@ const KEY_MAX: usize = 128;
 const RESPONSE_MAX: usize = 512;
 /// Longest question name kept (wire form): part of the key.
 const QNAME_MAX: usize = KEY_MAX;
-/// Octets of the DNS message ID.
-const ID_LEN: usize = 2;
-/// The OPT record up to its RDATA (root owner, type, payload, TTL, RDLENGTH).
-const OPT_FIXED: usize = 11;
 /// The ECS option up to its address (code, length, family, source and scope prefixes).
 const ECS_FIXED: usize = 8;
-/// RFC 7871 §6: the Client Subnet option code.
-const ECS_OPTION: u16 = 8;
 /// The longest ECS address (IPv6).
 const ADDR_MAX: usize = 16;
 
@@ -365,17 +360,11 @@ mod tests {
 
     /// The ECS address of `source` bits of an address (the rest cut off).
     fn subnet(addr: IpAddr, source: u8) -> (u16, Vec<u8>) {
-        let (family, octets) = match addr {
-            IpAddr::V4(a) => (1, a.octets().to_vec()),
-            IpAddr::V6(a) => (2, a.octets().to_vec()),
-        };
-        let net = ipnet::IpNet::new(addr, source).expect("prefix").trunc();
-        let masked = match net.addr() {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
+        let (family, masked) = match ipnet::IpNet::new(addr, source).expect("prefix").trunc() {
+            ipnet::IpNet::V4(n) => (1, n.addr().octets().to_vec()),
+            ipnet::IpNet::V6(n) => (2, n.addr().octets().to_vec()),
         };
         let len = usize::from(source).div_ceil(8);
-        debug_assert_eq!(octets.len(), masked.len());
         (family, masked[..len].to_vec())
     }
 

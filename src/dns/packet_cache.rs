@@ -30,7 +30,7 @@ const RESPONSE_MAX: usize = 512;
 /// of the key, so no kept query has a longer one.
 const QNAME_MAX: usize = KEY_MAX;
 /// Octets of the DNS message ID at the start of a query and its response.
-const ID_LEN: usize = 2;
+pub(super) const ID_LEN: usize = 2;
 
 struct Slot {
     /// Generation of the world answered from; 0: empty (world generations start at 1).
@@ -151,8 +151,8 @@ impl PacketCache {
 /// with ECS (a geo answer) pays nothing for the cache.
 #[inline]
 fn without_options(packet: &[u8]) -> bool {
-    /// Root owner, TYPE 41 ... RDLENGTH 0 (RFC 6891 §6.1.2): 11 octets.
-    const EMPTY_OPT: usize = 11;
+    // An OPT record with RDLENGTH 0 ends the packet.
+    const EMPTY_OPT: usize = super::wire::OPT_FIXED;
     let n = packet.len();
     match packet.get(10..12) {
         Some([0, 0]) => true,

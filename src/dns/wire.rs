@@ -13,7 +13,9 @@ pub const HEADER_LEN: usize = 12;
 /// RFC 1035 §2.3.4: names are at most 255 octets on the wire.
 pub const MAX_NAME: usize = 255;
 /// RFC 7871 §6: the EDNS option code of Client Subnet.
-const ECS_OPTION: u16 = 8;
+pub const ECS_OPTION: u16 = 8;
+/// RFC 6891 §6.1.2: an OPT record up to its RDATA (root owner, TYPE, CLASS, TTL, RDLENGTH).
+pub const OPT_FIXED: usize = 11;
 /// RFC 5001 §2.3: the EDNS option code of the Name Server Identifier.
 pub const NSID_OPTION: u16 = 3;
 
